@@ -1,0 +1,107 @@
+"""Shared machinery of the GPU benchmarks: ceilings, timing, memory, roofline, JSON and plots.
+
+Every benchmark measures the device's two ceilings in the same run (a large device-to-device copy
+and a large bf16 matrix product), times each implementation with CUDA events (the median of many
+repetitions after warm-up, ``triton.testing.do_bench``), and reports for each case its time, its
+tokens per second, its ratio to every peer, its peak memory, and the fraction of the roofline floor
+``max(bytes / copy bandwidth, FLOPs / matmul rate)`` that it reaches.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+#: Where results land: ``docs/benchmarks/`` of the repository (the site shows them).
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
+
+
+def environment() -> dict:
+    """Device, library versions, date and the command line: what makes a figure a result."""
+    import triton
+
+    env = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m kernels.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    }
+    try:
+        import fla
+
+        env["fla"] = fla.__version__
+    except Exception as err:  # fla is optional: the peer column says it is missing
+        env["fla"] = f"not available ({type(err).__name__})"
+    return env
+
+
+def time_ms(fn, *, warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds of ``fn()`` on the GPU (CUDA events, after warm-up)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def peak_memory_mb(fn) -> float:
+    """Peak GPU memory allocated during one call of ``fn`` beyond what was allocated before, in MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def measure_ceilings() -> dict:
+    """The copy bandwidth (bytes read + written per second) and the bf16 matmul rate, measured now."""
+    x = torch.empty(2 * 1024**3 // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    y = torch.empty_like(x)
+    ms = time_ms(lambda: y.copy_(x))
+    copy_tbps = 2 * x.numel() * x.element_size() / ms / 1e9
+    del x, y
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    ms = time_ms(lambda: a @ b)
+    tflops = 2 * 8192**3 / ms / 1e9
+    del a, b
+    torch.cuda.empty_cache()
+    return {"copy_TBps": round(copy_tbps, 3), "bf16_matmul_TFLOPs": round(tflops, 1)}
+
+
+def roofline_fraction(ms: float, *, bytes_moved: float, flops: float, ceilings: dict) -> dict:
+    """The floor ``max(bytes/bandwidth, flops/rate)`` in ms, and what fraction of it ``ms`` reaches."""
+    t_bytes = bytes_moved / (ceilings["copy_TBps"] * 1e12) * 1e3
+    t_flops = flops / (ceilings["bf16_matmul_TFLOPs"] * 1e12) * 1e3
+    floor = max(t_bytes, t_flops)
+    return {
+        "floor_ms": round(floor, 4),
+        "floor_bound": "memory" if t_bytes >= t_flops else "compute",
+        "fraction_of_floor": round(floor / ms, 3),
+    }
+
+
+def write_json(name: str, payload: dict, out_dir: Path | None = None) -> Path:
+    """Write ``payload`` to ``docs/benchmarks/<name>.json`` (and to ``$OUT`` when that is set)."""
+    out_dir = Path(out_dir) if out_dir else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    extra = os.environ.get("OUT")
+    if extra:
+        Path(extra, f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    return path
+
+
+def load_json(name: str) -> dict:
+    """A committed result, for lessons and docs pages."""
+    return json.loads((RESULTS_DIR / f"{name}.json").read_text())

@@ -1,0 +1,127 @@
+"""Hypothesis strategies shared by every suite (and by coursework that points them at its own code).
+
+Arrays are drawn as a seed and filled by NumPy's generator: far faster than drawing each element,
+and a failing example still replays exactly from the printed seed. Shapes, chunk sizes, decays and
+gates are drawn by Hypothesis so it can shrink them toward the smallest failing case.
+
+Everything returns float64 NumPy arrays; ``to_backend`` turns them into torch tensors when a test
+is parametrised over both libraries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+
+BACKENDS = ("numpy", "torch")
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Sizes of one attention problem: ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``."""
+
+    B: int
+    H: int
+    T: int
+    K: int
+    V: int
+
+
+@st.composite
+def dims(draw, *, max_B=2, max_H=3, min_T=1, max_T=40, max_K=8, max_V=8) -> Dims:
+    """Problem sizes; ``T`` includes 1 and lengths that no chunk size divides."""
+    return Dims(
+        B=draw(st.integers(1, max_B)),
+        H=draw(st.integers(1, max_H)),
+        T=draw(st.integers(min_T, max_T)),
+        K=draw(st.integers(1, max_K)),
+        V=draw(st.integers(1, max_V)),
+    )
+
+
+def seeds():
+    return st.integers(0, 2**32 - 1)
+
+
+def normal(seed: int, *shape: int, scale: float = 1.0) -> np.ndarray:
+    """Standard normal float64 array from ``seed``."""
+    return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
+@st.composite
+def qkv(draw, d: Dims, *, Tk: int | None = None):
+    """``(q, k, v)`` float64 arrays for sizes ``d`` (keys of length ``Tk`` if given)."""
+    seed = draw(seeds())
+    Tk = d.T if Tk is None else Tk
+    return (
+        normal(seed, d.B, d.H, d.T, d.K),
+        normal(seed + 1, d.B, d.H, Tk, d.K),
+        normal(seed + 2, d.B, d.H, Tk, d.V),
+    )
+
+
+@st.composite
+def states(draw, d: Dims):
+    """An initial state ``[B, H, K, V]``, sometimes ``None``."""
+    if draw(st.booleans()):
+        return None
+    return normal(draw(seeds()), d.B, d.H, d.K, d.V)
+
+
+def chunk_sizes(T: int):
+    """Chunk sizes from 1 to beyond ``T`` (one chunk), favouring the awkward ones."""
+    return st.one_of(st.integers(1, max(1, T + 3)), st.sampled_from([1, 2, 3, 16, 64]))
+
+
+def decays(H: int, *, min_decay: float = 0.3):
+    """Per-head rates ``λ ∈ [min_decay, 1]``, strong decays and exactly 1 (no decay) included."""
+    rate = st.one_of(st.floats(min_decay, 1.0), st.sampled_from([min_decay, 0.5, 1.0]))
+    return st.lists(rate, min_size=H, max_size=H).map(lambda xs: np.asarray(xs, dtype=np.float64))
+
+
+@st.composite
+def log_gates(draw, d: Dims, *, min_gate: float = 1e-3):
+    """Log-space gates ``log α: [B, H, T, K] ≤ 0`` with per-step ``α`` down to ``min_gate``.
+
+    Half the draws mix ordinary gates near 1 with tiny ones, so both regimes meet in one case.
+    """
+    seed = draw(seeds())
+    rng = np.random.default_rng(seed)
+    lo = np.log(min_gate)
+    gates = rng.uniform(lo, 0.0, size=(d.B, d.H, d.T, d.K))
+    if draw(st.booleans()):
+        gates = np.where(rng.random(gates.shape) < 0.5, gates, rng.uniform(-0.1, 0.0, size=gates.shape))
+    return gates
+
+
+def to_backend(backend: str, *arrays, requires_grad: bool = False):
+    """The arrays as NumPy (unchanged) or as torch tensors (optionally requiring grad); ``None`` stays."""
+    if backend == "numpy":
+        return arrays
+    out = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(a))
+            out.append(t.requires_grad_(requires_grad) if requires_grad else t)
+    return tuple(out)
+
+
+def to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def rel_err(actual, expected) -> float:
+    """``‖actual − expected‖ / ‖expected‖`` (absolute when the expected value is all zeros)."""
+    actual, expected = to_numpy(actual).astype(np.float64), to_numpy(expected).astype(np.float64)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != expected {expected.shape}"
+    assert np.all(np.isfinite(actual)), "non-finite values in the result"
+    denom = np.linalg.norm(expected)
+    diff = np.linalg.norm(actual - expected)
+    return float(diff / denom) if denom > 0 else float(diff)

@@ -1,0 +1,144 @@
+"""Lightning Attention-2 reference: every form, Algorithm 2, and the decay rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reference import lightning, linear_attention
+from tests import oracles
+from tests.strategies import BACKENDS, chunk_sizes, decays, dims, qkv, rel_err, states, to_backend, to_numpy
+
+TOL = 1e-9
+
+
+@given(data=st.data(), backend=st.sampled_from(BACKENDS))
+def test_every_form_equals_the_oracle(data, backend):
+    d = data.draw(dims())
+    q, k, v = data.draw(qkv(d))
+    decay = data.draw(decays(d.H))
+    s0 = data.draw(states(d))
+    chunk = data.draw(chunk_sizes(d.T))
+    scale = data.draw(st.sampled_from([1.0, 0.3]))
+    o_ref, s_ref = oracles.decayed_linear_attention(q, k, v, decay, scale=scale, initial_state=s0)
+    q_, k_, v_, s0_ = to_backend(backend, q, k, v, s0)
+    o_rec, s_rec = lightning.recurrent(q_, k_, v_, decay, scale=scale, initial_state=s0_)
+    o_chk, s_chk = lightning.chunked(q_, k_, v_, decay, scale=scale, chunk_size=chunk, initial_state=s0_)
+    assert rel_err(o_rec, o_ref) < TOL and rel_err(s_rec, s_ref) < TOL
+    assert rel_err(o_chk, o_ref) < TOL and rel_err(s_chk, s_ref) < TOL
+    if s0 is None:
+        assert rel_err(lightning.parallel(q_, k_, v_, decay, scale=scale), o_ref) < TOL
+
+
+@given(data=st.data(), backend=st.sampled_from(BACKENDS))
+def test_chunked_backward_equals_autograd_of_the_parallel_form(data, backend):
+    d = data.draw(dims(max_T=30))
+    q, k, v = data.draw(qkv(d))
+    decay = data.draw(decays(d.H))
+    chunk = data.draw(chunk_sizes(d.T))
+    do = np.random.default_rng(7).standard_normal((d.B, d.H, d.T, d.V))
+    qt, kt, vt = to_backend("torch", q, k, v, requires_grad=True)
+    (lightning.parallel(qt, kt, vt, decay, scale=0.5) * torch.from_numpy(do)).sum().backward()
+    grads = lightning.chunked_backward(*to_backend(backend, q, k, v), decay, *to_backend(backend, do), scale=0.5, chunk_size=chunk)
+    for got, want in zip(grads, (qt.grad, kt.grad, vt.grad)):
+        assert rel_err(got, want) < TOL
+
+
+@given(data=st.data())
+def test_chunked_backward_with_states_equals_autograd(data):
+    """With an initial state and a gradient on the final state, Algorithm 2 still matches autograd."""
+    d = data.draw(dims(max_T=20))
+    q, k, v = data.draw(qkv(d))
+    decay = data.draw(decays(d.H))
+    chunk = data.draw(chunk_sizes(d.T))
+    rng = np.random.default_rng(3)
+    s0, ds = rng.standard_normal((2, d.B, d.H, d.K, d.V))
+    do = rng.standard_normal((d.B, d.H, d.T, d.V))
+    qt, kt, vt, s0t = to_backend("torch", q, k, v, s0, requires_grad=True)
+    o, s = lightning.recurrent(qt, kt, vt, decay, initial_state=s0t)
+    ((o * torch.from_numpy(do)).sum() + (s * torch.from_numpy(ds)).sum()).backward()
+    grads = lightning.chunked_backward(
+        q, k, v, decay, do, chunk_size=chunk, initial_state=s0, d_final_state=ds, return_initial_state_grad=True
+    )
+    for got, want in zip(grads, (qt.grad, kt.grad, vt.grad, s0t.grad)):
+        assert rel_err(got, want) < TOL
+
+
+@given(data=st.data())
+def test_autograd_through_every_form_agrees(data):
+    d = data.draw(dims(max_T=16))
+    decay = data.draw(decays(d.H))
+    chunk = data.draw(chunk_sizes(d.T))
+    q, k, v = to_backend("torch", *data.draw(qkv(d)), requires_grad=True)
+    do = torch.randn(d.B, d.H, d.T, d.V, dtype=torch.float64)
+
+    def grads(o):
+        q.grad = k.grad = v.grad = None
+        (o * do).sum().backward()
+        return [to_numpy(t.grad) for t in (q, k, v)]
+
+    want = grads(lightning.parallel(q, k, v, decay))
+    for o in (lightning.recurrent(q, k, v, decay)[0], lightning.chunked(q, k, v, decay, chunk_size=chunk)[0]):
+        for got, ref in zip(grads(o), want):
+            assert rel_err(got, ref) < TOL
+
+
+@given(data=st.data())
+def test_no_decay_is_linear_attention(data):
+    d = data.draw(dims())
+    q, k, v = data.draw(qkv(d))
+    chunk = data.draw(chunk_sizes(d.T))
+    ones = np.ones(d.H)
+    o1, s1 = lightning.chunked(q, k, v, ones, chunk_size=chunk)
+    o2, s2 = linear_attention.chunked(q, k, v, chunk_size=chunk)
+    assert rel_err(o1, o2) < TOL and rel_err(s1, s2) < TOL
+
+
+@given(H=st.integers(1, 6), T=st.integers(1, 20), data=st.data())
+def test_decay_mask_is_lower_triangular_powers(H, T, data):
+    decay = data.draw(decays(H, min_decay=0.05))
+    mask = lightning.decay_mask(decay, T)
+    assert mask.shape == (H, T, T)
+    for h in range(H):
+        for t in range(T):
+            for s in range(T):
+                expected = decay[h] ** (t - s) if t >= s else 0.0
+                assert abs(mask[h, t, s] - expected) <= 1e-15
+
+
+def test_strong_decay_over_a_long_block_stays_finite():
+    """λ = 0.3 over 400 tokens in one block: λ^(n-j) never overflows, gradients stay finite."""
+    rng = np.random.default_rng(1)
+    q, k, v = (torch.from_numpy(rng.standard_normal((1, 1, 400, 4))).requires_grad_() for _ in range(3))
+    o, s = lightning.chunked(q, k, v, [0.3], chunk_size=400)
+    o.sum().backward()
+    for t in (o, s, q.grad, k.grad, v.grad):
+        assert torch.isfinite(t).all()
+
+
+def test_decay_may_be_a_tensor_with_gradient():
+    """With torch inputs the decay may be a tensor requiring grad: the parallel form is differentiable in λ."""
+    rng = np.random.default_rng(2)
+    q, k, v = (torch.from_numpy(rng.standard_normal((1, 2, 6, 3))) for _ in range(3))
+    lam = torch.tensor([0.6, 0.9], dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda lam: lightning.parallel(q, k, v, lam), (lam,))
+
+
+def test_tnl_decay_rules():
+    # Power of two: s_h = 2^(-8h/H) for h = 1..H.
+    H = 8
+    expected = np.exp(-(2.0 ** (-8.0 * np.arange(1, H + 1) / H)))
+    assert np.allclose(lightning.tnl_decay(H), expected, rtol=0, atol=1e-15)
+    # Not a power of two: ALiBi's interleaving rule (the 4 slopes of H=4, then every other slope of H=8).
+    s4 = 2.0 ** (-8.0 * np.arange(1, 5) / 4)
+    s8 = 2.0 ** (-8.0 * np.arange(1, 9) / 8)
+    assert np.allclose(lightning.tnl_decay(6), np.exp(-np.concatenate([s4, s8[0::2][:2]])), atol=1e-15)
+    # Per-layer scaling: the last layer decays almost not at all.
+    last = lightning.tnl_decay(4, layer_idx=3, num_layers=4)
+    assert np.all(last > 0.9999) and np.all(last < 1.0)
+    # fla's rule: linear in the head index, head 0 undecayed.
+    fla = lightning.tnl_decay(4, layer_idx=1, num_layers=2, rule="fla")
+    assert np.allclose(np.log(fla), -(8 / 4) * 0.5 * np.arange(4), atol=1e-15)
+    assert fla[0] == 1.0
