@@ -1,0 +1,516 @@
+r"""Lightning Attention-2 in Triton: forward and backward, any length, optional states.
+
+``attention(q, k, v, decay, *, scale=1.0)`` computes the same function as
+``reference.lightning.chunked`` (ALGORITHMS.md §2): ``o_t = Σ_{s≤t} λ^(t-s) (scale·q_t·k_s) v_s``,
+plus ``λ^(t+1) scale·q_t S_0`` when an initial state is given.
+
+Design (for the H100; what the benchmark measures)
+--------------------------------------------------
+*One kernel, four jobs.* Every pass of Lightning Attention-2 has the same shape: walk the blocks of
+a sequence, and for each block add an *intra* term (a masked, decayed ``C × C`` product) to an
+*inter* term (the block against a carried ``D_a × D_c`` state), then update the state. The forward
+is ``(a, b, c) = (q, k, v)``. Algorithm 2's ``dQ`` is the same walk over ``(dO, v, k)`` with the
+state transposed; ``dV`` and ``dK`` are the walk *backwards* in time over ``(k, q, dO)`` and
+``(v, dO, q)``. So ``_chunk_scan_kernel`` serves all four with a ``REVERSE`` switch that mirrors
+the mask and swaps which side carries ``λ^j`` and which ``λ^(n-j)``.
+
+*Which FlashLinearAttention variant.* Neither extreme. The non-materialised variant keeps the state
+on chip and reads ``q, k, v`` once (the least traffic: the forward is memory-bound, its floor is
+four passes over ``[B, H, T, 128]``), but its parallelism is ``B·H·(V/BV)`` programs walking the
+whole sequence: 64 programs at ``B=2, H=16, T=32k`` on a 132-SM GPU. The materialised variant (fla's
+``chunk``) is fully parallel but writes and reads one ``K × V`` state per 64-token block — twice the
+bytes of ``q`` itself, which is where fla's forward time goes. Here the sequence is cut into a few
+*segments* only when ``B·H·(V/BV)`` programs cannot fill the GPU: a first kernel reduces each segment
+to its local state (one matrix product per block, fully parallel), a tiny scan turns those into the
+state entering each segment, and the main kernel walks every segment in parallel from its entering
+state. Short sequences (``T=2k`` at ``B·H=512``) get one segment: no states stored at all; long ones
+store ``T/segment`` states instead of ``T/64``.
+
+*Tiles.* Blocks of ``C = 64`` tokens; the state is ``D_a × BC`` with ``D_a`` the whole reduction width
+(``K`` or ``V``, padded to a power of two ≥ 16, at most 256) and ``BC = 64`` columns (32 when
+``D_a > 128``), fp32 in registers; four warps (one warpgroup: Hopper's ``wgmma`` wants ``M = 64``
+per warpgroup); loads of block ``i+1`` are software-pipelined under block ``i``'s products. Inputs
+are fp32, fp16 or bf16; products accumulate in fp32; the fp32 state is rounded to the input dtype only
+as an operand of the inter product. fp32 inputs use IEEE fp32 products (no tf32) on the GPU.
+
+Decay powers are formed as ``exp2(e · log2 λ)`` with ``e ≥ 0`` always (padding rows get 0), so
+strong decays underflow to 0 and never overflow.
+
+Shapes: ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``decay: [H]`` in ``(0, 1]``, states
+``[B, H, K, V]``. Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._triton import INTERPRETER, check_device, check_dtype, next_power_of_2
+
+__all__ = ["attention"]
+
+# Launch settings (module-level so the benchmark can sweep them).
+_NUM_WARPS = 4
+_NUM_STAGES = 2
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_scan_kernel(
+    a_ptr,  # [BH, T, DA]   rows that read the state (q in the forward)
+    b_ptr,  # [BH, T, DA]   rows that write the state together with c (k in the forward)
+    c_ptr,  # [BH, T, DC]   values (v in the forward)
+    out_ptr,  # [BH, T, DC]
+    log2_decay_ptr,  # [H] fp32: log2 λ
+    state_in_ptr,  # segment entry states, element (bh, s, i, j) at the strides below
+    state_out_ptr,  # [BH, DA, DC] fp32: the state after the whole sequence (if STORE_FINAL)
+    T,
+    H,
+    seg_len,  # tokens per segment (a multiple of BLOCK_T)
+    scale_a,  # multiplies every output (the forward's `scale` on q)
+    scale_b,  # multiplies every product with b (the scale on q when q plays b)
+    s_in_bh,
+    s_in_seg,
+    s_in_row,
+    s_in_col,
+    DA: tl.constexpr,
+    DC: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_STATE_IN: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """One program: one segment of one (batch, head), one block of BLOCK_C output columns.
+
+    forward (REVERSE=0), block of n tokens, local index j = 1..n:
+        out_j = scale_a·( Σ_{s≤j} λ^(j-s) (a_j·b_s)·scale_b c_s  +  λ^j a_j X )
+        X     = λ^n X + Σ_j λ^(n-j) scale_b b_jᵀ c_j
+    reverse (REVERSE=1): blocks from the last to the first, and
+        out_j = scale_a·( Σ_{s≥j} λ^(s-j) (a_j·b_s)·scale_b c_s  +  λ^(n-j) a_j X )
+        X     = λ^n X + Σ_j λ^j scale_b b_jᵀ c_j
+    """
+    i_col = tl.program_id(0)
+    i_seg = tl.program_id(1)
+    i_bh = tl.program_id(2).to(tl.int64)
+    log2_decay = tl.load(log2_decay_ptr + i_bh % H)
+
+    seg_start = i_seg * seg_len
+    seg_end = tl.minimum(seg_start + seg_len, T)
+    n_blocks = tl.cdiv(seg_end - seg_start, BLOCK_T)
+
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_a = tl.arange(0, BLOCK_A)
+    offs_c = i_col * BLOCK_C + tl.arange(0, BLOCK_C)
+    a_valid = offs_a < DA
+    c_valid = offs_c < DC
+
+    a_base = a_ptr + i_bh * T * DA
+    b_base = b_ptr + i_bh * T * DA
+    c_base = c_ptr + i_bh * T * DC
+    out_base = out_ptr + i_bh * T * DC
+
+    if HAS_STATE_IN:
+        s_ptrs = (
+            state_in_ptr
+            + i_bh * s_in_bh
+            + i_seg * s_in_seg
+            + offs_a[:, None] * s_in_row
+            + offs_c[None, :] * s_in_col
+        )
+        state = tl.load(s_ptrs, mask=a_valid[:, None] & c_valid[None, :], other=0.0).to(tl.float32)
+    else:
+        state = tl.zeros([BLOCK_A, BLOCK_C], dtype=tl.float32)
+
+    rows = offs_t[:, None]
+    cols = offs_t[None, :]
+    for i in range(n_blocks):
+        if REVERSE:
+            t0 = seg_start + (n_blocks - 1 - i) * BLOCK_T
+        else:
+            t0 = seg_start + i * BLOCK_T
+        n = tl.minimum(BLOCK_T, seg_end - t0)
+        t_valid = offs_t < n
+        j = (offs_t + 1).to(tl.float32)  # local index 1..BLOCK_T
+
+        ab_mask = t_valid[:, None] & a_valid[None, :]
+        a = tl.load(a_base + (t0 + offs_t)[:, None] * DA + offs_a[None, :], mask=ab_mask, other=0.0)
+        b = tl.load(b_base + (t0 + offs_t)[:, None] * DA + offs_a[None, :], mask=ab_mask, other=0.0)
+        c = tl.load(
+            c_base + (t0 + offs_t)[:, None] * DC + offs_c[None, :],
+            mask=t_valid[:, None] & c_valid[None, :],
+            other=0.0,
+        )
+
+        # Decay exponents, always ≥ 0 (padding rows get a weight of 0, never an overflow).
+        if REVERSE:
+            a_exp = n - j
+            b_exp = j
+            distance = cols - rows  # s - t: the future feeds the past
+        else:
+            a_exp = j
+            b_exp = n - j
+            distance = rows - cols  # t - s: the past feeds the present
+        a_weight = tl.where(t_valid, tl.exp2(tl.maximum(a_exp, 0.0) * log2_decay), 0.0)
+        b_weight = tl.where(t_valid, tl.exp2(tl.maximum(b_exp, 0.0) * log2_decay), 0.0) * scale_b
+        mask_weight = tl.where(distance >= 0, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0)
+
+        # intra: [(a bᵀ) ⊙ D] c
+        scores = tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION) * (mask_weight * scale_b)
+        out = tl.dot(scores.to(c.dtype), c, input_precision=DOT_PRECISION)
+        # inter: the carried state, seen by every row with its decay
+        inter = tl.dot(a, state.to(a.dtype), input_precision=DOT_PRECISION)
+        out += inter * a_weight[:, None]
+        tl.store(
+            out_base + (t0 + offs_t)[:, None] * DC + offs_c[None, :],
+            (out * scale_a).to(out_ptr.dtype.element_ty),
+            mask=t_valid[:, None] & c_valid[None, :],
+        )
+
+        # state: decay the old one over the block, add this block's decayed bᵀ c
+        b_decayed = (b.to(tl.float32) * b_weight[:, None]).to(c.dtype)
+        state = state * tl.exp2(n.to(tl.float32) * log2_decay) + tl.dot(
+            tl.trans(b_decayed), c, input_precision=DOT_PRECISION
+        )
+
+    if STORE_FINAL:
+        is_last = (i_seg == 0) if REVERSE else (i_seg == tl.num_programs(1) - 1)
+        if is_last:
+            o_ptrs = state_out_ptr + i_bh * DA * DC + offs_a[:, None] * DC + offs_c[None, :]
+            tl.store(o_ptrs, state, mask=a_valid[:, None] & c_valid[None, :])
+
+
+@triton.jit
+def _segment_state_kernel(
+    b_ptr,  # [BH, T, DA]
+    c_ptr,  # [BH, T, DC]
+    log2_decay_ptr,
+    local_ptr,  # [BH, n_seg, DA, DC] fp32 out: each segment's own state, started from zero
+    T,
+    H,
+    seg_len,
+    scale_b,
+    DA: tl.constexpr,
+    DC: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    REVERSE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Σ over the segment of λ^e · scale_b · b_tᵀ c_t, with e = (last - t) forward, (t - first + 1) reverse.
+
+    No block depends on another here: this is one long matrix product per segment.
+    """
+    i_col = tl.program_id(0)
+    i_seg = tl.program_id(1)
+    i_bh = tl.program_id(2).to(tl.int64)
+    n_seg = tl.num_programs(1)
+    log2_decay = tl.load(log2_decay_ptr + i_bh % H)
+
+    seg_start = i_seg * seg_len
+    seg_end = tl.minimum(seg_start + seg_len, T)
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_a = tl.arange(0, BLOCK_A)
+    offs_c = i_col * BLOCK_C + tl.arange(0, BLOCK_C)
+    a_valid = offs_a < DA
+    c_valid = offs_c < DC
+    b_base = b_ptr + i_bh * T * DA
+    c_base = c_ptr + i_bh * T * DC
+
+    acc = tl.zeros([BLOCK_A, BLOCK_C], dtype=tl.float32)
+    for t0 in range(seg_start, seg_end, BLOCK_T):
+        t = t0 + offs_t
+        t_valid = t < seg_end
+        b = tl.load(b_base + t[:, None] * DA + offs_a[None, :], mask=t_valid[:, None] & a_valid[None, :], other=0.0)
+        c = tl.load(c_base + t[:, None] * DC + offs_c[None, :], mask=t_valid[:, None] & c_valid[None, :], other=0.0)
+        if REVERSE:
+            e = (t - seg_start + 1).to(tl.float32)
+        else:
+            e = (seg_end - 1 - t).to(tl.float32)
+        w = tl.where(t_valid, tl.exp2(tl.maximum(e, 0.0) * log2_decay), 0.0) * scale_b
+        acc += tl.dot(tl.trans((b.to(tl.float32) * w[:, None]).to(c.dtype)), c, input_precision=DOT_PRECISION)
+
+    ptrs = local_ptr + (i_bh * n_seg + i_seg) * DA * DC + offs_a[:, None] * DC + offs_c[None, :]
+    tl.store(ptrs, acc, mask=a_valid[:, None] & c_valid[None, :])
+
+
+@triton.jit
+def _segment_scan_kernel(
+    local_ptr,  # [BH, n_seg, DA*DC] fp32: each segment's own state
+    start_ptr,  # [BH, DA*DC] fp32: the state entering the sequence (if HAS_START)
+    entry_ptr,  # [BH, n_seg, DA*DC] fp32 out: the state entering each segment
+    final_ptr,  # [BH, DA*DC] fp32 out: the state after the whole sequence
+    T,
+    H,
+    n_seg,
+    seg_len,
+    log2_decay_ptr,
+    SIZE: tl.constexpr,  # DA*DC
+    BLOCK: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_START: tl.constexpr,
+):
+    """Exclusive decayed scan over segments: entry_s = λ^(len of previous) entry_prev + local_prev."""
+    i_blk = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    log2_decay = tl.load(log2_decay_ptr + i_bh % H)
+    offs = i_blk * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < SIZE
+    if HAS_START:
+        x = tl.load(start_ptr + i_bh * SIZE + offs, mask=valid, other=0.0)
+    else:
+        x = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(n_seg):
+        s = (n_seg - 1 - i) if REVERSE else i
+        tl.store(entry_ptr + (i_bh * n_seg + s) * SIZE + offs, x, mask=valid)
+        length = tl.minimum(seg_len, T - s * seg_len).to(tl.float32)
+        local = tl.load(local_ptr + (i_bh * n_seg + s) * SIZE + offs, mask=valid, other=0.0)
+        x = x * tl.exp2(length * log2_decay) + local
+    tl.store(final_ptr + i_bh * SIZE + offs, x, mask=valid)
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _column_block(da: int, dc: int) -> int:
+    block = 64 if next_power_of_2(da) <= 128 else 32
+    return max(16, min(block, next_power_of_2(dc)))
+
+
+def _segment_entries(b, c, log2_decay, start, *, seg_len, n_seg, scale_b, reverse, chunk_size):
+    """States entering each segment ``[BH, n_seg, DA, DC]`` and the state after everything ``[BH, DA, DC]``."""
+    BH, T, DA = b.shape
+    DC = c.shape[-1]
+    H = log2_decay.shape[0]
+    block_a, block_c = max(16, next_power_of_2(DA)), _column_block(DA, DC)
+    local = torch.empty(BH, n_seg, DA, DC, device=b.device, dtype=torch.float32)
+    grid = (triton.cdiv(DC, block_c), n_seg, BH)
+    _segment_state_kernel[grid](
+        b, c, log2_decay, local, T, H, seg_len, scale_b,
+        DA=DA, DC=DC, BLOCK_T=chunk_size, BLOCK_A=block_a, BLOCK_C=block_c,
+        REVERSE=reverse, DOT_PRECISION=_dot_precision(b.dtype), num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
+    )  # fmt: skip
+    entry = torch.empty_like(local)
+    final = torch.empty(BH, DA, DC, device=b.device, dtype=torch.float32)
+    block = min(1024, next_power_of_2(DA * DC))
+    _segment_scan_kernel[(triton.cdiv(DA * DC, block), BH)](
+        local, start if start is not None else local, entry, final, T, H, n_seg, seg_len, log2_decay,
+        SIZE=DA * DC, BLOCK=block, REVERSE=reverse, HAS_START=start is not None, num_warps=_NUM_WARPS,
+    )  # fmt: skip
+    return entry, final
+
+
+def _chunk_scan(a, b, c, log2_decay, entry, *, seg_len, n_seg, scale_a, scale_b, reverse, chunk_size,
+                transpose_entry=False, store_final=False):  # fmt: skip
+    """Launch ``_chunk_scan_kernel``; ``entry`` holds the state entering each segment (or is None)."""
+    BH, T, DA = a.shape
+    DC = c.shape[-1]
+    H = log2_decay.shape[0]
+    block_a, block_c = max(16, next_power_of_2(DA)), _column_block(DA, DC)
+    out = torch.empty(BH, T, DC, device=a.device, dtype=a.dtype)
+    final = torch.empty(BH, DA, DC, device=a.device, dtype=torch.float32) if store_final else out
+    if entry is not None:
+        # entry is [BH, n_seg, rows, cols]; the kernel reads element (bh, s, i, j) with i along DA.
+        s_bh, s_seg, s_row, s_col = entry.stride()
+        if transpose_entry:
+            s_row, s_col = s_col, s_row
+    else:
+        s_bh = s_seg = s_row = s_col = 0
+    grid = (triton.cdiv(DC, block_c), n_seg, BH)
+    _chunk_scan_kernel[grid](
+        a, b, c, out, log2_decay, entry if entry is not None else out, final,
+        T, H, seg_len, scale_a, scale_b, s_bh, s_seg, s_row, s_col,
+        DA=DA, DC=DC, BLOCK_T=chunk_size, BLOCK_A=block_a, BLOCK_C=block_c,
+        REVERSE=reverse, HAS_STATE_IN=entry is not None, STORE_FINAL=store_final,
+        DOT_PRECISION=_dot_precision(a.dtype), num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
+    )  # fmt: skip
+    return out, (final if store_final else None)
+
+
+def _plan_segments(B: int, H: int, T: int, V: int, K: int, chunk_size: int, segment_size, device) -> int:
+    """Tokens per segment: the whole sequence unless that leaves the GPU under-filled."""
+    if segment_size is not None:
+        return segment_size
+    if INTERPRETER or device.type != "cuda":
+        return max(chunk_size, triton.cdiv(T, chunk_size) * chunk_size)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = B * H * triton.cdiv(V, _column_block(K, V))
+    wanted = 4 * sms  # about four programs per multiprocessor hide each other's latency
+    n_seg = max(1, min(triton.cdiv(T, 8 * chunk_size), math.ceil(wanted / programs)))
+    return triton.cdiv(triton.cdiv(T, n_seg), chunk_size) * chunk_size
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------
+
+
+class _LightningAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, log2_decay, initial_state, scale, chunk_size, seg_len):
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not zeros
+        B, H, T, K = q.shape
+        V = v.shape[-1]
+        q3, k3, v3 = (x.reshape(B * H, T, x.shape[-1]) for x in (q, k, v))
+        n_seg = triton.cdiv(T, seg_len)
+        start = None if initial_state is None else initial_state.reshape(B * H, K, V)
+        if n_seg > 1:
+            entry, _ = _segment_entries(
+                k3, v3, log2_decay, start, seg_len=seg_len, n_seg=n_seg, scale_b=1.0, reverse=False,
+                chunk_size=chunk_size,
+            )  # fmt: skip
+        else:
+            entry = None if start is None else start.reshape(B * H, 1, K, V)
+        o, final = _chunk_scan(
+            q3, k3, v3, log2_decay, entry, seg_len=seg_len, n_seg=n_seg, scale_a=scale, scale_b=1.0,
+            reverse=False, chunk_size=chunk_size, store_final=True,
+        )  # fmt: skip
+        ctx.save_for_backward(q3, k3, v3, log2_decay, entry)
+        ctx.meta = (B, H, T, K, V, scale, chunk_size, seg_len, n_seg, initial_state is not None)
+        return o.reshape(B, H, T, V), final.reshape(B, H, K, V)
+
+    @staticmethod
+    def backward(ctx, do, d_final):
+        q3, k3, v3, log2_decay, entry = ctx.saved_tensors
+        B, H, T, K, V, scale, chunk_size, seg_len, n_seg, has_initial = ctx.meta
+        if do is None:  # only the final state was used
+            do = torch.zeros(B, H, T, V, device=q3.device, dtype=q3.dtype)
+        do3 = do.reshape(B * H, T, V).to(q3.dtype).contiguous()
+        d_final3 = None if d_final is None else d_final.reshape(B * H, K, V).float().contiguous()
+        common = dict(seg_len=seg_len, n_seg=n_seg, chunk_size=chunk_size)
+
+        # dQ: the forward walk over (dO, v, k), against the forward's states transposed.
+        dq, _ = _chunk_scan(do3, v3, k3, log2_decay, entry, scale_a=scale, scale_b=1.0, reverse=False,
+                            transpose_entry=True, **common)  # fmt: skip
+
+        # dK, dV: the backward walk; the carried gradient starts from d(final state).
+        if n_seg > 1:
+            d_entry, d_initial = _segment_entries(
+                q3, do3, log2_decay, d_final3, seg_len=seg_len, n_seg=n_seg, scale_b=scale, reverse=True,
+                chunk_size=chunk_size,
+            )  # fmt: skip
+        else:
+            d_entry = None if d_final3 is None else d_final3.reshape(B * H, 1, K, V)
+        dv, d_initial_1 = _chunk_scan(k3, q3, do3, log2_decay, d_entry, scale_a=1.0, scale_b=scale, reverse=True,
+                                      store_final=has_initial and n_seg == 1, **common)  # fmt: skip
+        dk, _ = _chunk_scan(v3, do3, q3, log2_decay, d_entry, scale_a=1.0, scale_b=scale, reverse=True,
+                            transpose_entry=True, **common)  # fmt: skip
+        d_init = None
+        if has_initial:
+            d_init = (d_initial if n_seg > 1 else d_initial_1).reshape(B, H, K, V)
+        return (
+            dq.reshape(B, H, T, K),
+            dk.reshape(B, H, T, K),
+            dv.reshape(B, H, T, V),
+            None,
+            d_init,
+            None,
+            None,
+            None,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    decay,
+    *,
+    scale: float = 1.0,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    segment_size: int | None = None,
+):
+    r"""Lightning Attention-2 (causal linear attention with a per-head decay), differentiable.
+
+    Args:
+        q: ``[B, H, T, K]`` queries (fp32, fp16 or bf16; CUDA, or CPU under the interpreter).
+        k: ``[B, H, T, K]`` keys, same dtype and device.
+        v: ``[B, H, T, V]`` values.
+        decay: ``[H]`` rates ``λ`` in ``(0, 1]`` (a tensor or a sequence; no gradient flows to it).
+        scale: multiplies ``q`` (default 1.0, the paper's math).
+        initial_state: optional ``[B, H, K, V]`` state before the first token (any float dtype;
+            used in fp32); it receives a gradient.
+        output_final_state: also return the state after the last token (fp32 ``[B, H, K, V]``),
+            through which gradients flow back.
+        chunk_size: block length ``C`` (16, 32, 64 or 128; 64 is tuned for the H100).
+        segment_size: tokens per independently scheduled segment (a multiple of ``chunk_size``);
+            ``None`` chooses from the GPU's size.
+
+    Returns:
+        ``o: [B, H, T, V]`` in the dtype of ``q`` — or ``(o, final_state)``.
+
+    Heads of width up to 256 are supported (``K, V ≤ 256``).
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_device(name, x)
+        check_dtype(name, x)
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have 4 dimensions [B, H, T, D], got shape {tuple(x.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
+    B, H, T, K = q.shape
+    V = v.shape[-1]
+    if tuple(k.shape) != (B, H, T, K):
+        raise ValueError(f"k must have the shape of q {(B, H, T, K)}, got {tuple(k.shape)}")
+    if tuple(v.shape[:3]) != (B, H, T):
+        raise ValueError(f"v must have batch, heads and length {(B, H, T)} like q, got {tuple(v.shape[:3])}")
+    if T < 1:
+        raise ValueError(f"the sequence length must be at least 1, got T={T}")
+    if not (1 <= K <= 256 and 1 <= V <= 256):
+        raise ValueError(f"head widths must lie in 1..256, got K={K} and V={V}")
+    if chunk_size not in (16, 32, 64, 128):
+        raise ValueError(f"chunk_size must be 16, 32, 64 or 128, got {chunk_size!r}")
+    if segment_size is not None and (
+        not isinstance(segment_size, int) or segment_size < chunk_size or segment_size % chunk_size
+    ):
+        raise ValueError(f"segment_size must be a positive multiple of chunk_size={chunk_size}, got {segment_size!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite real number, got {scale!r}")
+
+    decay = torch.as_tensor(decay, dtype=torch.float64).detach().to(q.device)
+    if decay.shape != (H,):
+        raise ValueError(f"decay must have shape [H] = [{H}], got {tuple(decay.shape)}")
+    if not bool(((decay > 0) & (decay <= 1)).all()):
+        raise ValueError("decay must lie in (0, 1] for every head")
+    log2_decay = torch.log2(decay).float().contiguous()
+
+    if initial_state is not None:
+        check_device("initial_state", initial_state)
+        if tuple(initial_state.shape) != (B, H, K, V):
+            raise ValueError(f"initial_state must have shape [B, H, K, V] = {(B, H, K, V)}, got {tuple(initial_state.shape)}")
+        if initial_state.device != q.device:
+            raise ValueError(f"initial_state must be on {q.device}, got {initial_state.device}")
+        if not initial_state.is_floating_point():
+            raise TypeError(f"initial_state must be a floating tensor, got {initial_state.dtype}")
+        initial_state = initial_state.float().contiguous()
+
+    seg_len = _plan_segments(B, H, T, V, K, chunk_size, segment_size, q.device)
+    o, final = _LightningAttention.apply(
+        q.contiguous(), k.contiguous(), v.contiguous(), log2_decay, initial_state, float(scale), chunk_size, seg_len
+    )
+    return (o, final) if output_final_state else o
