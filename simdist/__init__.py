@@ -1,1 +1,35 @@
-"""Sequence parallelism on torch.distributed: LASP-1, LASP-2 and LASP-2H on gloo CPU ranks or NCCL GPUs."""
+"""Sequence parallelism on torch.distributed: LASP-1, LASP-2 and LASP-2H on gloo CPU ranks or NCCL GPUs.
+
+Each rank holds one contiguous chunk of the sequence; the functions take that chunk and return its
+rows of the one-device output, differentiably:
+
+* ``simdist.lasp1.attention`` — causal linear attention (optional Lightning decay) by a ring of
+  point-to-point messages: ``2(W-1)`` sequential steps per forward and backward.
+* ``simdist.lasp2.attention`` — the same function (and the bidirectional one) by one AllGather of
+  chunk states each way: 2 collectives whatever ``W``.
+* ``simdist.lasp2h.attention`` — softmax attention (the hybrid model's softmax layers) by AllGather
+  of K, V and reduce-scatter of dK, dV.
+* ``simdist.ring.attention`` — Ring Attention, the softmax baseline.
+
+``simdist.launch`` / ``simdist.Pool`` start the ranks; ``simdist.accounting`` counts every message
+and draws the timeline; ``simdist.verify`` checks any of them against one device;
+``simdist.costmodel`` projects them to many GPUs; ``python -m simdist.bench`` measures them on GPUs.
+"""
+
+from simdist import accounting, comm, lasp1, lasp2, lasp2h, local, ring
+from simdist.runtime import LaunchError, Pool, RankError, launch, shared_pool
+
+__all__ = [
+    "launch",
+    "Pool",
+    "shared_pool",
+    "RankError",
+    "LaunchError",
+    "accounting",
+    "comm",
+    "local",
+    "lasp1",
+    "lasp2",
+    "lasp2h",
+    "ring",
+]

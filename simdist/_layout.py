@@ -1,0 +1,179 @@
+"""Input checks that every rank agrees on: the handshake that turns a bad input into an error everywhere.
+
+A check that fails on one rank only would leave the other ranks waiting forever in the next
+collective. So each algorithm validates its local input *without raising yet*, then all ranks
+exchange a fixed-size description of what they hold (one small AllGather, recorded as
+``kind="meta"``): whether the local checks passed, ``B, H, K, V``, the chunk length, the dtype, the
+options and a fingerprint of the decay. Then every rank raises the same error if anything disagrees
+— or its own error, if its own input was bad, while the others name it. The handshake also tells
+each rank every chunk's length, which LASP-2's decayed prefix and LASP-2H's gathers need (chunks of
+unequal length are allowed).
+
+Passing ``lengths=[C_0, …, C_{W-1}]`` to an algorithm skips the handshake (as a training loop that
+knows its layout would, and as the benchmark does): the local checks still run, but a rank whose
+input disagrees with the others can then only fail by itself.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from simdist import comm
+
+_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+_FIELDS = ["ok", "B", "H", "K", "V", "C", "dtype", "causal", "has_decay", "scale", "decay_fp1", "decay_fp2", "W", "algorithm"]
+_ALGORITHMS = ["lasp1", "lasp2", "lasp2h", "ring"]
+
+
+@dataclass
+class Layout:
+    """Where this rank's chunk sits: ``rank``, ``W``, every chunk's length and start."""
+
+    rank: int
+    world_size: int
+    lengths: list
+    group: object = None
+
+    @property
+    def starts(self) -> list:
+        out, acc = [], 0
+        for c in self.lengths:
+            out.append(acc)
+            acc += c
+        return out
+
+    @property
+    def total(self) -> int:
+        return sum(self.lengths)
+
+
+def _check_local(name, q, k, v, decay, causal, scale, *, allow_decay: bool, scale_may_be_none: bool):
+    """Validate this rank's own inputs; return the normalised decay (float64 CPU tensor or None)."""
+    for arg, x, layout in (("q", q, "[B, H, C, K]"), ("k", k, "[B, H, C, K]"), ("v", v, "[B, H, C, V]")):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch tensor {layout}, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"{name}: {arg} must have 4 dimensions {layout}, got shape {tuple(x.shape)}")
+        if x.dtype not in _DTYPES:
+            raise TypeError(f"{name}: {arg} must be float64, float32, float16 or bfloat16, got {x.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{name}: q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"{name}: q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
+    B, H, C, K = q.shape
+    if tuple(k.shape) != (B, H, C, K):
+        raise ValueError(f"{name}: k must have the shape of q {(B, H, C, K)}, got {tuple(k.shape)}")
+    if tuple(v.shape[:3]) != (B, H, C):
+        raise ValueError(f"{name}: v must have shape [B, H, C, V] with B, H, C = {(B, H, C)} like q, got {tuple(v.shape)}")
+    if C < 1 or K < 1 or v.shape[3] < 1 or B < 1 or H < 1:
+        raise ValueError(f"{name}: every rank needs a chunk of at least one token and non-empty dimensions, got q {tuple(q.shape)}, v {tuple(v.shape)}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"{name}: causal must be True or False, got {causal!r}")
+    if scale is None:
+        if not scale_may_be_none:
+            raise TypeError(f"{name}: scale must be a real number, got None")
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+        raise ValueError(f"{name}: scale must be a finite real number, got {scale!r}")
+    if decay is None:
+        return None
+    if not allow_decay:
+        raise ValueError(f"{name}: takes no decay")
+    try:
+        lam = torch.as_tensor(decay.detach() if isinstance(decay, torch.Tensor) else decay).to("cpu", torch.float64)
+    except Exception as err:
+        raise TypeError(f"{name}: decay must be a tensor or sequence of shape [H] = [{H}], got {type(decay).__name__}") from err
+    if lam.ndim != 1 or lam.shape[0] != H:
+        raise ValueError(f"{name}: decay must have shape [H] = [{H}], got {tuple(lam.shape)}")
+    if not bool(((lam > 0) & (lam <= 1)).all()):
+        raise ValueError(f"{name}: decay must lie in (0, 1] for every head, got {lam.tolist()}")
+    return lam
+
+
+def _meta_device(group):
+    backend = dist.get_backend(group)
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def handshake(name, algorithm, q, k, v, decay, causal, scale, group, *, lengths=None, allow_decay=True, scale_may_be_none=False):
+    """Validate locally, agree across ranks, return ``(Layout, decay as float64 CPU tensor or None)``.
+
+    Raises the same ``ValueError`` on every rank when the ranks disagree, this rank's own error when
+    its input is bad (the others raise one naming it), never hangs on a bad input.
+    """
+    rank, W = comm.group_layout(group)
+    local_error = None
+    lam = None
+    try:
+        lam = _check_local(name, q, k, v, decay, causal, scale, allow_decay=allow_decay, scale_may_be_none=scale_may_be_none)
+    except (TypeError, ValueError) as err:
+        local_error = err
+
+    if lengths is not None:  # the caller vouches for the layout: local checks only
+        if local_error is not None:
+            raise local_error
+        lengths = [int(c) for c in lengths]
+        if len(lengths) != W:
+            raise ValueError(f"{name}: lengths must give one chunk length per rank ({W}), got {len(lengths)}")
+        if lengths[rank] != q.shape[2]:
+            raise ValueError(f"{name}: lengths[{rank}] = {lengths[rank]} but this rank's chunk has {q.shape[2]} tokens")
+        return Layout(rank, W, lengths, group), lam
+
+    if local_error is None:
+        B, H, C, K = q.shape
+        fp1 = fp2 = 0.0
+        if lam is not None:
+            logs = lam.log()
+            fp1 = float(logs.sum())
+            fp2 = float((logs * torch.arange(1, H + 1, dtype=torch.float64)).sum())
+        row = [1, B, H, K, v.shape[3], C, _DTYPES.index(q.dtype), int(causal), int(lam is not None),
+               float("nan") if scale is None else float(scale), fp1, fp2, W, _ALGORITHMS.index(algorithm)]
+    else:
+        row = [0] + [0] * (len(_FIELDS) - 1)
+    if W == 1:
+        if local_error is not None:
+            raise local_error
+        return Layout(rank, W, [int(q.shape[2])], group), lam
+
+    mine = torch.tensor(row, dtype=torch.float64, device=_meta_device(group))
+    table = torch.stack(comm.all_gather(mine, group=group, label="shapes", kind="meta")).cpu()
+    if local_error is not None:
+        raise local_error
+    rows = table.tolist()
+    bad = [r for r, x in enumerate(rows) if x[0] != 1]
+    if bad:
+        raise ValueError(f"{name}: rank{'s' if len(bad) > 1 else ''} {bad} rejected {'their' if len(bad) > 1 else 'its'} input (see that rank's error); every rank stops")
+
+    def differs(field):
+        i = _FIELDS.index(field)
+        values = [x[i] for x in rows]
+        same = all((a == values[0]) or (math.isnan(a) and math.isnan(values[0])) for a in values)
+        return None if same else values
+
+    problems = []
+    for field, what in (("algorithm", "algorithm"), ("W", "group size")):
+        values = differs(field)
+        if values is not None:
+            shown = [_ALGORITHMS[int(x)] for x in values] if field == "algorithm" else [int(x) for x in values]
+            problems.append(f"the ranks call different {what}s: " + ", ".join(f"rank {r}: {x}" for r, x in enumerate(shown)))
+    for field, what in (("B", "batch B"), ("H", "heads H"), ("K", "key width K"), ("V", "value width V")):
+        values = differs(field)
+        if values is not None:
+            problems.append(f"{what} differs across ranks: " + ", ".join(f"rank {r}: {int(x)}" for r, x in enumerate(values)))
+    if differs("dtype") is not None:
+        problems.append("dtype differs across ranks: " + ", ".join(f"rank {r}: {_DTYPES[int(x[6])]}" for r, x in enumerate(rows)))
+    if differs("causal") is not None:
+        problems.append("causal differs across ranks: " + ", ".join(f"rank {r}: {bool(x[7])}" for r, x in enumerate(rows)))
+    if differs("has_decay") is not None or differs("decay_fp1") is not None or differs("decay_fp2") is not None:
+        problems.append("decay differs across ranks (every rank must pass the same decay, or all None)")
+    if differs("scale") is not None:
+        problems.append("scale differs across ranks: " + ", ".join(f"rank {r}: {x[9]}" for r, x in enumerate(rows)))
+    if problems:
+        raise ValueError(f"{name}: the ranks' inputs disagree: " + "; ".join(problems))
+    return Layout(rank, W, [int(x[5]) for x in rows], group), lam

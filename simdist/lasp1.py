@@ -1,0 +1,127 @@
+r"""LASP-1 (arXiv 2404.02882): causal linear attention over ``W`` ranks by a ring of point-to-point messages.
+
+Rank ``r`` holds the contiguous chunk ``r`` of the sequence (``C_r`` tokens). The state of all earlier
+chunks reaches it along a chain (ALGORITHMS.md §5)::
+
+    forward   rank r:  P_r  = receive from r-1            (zeros on rank 0)
+                       O_r  = [(Q_r K_rᵀ) ⊙ D] V_r  +  Λ Q_r P_r          (intra + inter)
+                       send λ^{C_r} P_r + M_r to r+1,  M_r = (λ^{C_r} Λ⁻¹ K_r)ᵀ V_r
+    backward  rank r:  dS_r = receive from r+1            (zeros on rank W-1)
+                       dP_r = (Λ Q_r)ᵀ dO_r + λ^{C_r} dS_r  → send to r-1
+                       dK_r, dV_r += (λ^{C-j} V_r) dS_rᵀ, (λ^{C-j} K_r) dS_r;  dQ_r += Λ dO_r P_rᵀ
+
+``W-1`` messages forward and ``W-1`` backward, each of ``B·H·K·V`` state elements, and every one
+waits for the previous: ``2(W-1)`` **sequential** steps per iteration. The receive is posted first
+and the intra-chunk work (``intra`` and ``M_r``; in the backward the intra gradients) is computed
+while it travels, so each rank only waits for what it cannot do without the state.
+
+Only the causal form exists here: bidirectional attention needs the sum of *every* chunk's state on
+every rank, which a chain delivers in ``2(W-1)`` steps and LASP-2's single AllGather in one — use
+``simdist.lasp2.attention(..., causal=False)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from simdist import _layout, accounting, comm, local
+
+__all__ = ["attention"]
+
+
+class _Lasp1(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, log_lam, scale, layout):
+        r, W = layout.rank, layout.world_size
+        group = layout.group
+        sd = local.state_dtype(q.dtype)
+        B, H, C, K = q.shape
+        V = v.shape[-1]
+        f = local.factors(log_lam, C, sd)
+        if r > 0:  # post the receive first; the intra-chunk work overlaps it
+            P = torch.zeros(B, H, K, V, dtype=sd, device=q.device)
+            recv = comm.irecv(P, r - 1, group=group, label="KV")
+        with accounting.span("compute", "intra"), torch.enable_grad():
+            qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
+            o_intra = local.intra(qd, kd, vd, log_lam, scale)
+        with accounting.span("compute", "M"):
+            M = local.chunk_state(k, v, f)
+        if r > 0:
+            recv.wait()
+        else:
+            P = torch.zeros(B, H, K, V, dtype=sd, device=q.device)
+        send = None
+        if r < W - 1:
+            with accounting.span("compute", "state"):
+                S = (P if f.block is None else f.block * P) + M
+            send = comm.isend(S, r + 1, group=group, label="KV")
+        with accounting.span("compute", "inter"):
+            o = o_intra.detach() + local.inter(q, P, f, scale)
+        if send is not None:
+            send.wait()
+        ctx.graph = (qd, kd, vd, o_intra)
+        ctx.save_for_backward(q, k, v, P)
+        ctx.f, ctx.scale, ctx.layout = f, scale, layout
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, P = ctx.saved_tensors
+        qd, kd, vd, o_intra = ctx.graph
+        f, scale, layout = ctx.f, ctx.scale, ctx.layout
+        r, W, group = layout.rank, layout.world_size, layout.group
+        do = do.contiguous()
+        if r < W - 1:
+            dS = torch.zeros_like(P)
+            recv = comm.irecv(dS, r + 1, group=group, label="dKV")
+        with accounting.span("compute", "intra backward"):
+            dq, dk, dv = torch.autograd.grad(o_intra, (qd, kd, vd), do)
+            dq = dq + local.grad_inter_q(do, P, f, scale)
+            dP = local.grad_state_in(q, do, f, scale)
+        send = None
+        if r < W - 1:
+            recv.wait()
+            if r > 0:
+                with accounting.span("compute", "state"):
+                    dP = dP + (dS if f.block is None else f.block * dS)
+        if r > 0:
+            send = comm.isend(dP, r - 1, group=group, label="dKV")
+        if r < W - 1:
+            with accounting.span("compute", "dK dV from the state"):
+                dk_s, dv_s = local.grad_chunk_state(k, v, dS, f)
+                dk, dv = dk + dk_s, dv + dv_s
+        if send is not None:
+            send.wait()
+        ctx.graph = None
+        return dq, dk, dv, None, None, None
+
+
+def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, group=None, lengths=None):
+    r"""Causal linear attention (Lightning decay optional) of this rank's chunk, by the LASP-1 ring.
+
+    Every rank of ``group`` calls it with its own contiguous chunk, in rank order along the sequence.
+
+    Args:
+        q: ``[B, H, C_r, K]`` this rank's queries (``C_r`` may differ between ranks).
+        k: ``[B, H, C_r, K]``; v: ``[B, H, C_r, V]``.
+        decay: ``[H]`` rates ``λ`` in ``(0, 1]`` (a tensor or a sequence; not differentiated), or
+            ``None`` for plain linear attention (``λ = 1``). The same on every rank.
+        causal: must be ``True`` (see the module docstring; ``lasp2`` has the bidirectional form).
+        scale: multiplies ``q`` (default 1.0).
+        group: the process group (``None``: the default group).
+        lengths: every rank's chunk length, to skip the validation handshake (see ``simdist._layout``).
+
+    Returns:
+        ``o: [B, H, C_r, V]``, this chunk's rows of the one-device output; differentiable in q, k, v.
+
+    Raises:
+        ValueError: bad or disagreeing input (on every rank), or ``causal=False``.
+    """
+    if causal is False:
+        raise ValueError(
+            "simdist.lasp1.attention: LASP-1 is the causal ring; bidirectional attention needs every chunk's state on "
+            "every rank, which one AllGather gives: use simdist.lasp2.attention(..., causal=False)"
+        )
+    layout, lam = _layout.handshake("simdist.lasp1.attention", "lasp1", q, k, v, decay, causal, scale, group, lengths=lengths)
+    log_lam = None if lam is None else lam.log().to(q.device)
+    return _Lasp1.apply(q, k, v, log_lam, float(scale), layout)

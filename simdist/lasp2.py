@@ -1,0 +1,212 @@
+r"""LASP-2 (arXiv 2502.07563): linear attention over ``W`` ranks with one AllGather each way.
+
+Rank ``r`` holds the contiguous chunk ``r`` (``C_r`` tokens; lengths may differ). Instead of passing
+the state along a chain, every rank publishes its chunk's own state and gathers everyone's
+(ALGORITHMS.md §6).
+
+**Causal (Algorithm 2), with decay.** ``M_s = (λ^{C_s} Λ⁻¹ K_s)ᵀ V_s`` is chunk ``s``'s own decayed
+state. After the AllGather, rank ``r`` forms the **exclusive** decayed prefix — the state of chunks
+``0..r-1`` only::
+
+    P_0 = 0,   P_r = λ^{C_{r-1}} P_{r-1} + M_{r-1}      (equal chunks: Σ_{s<r} λ^{C(r-1-s)} M_s)
+    O_r = [(Q_r K_rᵀ) ⊙ D] V_r + Λ Q_r P_r
+
+(An *inclusive* prefix, ``M_{1:t}`` as the seed summary prints it, would count the chunk's own
+tokens twice — once in the intra term, once undecayed-by-position in the prefix — and let a token
+see later tokens of its chunk. ``tests/test_lasp.py`` pins that.) Backward: ``dM_r = (Λ Q_r)ᵀ dO_r``
+(the gradient w.r.t. ``P_r``); AllGather; exclusive decayed *suffix*
+``G_{W-1} = 0, G_r = λ^{C_{r+1}} G_{r+1} + dM_{r+1}`` is the gradient w.r.t. ``M_r``, giving
+``dK_r += (λ^{C_r-j} V_r) G_rᵀ``, ``dV_r += (λ^{C_r-j} K_r) G_r``, and ``dQ_r += Λ dO_r P_rᵀ``.
+
+**Bidirectional (Algorithm 1), no decay.** ``M_r = K_rᵀ V_r``; AllGather; ``O_r = Q_r Σ_s M_s``.
+Backward: ``dM_r = Q_rᵀ dO_r``; AllGather; ``dK_r = V_r (Σ dM)ᵀ``, ``dV_r = K_r Σ dM``.
+
+Two collectives per iteration whatever ``W`` (LASP-1 needs ``2(W-1)`` sequential messages). Each
+rank still *receives* ``W-1`` states per collective: LASP-2 saves steps and waiting, not bytes. The
+gathers are posted before the intra-chunk work, which runs while they travel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from simdist import _layout, accounting, comm, local
+
+__all__ = ["attention", "exclusive_prefix", "exclusive_suffix", "inclusive_prefix", "forward_with_prefix"]
+
+
+def _block_decay(log_lam, C: int, dtype):
+    """``λ^C`` as ``[H, 1, 1]`` (``None`` without decay)."""
+    return None if log_lam is None else torch.exp(log_lam * C).to(dtype)[:, None, None]
+
+
+def exclusive_prefix(states, lengths, rank: int, log_lam):
+    """``P_rank = Σ_{s<rank} λ^{C_{s+1} + … + C_{rank-1}} M_s`` by the scan ``P_s = λ^{C_{s-1}} P_{s-1} + M_{s-1}``."""
+    P = torch.zeros_like(states[0])
+    for s in range(rank):
+        decay = _block_decay(log_lam, lengths[s], P.dtype)
+        P = (P if decay is None else decay * P) + states[s]
+    return P
+
+
+def inclusive_prefix(states, lengths, rank: int, log_lam):
+    """The erratum: ``λ^{C_rank} P_rank + M_rank``, the state *including* chunk ``rank`` itself.
+
+    What the seed summary's ``O_t = Q_t M_{1:t} + O_t,intra`` computes. Wrong: chunk ``rank``'s own
+    tokens are already in the intra term. Kept only to show the difference (``forward_with_prefix``).
+    """
+    P = exclusive_prefix(states, lengths, rank, log_lam)
+    decay = _block_decay(log_lam, lengths[rank], P.dtype)
+    return (P if decay is None else decay * P) + states[rank]
+
+
+def forward_with_prefix(q, k, v, *, decay=None, scale: float = 1.0, group=None, prefix: str = "exclusive"):
+    """LASP-2's causal forward (no gradient) with a choice of prefix, to see the erratum happen.
+
+    ``prefix="exclusive"`` is ``attention``'s forward; ``"inclusive"`` uses ``inclusive_prefix`` and
+    returns a different, wrong output on every rank (rank 0 included: its own chunk enters its prefix).
+    """
+    if prefix not in ("exclusive", "inclusive"):
+        raise ValueError(f"prefix must be 'exclusive' or 'inclusive', got {prefix!r}")
+    layout, lam = _layout.handshake("simdist.lasp2.forward_with_prefix", "lasp2", q, k, v, decay, True, scale, group)
+    log_lam = None if lam is None else lam.log().to(q.device)
+    f = local.factors(log_lam, q.shape[2], local.state_dtype(q.dtype))
+    with torch.no_grad():
+        M = local.chunk_state(k, v, f)
+        states = comm.all_gather(M, group=group, label="M") if layout.world_size > 1 else [M]
+        scan = exclusive_prefix if prefix == "exclusive" else inclusive_prefix
+        P = scan(states, layout.lengths, layout.rank, log_lam)
+        return local.intra(q, k, v, log_lam, float(scale)) + local.inter(q, P, f, float(scale))
+
+
+def exclusive_suffix(grads, lengths, rank: int, log_lam):
+    """``G_rank`` by the reverse scan ``G_{W-1} = 0``, ``G_s = λ^{C_{s+1}} G_{s+1} + dM_{s+1}``."""
+    G = torch.zeros_like(grads[0])
+    for s in range(len(grads) - 1, rank, -1):
+        decay = _block_decay(log_lam, lengths[s], G.dtype)
+        G = (G if decay is None else decay * G) + grads[s]
+    return G
+
+
+class _Lasp2Causal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, log_lam, scale, layout):
+        r, W, group = layout.rank, layout.world_size, layout.group
+        f = local.factors(log_lam, q.shape[2], local.state_dtype(q.dtype))
+        with accounting.span("compute", "M"):
+            M = local.chunk_state(k, v, f)
+        if W > 1:
+            gather, states = comm.all_gather(M, group=group, label="M", async_op=True)
+        with accounting.span("compute", "intra"), torch.enable_grad():
+            qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
+            o_intra = local.intra(qd, kd, vd, log_lam, scale)
+        if W > 1:
+            gather.wait()
+        else:
+            states = [M]
+        with accounting.span("compute", "prefix + inter"):
+            P = exclusive_prefix(states, layout.lengths, r, log_lam)
+            o = o_intra.detach() + local.inter(q, P, f, scale)
+        ctx.graph = (qd, kd, vd, o_intra)
+        ctx.save_for_backward(q, k, v, P)
+        ctx.f, ctx.scale, ctx.layout, ctx.log_lam = f, scale, layout, log_lam
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, P = ctx.saved_tensors
+        qd, kd, vd, o_intra = ctx.graph
+        f, scale, layout, log_lam = ctx.f, ctx.scale, ctx.layout, ctx.log_lam
+        r, W, group = layout.rank, layout.world_size, layout.group
+        do = do.contiguous()
+        with accounting.span("compute", "dM"):
+            dM = local.grad_state_in(q, do, f, scale)
+        if W > 1:
+            gather, grads = comm.all_gather(dM, group=group, label="dM", async_op=True)
+        with accounting.span("compute", "intra backward"):
+            dq, dk, dv = torch.autograd.grad(o_intra, (qd, kd, vd), do)
+            dq = dq + local.grad_inter_q(do, P, f, scale)
+        if W > 1:
+            gather.wait()
+            with accounting.span("compute", "suffix"):
+                G = exclusive_suffix(grads, layout.lengths, r, log_lam)
+                dk_s, dv_s = local.grad_chunk_state(k, v, G, f)
+                dk, dv = dk + dk_s, dv + dv_s
+        ctx.graph = None
+        return dq, dk, dv, None, None, None
+
+
+class _Lasp2Bidirectional(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, layout):
+        W, group = layout.world_size, layout.group
+        sd = local.state_dtype(q.dtype)
+        with accounting.span("compute", "M"):
+            M = k.to(sd).transpose(-1, -2) @ v.to(sd)
+        if W > 1:
+            gather, states = comm.all_gather(M, group=group, label="M", async_op=True)
+            gather.wait()
+            total = torch.stack(states).sum(0)
+        else:
+            total = M
+        with accounting.span("compute", "Q M"):
+            o = (q.to(sd) @ total * scale).to(q.dtype)
+        ctx.save_for_backward(q, k, v, total)
+        ctx.scale, ctx.layout = scale, layout
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, total = ctx.saved_tensors
+        scale, layout = ctx.scale, ctx.layout
+        W, group = layout.world_size, layout.group
+        sd = total.dtype
+        do = do.contiguous()
+        with accounting.span("compute", "dM"):
+            dM = q.to(sd).transpose(-1, -2) @ do.to(sd) * scale
+        if W > 1:
+            gather, grads = comm.all_gather(dM, group=group, label="dM", async_op=True)
+        with accounting.span("compute", "dQ"):
+            dq = (do.to(sd) @ total.transpose(-1, -2) * scale).to(q.dtype)
+        if W > 1:
+            gather.wait()
+            dtotal = torch.stack(grads).sum(0)
+        else:
+            dtotal = dM
+        with accounting.span("compute", "dK dV"):
+            dk = (v.to(sd) @ dtotal.transpose(-1, -2)).to(k.dtype)
+            dv = (k.to(sd) @ dtotal).to(v.dtype)
+        return dq, dk, dv, None, None
+
+
+def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, group=None, lengths=None):
+    r"""Linear attention of this rank's chunk by LASP-2: causal with optional decay, or bidirectional.
+
+    Every rank of ``group`` calls it with its own contiguous chunk, in rank order along the sequence.
+
+    Args:
+        q: ``[B, H, C_r, K]`` this rank's queries (``C_r`` may differ between ranks).
+        k: ``[B, H, C_r, K]``; v: ``[B, H, C_r, V]``.
+        decay: ``[H]`` rates ``λ`` in ``(0, 1]`` (tensor or sequence; not differentiated), or ``None``
+            (``λ = 1``). The same on every rank. Not allowed with ``causal=False``.
+        causal: ``True`` — Algorithm 2 (masked); ``False`` — Algorithm 1, every token sees every token.
+        scale: multiplies ``q`` (default 1.0).
+        group: the process group (``None``: the default group).
+        lengths: every rank's chunk length, to skip the validation handshake (see ``simdist._layout``).
+
+    Returns:
+        ``o: [B, H, C_r, V]``, this chunk's rows of the one-device output; differentiable in q, k, v.
+
+    Raises:
+        ValueError: bad or disagreeing input (on every rank), or a decay with ``causal=False``.
+    """
+    if causal is False and decay is not None:
+        raise ValueError(
+            "simdist.lasp2.attention: bidirectional (causal=False) attention has no decay in LASP-2 (Algorithm 1); "
+            "pass decay=None, or causal=True for Lightning decay"
+        )
+    layout, lam = _layout.handshake("simdist.lasp2.attention", "lasp2", q, k, v, decay, causal, scale, group, lengths=lengths)
+    if not causal:
+        return _Lasp2Bidirectional.apply(q, k, v, float(scale), layout)
+    log_lam = None if lam is None else lam.log().to(q.device)
+    return _Lasp2Causal.apply(q, k, v, log_lam, float(scale), layout)

@@ -1,0 +1,498 @@
+"""Start ``W`` ranks in one process group, run a function in each, collect the results — safely.
+
+``launch(fn, W)`` is the one-shot form; ``Pool(W)`` keeps the ranks alive between calls so a test
+suite or a lesson pays the start-up once::
+
+    with simdist.Pool(4) as pool:            # 4 gloo CPU processes, one process group
+        outs = pool.run(my_module.fn, x)     # [fn(0, 4, x), fn(1, 4, x), fn(2, 4, x), fn(3, 4, x)]
+
+What the runtime guarantees:
+
+* Results come back in rank order, as CPU tensors or other picklable objects.
+* A rank that raises makes ``run`` raise ``RankError`` naming the rank, with its traceback.
+  A rank that dies (``os._exit``, a signal, a crash) or hangs ends the call within the timeout
+  with a ``RankError`` naming it (a hung rank is named from the status board: the rank busy outside
+  any communication while the others wait in one).
+* No rank outlives a failure: a pool whose ranks may be inconsistent (a death, a hang, a failure on
+  only some ranks) is torn down at once and silently replaced by fresh ranks on the next ``run``
+  (``pool.restarts`` counts this). An error raised by *every* rank (bad input, detected everywhere)
+  keeps the pool, after a quick health check.
+* Ranks rendezvous through a file store in a fresh temporary directory: no fixed port, nothing to
+  collide with another run. Every wait has a timeout.
+
+Processes come from a ``forkserver`` that imports torch once, so starting 4 ranks costs a tenth of
+a second after the first pool (a plain ``spawn`` would re-import torch in every rank, seconds each).
+The function must be picklable: a function defined at module level (not a lambda, not a function
+defined inside a notebook cell; put it in a module).
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import os
+import pickle
+import shutil
+import signal
+import tempfile
+import time
+import weakref
+from multiprocessing import connection
+
+from simdist import _worker
+
+__all__ = ["launch", "Pool", "shared_pool", "RankError", "LaunchError"]
+
+BACKENDS = ("gloo", "nccl")
+
+
+class LaunchError(RuntimeError):
+    """The ranks could not be started or could not join the process group."""
+
+
+class RankError(RuntimeError):
+    """A run failed on one or more ranks.
+
+    Attributes:
+        rank: the rank the failure is attributed to (the one that died, raised first, or hung).
+        exceptions: ``{rank: exception}`` for every rank that raised.
+        tracebacks: ``{rank: formatted traceback}`` for those ranks.
+        exit_codes: ``{rank: exit code}`` for every rank that died (negative: killed by that signal).
+        hung: ranks that gave no answer before the timeout.
+        pids: the process ids of the ranks (all of them are gone when this is raised, unless the pool
+            was kept because every rank raised the same way).
+    """
+
+    def __init__(self, message, *, rank, exceptions=None, tracebacks=None, exit_codes=None, hung=(), pids=()):
+        super().__init__(message)
+        self.rank = rank
+        self.exceptions = dict(exceptions or {})
+        self.tracebacks = dict(tracebacks or {})
+        self.exit_codes = dict(exit_codes or {})
+        self.hung = list(hung)
+        self.pids = list(pids)
+
+
+def _context():
+    """A ``forkserver`` context whose server has imported torch and simdist (``spawn`` elsewhere)."""
+    try:
+        ctx = mp.get_context("forkserver")
+    except ValueError:  # no fork server on this platform
+        return mp.get_context("spawn")
+    ctx.set_forkserver_preload(["simdist._worker"])
+    return ctx
+
+
+_LIVE_POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_pools() -> None:
+    for pool in list(_LIVE_POOLS):
+        pool.close()
+
+
+def _describe_exit(code) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _health_check(rank: int, world_size: int):
+    """A tiny collective on every rank: does the group still work end to end?"""
+    import torch
+    import torch.distributed as dist
+
+    x = torch.ones(1)
+    if dist.get_backend() == "nccl":
+        x = x.cuda()
+    dist.all_reduce(x)
+    return float(x.item())
+
+
+class Pool:
+    """``world_size`` ranks in one process group, reused across ``run`` calls.
+
+    Args:
+        world_size: number of ranks ``W`` (processes).
+        backend: ``"gloo"`` (CPU processes) or ``"nccl"`` (one GPU per rank, rank ``r`` on
+            ``cuda:r``; needs ``W`` visible GPUs).
+        timeout: default seconds a ``run`` may take; also the process group's own timeout for a
+            collective, so a rank blocked on a dead peer gives up by itself.
+        start_timeout: seconds the ranks may take to start and join the group (default
+            ``max(60, timeout)``).
+        threads: torch threads per rank (default: the CPU cores divided among the ranks).
+        grace: seconds to wait for the other ranks' answers once one rank has failed.
+
+    Use as a context manager, or call ``close()``. A pool whose ranks failed in a way that may leave
+    them inconsistent is torn down immediately and restarted on the next ``run``.
+    """
+
+    def __init__(
+        self,
+        world_size: int,
+        *,
+        backend: str = "gloo",
+        timeout: float = 120.0,
+        start_timeout: float | None = None,
+        threads: int | None = None,
+        grace: float = 3.0,
+    ):
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if backend == "nccl":
+            import torch
+
+            available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if available < world_size:
+                raise ValueError(f"backend 'nccl' puts one GPU on each rank: {world_size} ranks need {world_size} GPUs, {available} visible")
+        self.world_size = world_size
+        self.backend = backend
+        self.timeout = float(timeout)
+        self.start_timeout = float(start_timeout) if start_timeout is not None else max(60.0, self.timeout)
+        cores = os.cpu_count() or 1
+        self.threads = threads if threads is not None else max(1, cores // world_size)
+        self.grace = float(grace)
+        self.restarts = 0
+        self._procs: list = []
+        self._conns: list = []
+        self._board = None
+        self._tmpdir: str | None = None
+        self._closed = False
+        _LIVE_POOLS.add(self)
+        self._start()
+
+    # ------------------------------------------------------------------ life cycle
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the current ranks (empty while the pool is down)."""
+        return [p.pid for p in self._procs]
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._procs) and all(p.is_alive() for p in self._procs)
+
+    def _start(self) -> None:
+        ctx = _context()
+        self._tmpdir = tempfile.mkdtemp(prefix="simdist-")
+        store_path = os.path.join(self._tmpdir, "store")
+        self._board = ctx.RawArray("c", self.world_size * _worker.STATUS_WIDTH)
+        procs, conns = [], []
+        for rank in range(self.world_size):
+            parent_end, child_end = ctx.Pipe(duplex=True)
+            proc = ctx.Process(
+                target=_worker.main,
+                args=(rank, self.world_size, self.backend, store_path, self.timeout, child_end, self._board, self.threads),
+                name=f"simdist-rank{rank}",
+                daemon=True,
+            )
+            proc.start()
+            child_end.close()
+            procs.append(proc)
+            conns.append(parent_end)
+        self._procs, self._conns = procs, conns
+        deadline = time.monotonic() + self.start_timeout
+        waiting = set(range(self.world_size))
+        problems = []
+        while waiting and not problems:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            handles = {conns[r]: r for r in waiting} | {procs[r].sentinel: r for r in waiting}
+            for handle in connection.wait(list(handles), timeout=left):
+                rank = handles[handle]
+                if rank not in waiting:
+                    continue
+                if handle is procs[rank].sentinel and not conns[rank].poll():
+                    procs[rank].join(0.5)
+                    problems.append(f"rank {rank} {_describe_exit(procs[rank].exitcode)} while starting")
+                    waiting.discard(rank)
+                    continue
+                try:
+                    status, value, text = pickle.loads(conns[rank].recv_bytes())
+                except (EOFError, OSError):
+                    problems.append(f"rank {rank} closed its pipe while starting")
+                    waiting.discard(rank)
+                    continue
+                waiting.discard(rank)
+                if status != "ready":
+                    problems.append(f"rank {rank} could not join the {self.backend} process group:\n{text}")
+        if waiting and not problems:
+            problems.append(f"ranks {sorted(waiting)} did not join the {self.backend} process group within {self.start_timeout:g} s")
+        if problems:
+            self._teardown()
+            raise LaunchError("\n".join(problems))
+
+    def _teardown(self) -> None:
+        """Stop every rank now (no goodbye): terminate, then kill whatever is left; remove the store."""
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + 2.0
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2.0)
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def close(self) -> None:
+        """Ask every rank to leave the group and exit; kill any that do not within a few seconds."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in self._conns:
+            try:
+                conn.send_bytes(b"stop")
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.monotonic() + 5.0
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        self._teardown()
+        _LIVE_POOLS.discard(self)
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # best effort; close() is the contract
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("up" if self._procs else "down (restarts on next run)")
+        return f"Pool(world_size={self.world_size}, backend={self.backend!r}, {state}, restarts={self.restarts})"
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, fn, *args, timeout: float | None = None) -> list:
+        """``[fn(rank, world_size, *args) for every rank]``, computed by the ranks in parallel.
+
+        Raises:
+            TypeError: ``fn`` or ``args`` cannot be pickled (define ``fn`` at module level).
+            RankError: a rank raised, died or did not answer within ``timeout`` seconds.
+        """
+        if self._closed:
+            raise RuntimeError("this Pool is closed; create a new one")
+        try:
+            message = pickle.dumps((fn, args))
+        except Exception as err:
+            raise TypeError(
+                f"fn and its args must be picklable (fn a function defined at module level, not a lambda or a "
+                f"notebook cell): {type(err).__name__}: {err}"
+            ) from err
+        if not self._procs:
+            self.restarts += 1
+            self._start()
+        timeout = self.timeout if timeout is None else float(timeout)
+        W = self.world_size
+        for rank, conn in enumerate(self._conns):
+            try:
+                conn.send_bytes(message)
+            except (BrokenPipeError, OSError):
+                pass  # the rank is dead; its sentinel reports it below
+        results: list = [None] * W
+        errors: dict[int, tuple] = {}
+        deaths: dict[int, int | None] = {}
+        pending = set(range(W))
+        deadline = time.monotonic() + timeout
+        stop_at = deadline
+        while pending:
+            left = stop_at - time.monotonic()
+            if left <= 0:
+                break
+            handles = {self._conns[r]: r for r in pending} | {self._procs[r].sentinel: r for r in pending}
+            for handle in connection.wait(list(handles), timeout=left):
+                rank = handles[handle]
+                if rank not in pending:
+                    continue
+                conn, proc = self._conns[rank], self._procs[rank]
+                if handle is proc.sentinel and not conn.poll():
+                    proc.join(0.5)
+                    deaths[rank] = proc.exitcode
+                    pending.discard(rank)
+                    continue
+                try:
+                    status, value, text = pickle.loads(conn.recv_bytes())
+                except (EOFError, OSError):
+                    proc.join(0.5)
+                    deaths[rank] = proc.exitcode
+                    pending.discard(rank)
+                    continue
+                except Exception as err:  # a result that cannot be unpickled here
+                    status, value, text = "error", err, f"could not unpickle the result of rank {rank}: {err!r}"
+                pending.discard(rank)
+                if status == "ok":
+                    results[rank] = value
+                else:
+                    errors[rank] = (value, text, time.monotonic())
+            if (errors or deaths) and pending:
+                stop_at = min(deadline, stop_at, time.monotonic() + self.grace)
+        if not (errors or deaths or pending):
+            return results
+        raise self._failure(fn, timeout, errors, deaths, pending)
+
+    def _stacks(self, ranks) -> dict:
+        """Ask the given (live) ranks for their Python stacks (faulthandler on SIGUSR1); one line each."""
+        if not hasattr(signal, "SIGUSR1") or not self._tmpdir:
+            return {}
+        asked = []
+        for r in ranks:
+            proc = self._procs[r]
+            if proc.is_alive():
+                try:
+                    path = _worker.stack_path(self._tmpdir, r)
+                    with open(path, "w"):
+                        pass
+                    os.kill(proc.pid, signal.SIGUSR1)
+                    asked.append(r)
+                except OSError:
+                    pass
+        out = {}
+        deadline = time.monotonic() + 1.0
+        for r in asked:
+            path = _worker.stack_path(self._tmpdir, r)
+            text = ""
+            while time.monotonic() < deadline:
+                try:
+                    with open(path) as fh:
+                        text = fh.read()
+                except OSError:
+                    text = ""
+                if "File " in text:
+                    time.sleep(0.05)  # let the dump finish
+                    with open(path) as fh:
+                        text = fh.read()
+                    break
+                time.sleep(0.02)
+            out[r] = _worker.where(text)
+        return out
+
+    def _failure(self, fn, timeout, errors, deaths, pending) -> RankError:
+        W = self.world_size
+        statuses = {r: _worker.read_status(self._board, r) for r in range(W)}
+        stacks = self._stacks(sorted(pending))
+        pids = self.pids
+        name = getattr(fn, "__qualname__", repr(fn))
+        lines = []
+        if deaths:
+            rank = min(deaths)
+            for r in sorted(deaths):
+                lines.append(f"rank {r} {_describe_exit(deaths[r])} while running {name} (it was: {statuses[r]})")
+        elif errors:
+            rank = min(errors, key=lambda r: errors[r][2])  # the first to fail is the likely cause
+            exc = errors[rank][0]
+            lines.append(f"rank {rank} raised {type(exc).__name__} in {name}: {exc}")
+        else:
+            # Nobody answered: the hung rank is the one busy outside any communication.
+            busy = [r for r in sorted(pending) if not statuses[r].startswith("in ") and not stacks.get(r, "").startswith("waiting")]
+            rank = busy[0] if busy else min(pending)
+            lines.append(
+                f"no answer from rank{'s' if len(pending) > 1 else ''} {sorted(pending)} within {timeout:g} s "
+                f"running {name}; rank {rank} is the likely culprit (hung outside any communication)"
+                if busy
+                else f"no answer from ranks {sorted(pending)} within {timeout:g} s running {name}"
+            )
+        others = [r for r in sorted(errors) if r != rank]
+        for r in others:
+            lines.append(f"rank {r} raised {type(errors[r][0]).__name__}: {str(errors[r][0]).splitlines()[0] if str(errors[r][0]) else ''}")
+        if pending and (errors or deaths):
+            lines.append(f"ranks {sorted(pending)} gave no answer within {self.grace:g} s after that")
+        lines.append("status of every rank at the end: " + "; ".join(f"rank {r}: {statuses[r] or '?'}" for r in range(W)))
+        for r in sorted(stacks):
+            lines.append(f"  rank {r}: {stacks[r]}")
+        if rank in errors:
+            lines.append(f"\ntraceback on rank {rank}:\n{errors[rank][1].rstrip()}")
+
+        # Keep the ranks only if every one of them raised (the error was collective, like bad input
+        # detected on every rank) and the group still answers a collective; otherwise replace them.
+        keep = len(errors) == W and not deaths and not pending
+        if keep:
+            try:
+                self._run_quietly(_health_check, min(10.0, self.timeout))
+            except Exception:
+                keep = False
+        if not keep:
+            self._teardown()
+            lines.append("the ranks were stopped; the pool starts fresh ones on its next run")
+        err = RankError(
+            "\n".join(lines),
+            rank=rank,
+            exceptions={r: e[0] for r, e in errors.items()},
+            tracebacks={r: e[1] for r, e in errors.items()},
+            exit_codes=deaths,
+            hung=sorted(pending),
+            pids=pids,
+        )
+        if rank in errors:
+            err.__cause__ = errors[rank][0]
+        return err
+
+    def _run_quietly(self, fn, timeout):
+        message = pickle.dumps((fn, ()))
+        for conn in self._conns:
+            conn.send_bytes(message)
+        deadline = time.monotonic() + timeout
+        for rank, conn in enumerate(self._conns):
+            left = deadline - time.monotonic()
+            if left <= 0 or not conn.poll(left):
+                raise TimeoutError(f"rank {rank} failed the health check")
+            status, _, _ = pickle.loads(conn.recv_bytes())
+            if status != "ok":
+                raise RuntimeError(f"rank {rank} failed the health check")
+
+
+def launch(fn, world_size: int, *, backend: str = "gloo", args: tuple = (), timeout: float = 120.0) -> list:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` fresh ranks; return the results in rank order.
+
+    Args:
+        fn: a picklable (module-level) function ``fn(rank, world_size, *args)``; it may use
+            ``torch.distributed`` freely (the default group is initialised) and must return CPU
+            tensors or picklable objects (tensors are moved to the CPU for it).
+        world_size: number of ranks ``W``.
+        backend: ``"gloo"`` (CPU processes) or ``"nccl"`` (rank ``r`` on ``cuda:r``).
+        args: extra positional arguments, pickled to every rank.
+        timeout: seconds for start-up plus the run; a rank that hangs past it is named and killed.
+
+    Raises:
+        RankError: a rank raised (its traceback is in the message), died, or hung.
+        LaunchError: the ranks could not start or join the group.
+
+    Every process started is gone when this returns or raises.
+    """
+    with Pool(world_size, backend=backend, timeout=timeout, start_timeout=max(timeout, 60.0)) as pool:
+        return pool.run(fn, *args, timeout=timeout)
+
+
+_SHARED: dict = {}
+
+
+def shared_pool(world_size: int, *, backend: str = "gloo", timeout: float = 120.0) -> Pool:
+    """One long-lived ``Pool`` per ``(world_size, backend)`` for this process (closed at exit).
+
+    What a test session or a notebook wants: the first call starts the ranks, later calls reuse them
+    (a pool broken by a failure restarts its ranks by itself on the next ``run``).
+    """
+    key = (world_size, backend)
+    pool = _SHARED.get(key)
+    if pool is None or pool._closed:
+        pool = _SHARED[key] = Pool(world_size, backend=backend, timeout=timeout)
+    return pool
