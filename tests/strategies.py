@@ -125,3 +125,24 @@ def rel_err(actual, expected) -> float:
     denom = np.linalg.norm(expected)
     diff = np.linalg.norm(actual - expected)
     return float(diff / denom) if denom > 0 else float(diff)
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence parallelism (simdist): how a sequence is cut into one chunk per rank
+# --------------------------------------------------------------------------------------------
+
+
+@st.composite
+def chunk_lengths(draw, T: int, W: int):
+    """``W`` positive chunk lengths summing to ``T`` (needs ``T ≥ W``): even splits and lopsided ones.
+
+    Half the draws split as evenly as possible; the others cut at random points, so single-token
+    chunks and one long chunk next to short ones both occur.
+    """
+    if T < W:
+        raise ValueError(f"chunk_lengths needs T >= W, got T={T}, W={W}")
+    if W == 1 or draw(st.booleans()):
+        return [T // W + (1 if r < T % W else 0) for r in range(W)]
+    cuts = sorted(draw(st.lists(st.integers(1, T - 1), min_size=W - 1, max_size=W - 1, unique=True)))
+    edges = [0, *cuts, T]
+    return [b - a for a, b in zip(edges, edges[1:])]
