@@ -49,3 +49,32 @@ def decayed_linear_attention(q, k, v, decay=None, *, scale=1.0, initial_state=No
             if initial_state is not None:
                 final[b, h] += lam[h] ** T * initial_state[b, h]
     return o, final
+
+
+def gated_linear_attention(q, k, v, log_alpha, *, scale=1.0, initial_state=None):
+    """GLA as its defining sum: ``o_t = Σ_{s≤t} Σ_k scale q_tk k_sk Π_{r=s+1..t} α_rk v_s``.
+
+    Plus ``Σ_k scale q_tk Π_{r=1..t} α_rk S_0[k, :]`` with an initial state; the final state is
+    ``Σ_s Diag(Π_{r=s+1..T} α_r) k_sᵀ v_s + Diag(Π_{r=1..T} α_r) S_0``. Each product of gates is
+    ``exp`` of a fresh sum of ``log α`` over exactly its range (no cumulative sums shared).
+    """
+    B, H, T, K = q.shape
+    V = v.shape[-1]
+    o = np.zeros((B, H, T, V))
+    final = np.zeros((B, H, K, V))
+    for b in range(B):
+        for h in range(H):
+            a = log_alpha[b, h]
+            for t in range(T):
+                for s in range(t + 1):
+                    decay = np.exp(a[s + 1 : t + 1].sum(axis=0))  # [K]: Π_{r=s+1..t} α_r
+                    o[b, h, t] += scale * np.sum(q[b, h, t] * k[b, h, s] * decay) * v[b, h, s]
+                if initial_state is not None:
+                    decay = np.exp(a[: t + 1].sum(axis=0))
+                    o[b, h, t] += scale * (q[b, h, t] * decay) @ initial_state[b, h]
+            for s in range(T):
+                decay = np.exp(a[s + 1 :].sum(axis=0))
+                final[b, h] += np.outer(k[b, h, s] * decay, v[b, h, s])
+            if initial_state is not None:
+                final[b, h] += np.exp(a.sum(axis=0))[:, None] * initial_state[b, h]
+    return o, final

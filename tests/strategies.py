@@ -146,3 +146,16 @@ def chunk_lengths(draw, T: int, W: int):
     cuts = sorted(draw(st.lists(st.integers(1, T - 1), min_size=W - 1, max_size=W - 1, unique=True)))
     edges = [0, *cuts, T]
     return [b - a for a, b in zip(edges, edges[1:])]
+
+
+# --------------------------------------------------------------------------------------------
+# Gated Linear Attention: secondary chunk sizes
+# --------------------------------------------------------------------------------------------
+
+
+def sub_chunk_sizes(chunk: int):
+    """Secondary chunk sizes for a chunk of ``chunk`` tokens: divisors, non-divisors, 1, and ``≥ chunk``.
+
+    Any positive size is valid: sub-chunks tile each chunk from its start and the last one is shorter.
+    """
+    return st.one_of(st.integers(1, chunk + 2), st.sampled_from([1, 16, max(1, chunk // 2), chunk]))
