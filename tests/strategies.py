@@ -113,7 +113,10 @@ def to_backend(backend: str, *arrays, requires_grad: bool = False):
 
 def to_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.dtype not in (torch.float32, torch.float64):
+            x = x.double()  # NumPy has no bfloat16
+        return x.numpy()
     return np.asarray(x)
 
 
