@@ -42,6 +42,7 @@ Shapes: ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``decay: [H]`` in ``(0, 1]`
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -55,6 +56,8 @@ __all__ = ["attention"]
 # Launch settings (module-level so the benchmark can sweep them).
 _NUM_WARPS = 4
 _NUM_STAGES = 2
+_BLOCK_C = None  # output columns per program; None: 64 (32 when the reduction width exceeds 128)
+_PROGRAMS_PER_SM = 1.0  # below this many programs per multiprocessor, split the sequence into segments
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +292,12 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _column_block(da: int, dc: int) -> int:
-    block = 64 if next_power_of_2(da) <= 128 else 32
+    if _BLOCK_C is not None:
+        block = _BLOCK_C
+    else:
+        block = 64 if next_power_of_2(da) <= 128 else 32
+    # keep the fp32 state tile (BLOCK_A × BLOCK_C) within 128 × 128 registers' worth
+    block = min(block, max(16, 16384 // max(16, next_power_of_2(da))))
     return max(16, min(block, next_power_of_2(dc)))
 
 
@@ -351,7 +359,10 @@ def _plan_segments(B: int, H: int, T: int, V: int, K: int, chunk_size: int, segm
         return max(chunk_size, triton.cdiv(T, chunk_size) * chunk_size)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     programs = B * H * triton.cdiv(V, _column_block(K, V))
-    wanted = 4 * sms  # about four programs per multiprocessor hide each other's latency
+    wanted = _PROGRAMS_PER_SM * sms
+    if programs >= wanted:
+        # Enough independent walks already: segments would cost an extra pass over k and v.
+        return triton.cdiv(T, chunk_size) * chunk_size
     n_seg = max(1, min(triton.cdiv(T, 8 * chunk_size), math.ceil(wanted / programs)))
     return triton.cdiv(triton.cdiv(T, n_seg), chunk_size) * chunk_size
 
@@ -426,6 +437,33 @@ class _LightningAttention(torch.autograd.Function):
         )
 
 
+def _log2_decay(decay, H: int, device: torch.device) -> torch.Tensor:
+    """``log2 λ`` as an fp32 ``[H]`` tensor on ``device``, after checking ``0 < λ ≤ 1``.
+
+    Rates given on the host (a sequence, a NumPy array, a CPU tensor) are checked there and their
+    device copy is cached, so a training step pays no host-device synchronisation; rates given as a
+    CUDA tensor are checked with one synchronisation per call.
+    """
+    if isinstance(decay, torch.Tensor) and decay.device.type != "cpu":
+        decay = decay.detach().double()
+        if decay.shape != (H,):
+            raise ValueError(f"decay must have shape [H] = [{H}], got {tuple(decay.shape)}")
+        if not bool(((decay > 0) & (decay <= 1)).all()):
+            raise ValueError("decay must lie in (0, 1] for every head")
+        return torch.log2(decay).float().to(device).contiguous()
+    values = torch.as_tensor(decay, dtype=torch.float64).detach()
+    if values.shape != (H,):
+        raise ValueError(f"decay must have shape [H] = [{H}], got {tuple(values.shape)}")
+    if not bool(((values > 0) & (values <= 1)).all()):
+        raise ValueError("decay must lie in (0, 1] for every head")
+    return _cached_log2_decay(tuple(values.tolist()), str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_log2_decay(values: tuple, device: str) -> torch.Tensor:
+    return torch.log2(torch.tensor(values, dtype=torch.float64)).float().to(device)
+
+
 # --------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------
@@ -492,12 +530,7 @@ def attention(
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite real number, got {scale!r}")
 
-    decay = torch.as_tensor(decay, dtype=torch.float64).detach().to(q.device)
-    if decay.shape != (H,):
-        raise ValueError(f"decay must have shape [H] = [{H}], got {tuple(decay.shape)}")
-    if not bool(((decay > 0) & (decay <= 1)).all()):
-        raise ValueError("decay must lie in (0, 1] for every head")
-    log2_decay = torch.log2(decay).float().contiguous()
+    log2_decay = _log2_decay(decay, H, q.device)
 
     if initial_state is not None:
         check_device("initial_state", initial_state)

@@ -118,6 +118,8 @@ def _check_decay(xp, decay, H: int, like):
         raise TypeError(f"decay must have a real floating dtype, got {decay.dtype}")
     if not bool(xp.all((decay > 0) & (decay <= 1))):
         raise ValueError("decay must lie in (0, 1] for every head")
+    if device_of(decay) != device_of(like):  # e.g. rates kept on the host for GPU inputs
+        decay = xp.asarray(decay, device=device_of(like))
     return xp.log(xp.astype(decay, like.dtype))
 
 
