@@ -310,8 +310,8 @@ def test_search_answers_and_palette_toggles(server, browser):
     page = context.new_page()
     page.goto(server, wait_until="load")
     for word, expect in [("lightning", "lightning"), ("softmax", "softmax")]:
-        page.click("label[for='__search']")
         box = page.locator("input.md-search__input")
+        box.click()
         box.fill("")
         box.type(word, delay=20)
         results = page.locator(".md-search-result__item")

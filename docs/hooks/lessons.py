@@ -68,9 +68,10 @@ class ExecutedLesson:
 # --------------------------------------------------------------------------------------------
 
 
-def lesson_sources(lessons_dir: Path = LESSONS_DIR) -> list[Path]:
+def lesson_sources(lessons_dir: Path | None = None) -> list[Path]:
     """Every ``lessons/NN_name.py``, in lesson order."""
-    return sorted(p for p in Path(lessons_dir).glob("*.py") if _LESSON_NAME.match(p.name))
+    folder = Path(lessons_dir) if lessons_dir is not None else LESSONS_DIR
+    return sorted(p for p in folder.glob("*.py") if _LESSON_NAME.match(p.name))
 
 
 def notebook_path(source: Path) -> Path:
@@ -214,7 +215,7 @@ def execute_lesson(source: Path, *, timeout: int = CELL_TIMEOUT, cwd: Path = ROO
             resources={"metadata": {"path": str(cwd)}},
         )
         try:
-            client.execute(env=kernel_environment())
+            client.execute(env=kernel_environment(), cleanup_kc=True)  # we made km: shut the kernel down
         except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
             raise LessonError(_describe_failure(source, nb, err)) from None
     seconds = time.perf_counter() - start
