@@ -20,6 +20,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -84,7 +85,10 @@ def _check_local(name, q, k, v, decay, causal, scale, *, allow_decay: bool, scal
     if not allow_decay:
         raise ValueError(f"{name}: takes no decay")
     try:
-        lam = torch.as_tensor(decay.detach() if isinstance(decay, torch.Tensor) else decay).to("cpu", torch.float64)
+        if isinstance(decay, torch.Tensor):
+            lam = decay.detach().to("cpu", torch.float64)
+        else:  # a sequence or a NumPy array: read as float64 (torch would round a list to float32)
+            lam = torch.as_tensor(np.asarray(decay, dtype=np.float64))
     except Exception as err:
         raise TypeError(f"{name}: decay must be a tensor or sequence of shape [H] = [{H}], got {type(decay).__name__}") from err
     if lam.ndim != 1 or lam.shape[0] != H:

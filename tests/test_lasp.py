@@ -1,0 +1,385 @@
+"""LASP-1, LASP-2, LASP-2H and Ring Attention on gloo CPU ranks equal one device, exactly (float64).
+
+Each rank runs its contiguous chunk forward and backward; the chunks' outputs and gradients are
+put back together and compared with the ``reference`` package on the full sequence (autograd for
+the gradients) and with the independent oracles of ``tests/oracles.py`` (outputs). Then: message
+counts equal the theory, the exclusive-prefix erratum is pinned, and bad input gives a clear error
+on every rank instead of a hang.
+
+One pool of ranks per ``W`` serves the whole session (``simdist.shared_pool``), and every
+Hypothesis example sends several cases in one call, so the suite stays fast on two cores.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import simdist
+from simdist import accounting, lasp2, local, verify
+from tests import oracles
+from tests.strategies import chunk_lengths, decays, rel_err, seeds
+
+TOL = 1e-10  # float64 end to end: only rounding separates the schemes from one device
+# Every example sends several cases to the ranks at once: a third of the profile's examples is plenty.
+EXAMPLES = max(4, settings.default.max_examples // 3)
+W_CI = [1, 2, 3, 4]
+W_ALL = [*W_CI, pytest.param(8, marks=pytest.mark.thorough)]
+
+
+def pool(W: int):
+    return simdist.shared_pool(W, timeout=120)
+
+
+# --------------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------------
+
+
+@st.composite
+def cases(draw, W: int):
+    """One random problem for one scheme, cut into ``W`` chunks (lengths may differ)."""
+    algorithm = draw(st.sampled_from(["lasp1", "lasp2", "lasp2h", "ring"]))
+    B, H = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    K, V = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    T = draw(st.integers(W, max(W, 3 * W + 6)))
+    lengths = draw(chunk_lengths(T, W))
+    q, k, v, do = verify.problem(B, H, T, K, V, seed=draw(seeds()))
+    if algorithm in ("lasp2h", "ring"):
+        causal = draw(st.booleans())
+        scale = draw(st.sampled_from([None, 0.7]))
+        decay = None
+    else:
+        causal = algorithm == "lasp1" or draw(st.booleans())
+        scale = draw(st.sampled_from([1.0, 0.5]))
+        decay = draw(st.one_of(st.none(), decays(H))) if causal else None
+    return verify.Case(algorithm, q, k, v, do, decay=decay, causal=causal, scale=scale, lengths=lengths)
+
+
+def oracle(case: verify.Case) -> np.ndarray:
+    """The output as its defining sum (tests/oracles.py): shares no code with reference or simdist."""
+    if case.name in verify.SOFTMAX:
+        return oracles.softmax_attention(case.q, case.k, case.v, causal=case.causal, scale=case.scale)
+    o, _ = oracles.decayed_linear_attention(case.q, case.k, case.v, case.decay, scale=case.scale, causal=case.causal)
+    return o
+
+
+def check(case, got):
+    want = verify.one_device(case)
+    errs = verify.errors(got, want)
+    assert max(errs.values()) < TOL, f"{case.name} causal={case.causal} lengths={case.lengths} decay={case.decay}: {errs}"
+    assert rel_err(got["o"], oracle(case)) < TOL
+
+
+# --------------------------------------------------------------------------------------------
+# Every scheme equals one device
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("W", W_ALL)
+@settings(max_examples=EXAMPLES)
+@given(data=st.data())
+def test_every_scheme_equals_one_device(W, data):
+    """Outputs and dq, dk, dv of random problems (causal, decayed, bidirectional, unequal chunks)."""
+    batch = [data.draw(cases(W)) for _ in range(6)]
+    for case, got in zip(batch, verify.run(pool(W), batch)):
+        check(case, got)
+
+
+@pytest.mark.parametrize("W", W_CI)
+@pytest.mark.parametrize("decay", [[0.3, 0.5], [0.45, 1.0]], ids=["lambda=0.3,0.5", "lambda=0.45,1"])
+def test_strong_decays_and_lopsided_chunks(W, decay):
+    """Strong decays catch a prefix off by one chunk (λ^C differs visibly from 1); every chunk shape."""
+    T = 4 * W + 3
+    lengths = [1] * (W - 1) + [T - (W - 1)] if W > 1 else [T]  # single-token chunks before a long one
+    batch = []
+    for algorithm in ("lasp1", "lasp2"):
+        for split in (lengths, lengths[::-1], verify.split_lengths(T, W)):
+            q, k, v, do = verify.problem(1, 2, T, 3, 4, seed=len(batch))
+            batch.append(verify.Case(algorithm, q, k, v, do, decay=decay, lengths=split))
+    for case, got in zip(batch, verify.run(pool(W), batch)):
+        check(case, got)
+
+
+# --------------------------------------------------------------------------------------------
+# Communication: the counts of the theory
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("W", W_ALL)
+def test_message_counts_equal_the_theory(W):
+    B, H, T, K, V = 1, 2, 4 * W, 3, 5
+    q, k, v, do = verify.problem(B, H, T, K, V, seed=1)
+    batch = [
+        verify.Case("lasp1", q, k, v, do, decay=[0.5, 0.9]),
+        verify.Case("lasp2", q, k, v, do, decay=[0.5, 0.9]),
+        verify.Case("lasp2", q, k, v, do, causal=False),
+        verify.Case("lasp2h", q, k, v, do),
+        verify.Case("ring", q, k, v, do),
+    ]
+    results = verify.run(pool(W), batch)
+    state = B * H * K * V * 8  # one float64 state [B, H, K, V]
+    kv = B * H * (T // W) * (K + V) * 8  # one chunk of [K | V]
+    for case, got in zip(batch, results):
+        records = got["records"]
+        rows = accounting.summarize(records)
+        steps = accounting.critical_path(records)
+        handshakes = [row["meta_calls"] for row in rows]
+        assert handshakes == [1 if W > 1 else 0] * W  # one shape check per forward, none on one rank
+        if case.name == "lasp1":
+            # W-1 states forward and W-1 state gradients backward, one after the other
+            assert sum(row["p2p_sent"] for row in rows) == 2 * (W - 1)
+            assert [row["p2p_sent"] for row in rows] == [int(r < W - 1) + int(r > 0) for r in range(W)]
+            assert all(row["collectives"] == 0 for row in rows)
+            assert all(row["bytes_sent"] == state * row["p2p_sent"] for row in rows)
+            assert steps == 2 * (W - 1)
+        elif case.name == "lasp2":
+            # one AllGather forward, one backward, whatever W; each rank still receives W-1 states
+            assert all(row["collectives"] == (2 if W > 1 else 0) and row["p2p_sent"] == 0 for row in rows)
+            assert all(row["bytes_recv"] == 2 * (W - 1) * state for row in rows)
+            assert steps == (2 if W > 1 else 0)
+        elif case.name == "lasp2h":
+            # AllGather of [K | V], reduce-scatter of [dK | dV]: 2 collectives whose size grows with T
+            assert all(row["collectives"] == (2 if W > 1 else 0) for row in rows)
+            assert all(row["bytes_recv"] == 2 * (W - 1) * kv for row in rows)
+            assert steps == (2 if W > 1 else 0)
+        else:
+            # ring: K, V travel W-1 hops forward; backward K, V again (W-1) and dK, dV (W hops home)
+            assert all(row["p2p_sent"] == (3 * W - 2 if W > 1 else 0) for row in rows)
+            assert steps == (2 * W - 1 if W > 1 else 0)
+
+
+def test_lasp2_steps_do_not_grow_with_W_and_lasp1_steps_do():
+    steps = {"lasp1": [], "lasp2": []}
+    for W in W_CI:
+        q, k, v, do = verify.problem(1, 1, 2 * W, 2, 2, seed=W)
+        batch = [verify.Case(name, q, k, v, do, decay=[0.5]) for name in steps]
+        for case, got in zip(batch, verify.run(pool(W), batch)):
+            steps[case.name].append(accounting.critical_path(got["records"]))
+    assert steps["lasp1"] == [2 * (W - 1) for W in W_CI]
+    assert steps["lasp2"] == [0, 2, 2, 2]
+
+
+# --------------------------------------------------------------------------------------------
+# The erratum: the prefix is exclusive
+# --------------------------------------------------------------------------------------------
+
+
+def prefix_outputs(rank, world_size, q, k, v, decay, lengths):
+    start = sum(lengths[:rank])
+    sl = slice(start, start + lengths[rank])
+    chunk = [torch.from_numpy(x[:, :, sl].copy()) for x in (q, k, v)]
+    return [lasp2.forward_with_prefix(*chunk, decay=decay, prefix=p) for p in ("exclusive", "inclusive")]
+
+
+@pytest.mark.parametrize("W", [2, 4])
+def test_the_exclusive_prefix_is_right_and_the_inclusive_one_wrong(W):
+    """ALGORITHMS.md erratum 2: chunk t uses M_{1:t-1}. ``M_{1:t}`` counts the chunk twice."""
+    T, lengths = 5 * W, None
+    lengths = verify.split_lengths(T, W)
+    q, k, v, do = verify.problem(1, 2, T, 3, 3, seed=5)
+    decay = [0.4, 0.5]
+    out = pool(W).run(prefix_outputs, q, k, v, decay, lengths)
+    exclusive = torch.cat([o[0] for o in out], dim=2).numpy()
+    inclusive = torch.cat([o[1] for o in out], dim=2).numpy()
+    want = oracles.decayed_linear_attention(q, k, v, decay)[0]
+    assert rel_err(exclusive, want) < TOL
+    assert rel_err(inclusive, want) > 0.1  # visibly wrong...
+    start = 0
+    for r, C in enumerate(lengths):  # ...on every rank, the first included
+        assert rel_err(inclusive[:, :, start : start + C], want[:, :, start : start + C]) > 0.05
+        start += C
+
+
+# --------------------------------------------------------------------------------------------
+# Local pieces (no ranks needed)
+# --------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=15)
+@given(data=st.data())
+def test_local_pieces_compose_to_chunked_lightning_with_a_state(data):
+    """``intra + Λ Q P`` and ``λ^C P + M`` are chunked Lightning with ``initial_state = P``."""
+    from reference import lightning
+
+    B, H, C, K, V = data.draw(st.tuples(*(st.integers(1, n) for n in (2, 3, 20, 5, 5))))
+    q, k, v, _ = verify.problem(B, H, C, K, V, seed=data.draw(seeds()))
+    decay = data.draw(decays(H))
+    P = np.random.default_rng(0).standard_normal((B, H, K, V))
+    q, k, v, P = (torch.from_numpy(x) for x in (q, k, v, P))
+    o, S = local.local_forward(q, k, v, decay, 0.6, P)
+    o_ref, S_ref = lightning.chunked(q, k, v, decay, scale=0.6, chunk_size=7, initial_state=P)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+
+
+@settings(max_examples=10)
+@given(data=st.data())
+def test_vectorised_torch_fallback_equals_the_reference(data):
+    """The CUDA fallback (blocks in one batched product, a scan over blocks) on the CPU in float64."""
+    from reference import lightning
+
+    H = data.draw(st.integers(1, 3))
+    T = data.draw(st.integers(1, 40))
+    block = data.draw(st.sampled_from([1, 4, 8, 16]))
+    q, k, v, _ = verify.problem(1, H, T, 3, 4, seed=data.draw(seeds()))
+    decay = data.draw(st.one_of(st.none(), decays(H)))
+    q, k, v = (torch.from_numpy(x) for x in (q, k, v))
+    log_lam = None if decay is None else torch.as_tensor(decay).log()
+    got = local._torch_chunked(q, k, v, log_lam, 0.8, block=block)
+    want = lightning.parallel(q, k, v, np.ones(H) if decay is None else decay, scale=0.8)
+    assert rel_err(got, want) < TOL
+
+
+def test_exclusive_prefix_closed_form():
+    """Equal chunks: the scan equals ``Σ_{s<r} λ^{C(r-1-s)} M_s``."""
+    rng = np.random.default_rng(2)
+    W, C, lam = 5, 3, 0.6
+    M = [torch.from_numpy(rng.standard_normal((1, 1, 2, 2))) for _ in range(W)]
+    log_lam = torch.tensor([np.log(lam)], dtype=torch.float64)
+    for r in range(W):
+        want = sum((lam ** (C * (r - 1 - s)) * M[s] for s in range(r)), torch.zeros(1, 1, 2, 2, dtype=torch.float64))
+        assert rel_err(lasp2.exclusive_prefix(M, [C] * W, r, log_lam), want) < TOL
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: a clear error on every rank, never a hang
+# --------------------------------------------------------------------------------------------
+
+
+def call_with(rank, world_size, name, problem):
+    """Each rank calls ``name`` on its own (possibly bad) input from ``problem(rank)``."""
+    q, k, v, kwargs = problem(rank, world_size)
+    return verify.ALGORITHMS[name](q, k, v, **kwargs)
+
+
+def _chunk(K=3, V=2, C=3, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, 2, C, K, generator=g, dtype=dtype), torch.randn(1, 2, C, K, generator=g, dtype=dtype), torch.randn(1, 2, C, V, generator=g, dtype=dtype))
+
+
+def key_width_differs(rank, W):
+    return (*_chunk(K=4 if rank == 1 else 3), {})
+
+
+def decay_wrong_everywhere(rank, W):
+    return (*_chunk(), {"decay": [0.5, 0.5, 0.5]})
+
+
+def decay_wrong_on_rank_2(rank, W):
+    return (*_chunk(), {"decay": [0.5, 2.0] if rank == 2 else [0.5, 0.9]})
+
+
+def v_too_short_on_rank_2(rank, W):
+    q, k, v = _chunk()
+    return (q, k, v[:, :, :2] if rank == 2 else v, {})
+
+
+def decay_differs(rank, W):
+    return (*_chunk(), {"decay": [0.5, 0.9 if rank else 0.8]})
+
+
+def dtype_differs(rank, W):
+    return (*_chunk(dtype=torch.float32 if rank == 0 else torch.float64), {})
+
+
+def lengths_for_another_group(rank, W):
+    return (*_chunk(), {"lengths": [3] * (W + 1)})
+
+
+def outside_the_group(rank, W):
+    group = dist.new_group([0, 1])  # every rank must create it; rank 2 is not a member
+    return (*_chunk(), {"group": group})
+
+
+@pytest.mark.parametrize("name", ["lasp1", "lasp2"])
+@pytest.mark.parametrize(
+    "problem, every_rank_says",
+    [
+        (key_width_differs, "key width K differs across ranks: rank 0: 3, rank 1: 4, rank 2: 3"),
+        (decay_wrong_everywhere, r"decay must have shape \[H\] = \[2\], got \(3,\)"),
+        (decay_differs, "decay differs across ranks"),
+        (dtype_differs, "dtype differs across ranks"),
+        (lengths_for_another_group, r"lengths must give one chunk length per rank \(3\), got 4"),
+    ],
+    ids=["K-differs", "decay-shape", "decay-differs", "dtype-differs", "lengths-size"],
+)
+def test_disagreeing_input_raises_the_same_error_on_every_rank(name, problem, every_rank_says):
+    p = pool(3)
+    restarts = p.restarts
+    with pytest.raises(simdist.RankError) as info:
+        p.run(call_with, name, problem, timeout=30)
+    errors = info.value.exceptions
+    assert sorted(errors) == [0, 1, 2], "every rank must raise"
+    for e in errors.values():
+        assert isinstance(e, (ValueError, TypeError)) and re.search(every_rank_says, str(e)), str(e)
+    assert p.restarts == restarts  # a collective error: the ranks stay consistent and are kept
+
+
+@pytest.mark.parametrize("name", ["lasp1", "lasp2", "lasp2h", "ring"])
+def test_one_bad_rank_is_named_by_the_others(name):
+    """Rank 2 alone has a bad input: it raises its own error, the others one naming rank 2."""
+    p = pool(3)
+    problems = [v_too_short_on_rank_2] + ([decay_wrong_on_rank_2] if name in ("lasp1", "lasp2") else [])
+    for problem in problems:
+        with pytest.raises(simdist.RankError) as info:
+            p.run(call_with, name, problem, timeout=30)
+        errors = info.value.exceptions
+        assert sorted(errors) == [0, 1, 2]
+        own = "decay must lie in (0, 1]" if problem is decay_wrong_on_rank_2 else "v must have shape [B, H, C, V]"
+        assert own in str(errors[2])
+        assert all("rank [2] rejected its input" in str(errors[r]) for r in (0, 1))
+
+
+def test_a_rank_outside_the_group_is_told_so():
+    p = pool(3)
+    with pytest.raises(simdist.RankError) as info:
+        p.run(call_with, "lasp2", outside_the_group, timeout=30)
+    assert info.value.rank == 2 and "not a member of the group" in str(info.value.exceptions[2])
+
+
+def test_errors_without_ranks():
+    q, k, v = _chunk()
+    with pytest.raises(ValueError, match="LASP-1 is the causal ring"):
+        simdist.lasp1.attention(q, k, v, causal=False)
+    with pytest.raises(ValueError, match="bidirectional"):
+        simdist.lasp2.attention(q, k, v, decay=[0.5, 0.5], causal=False)
+    if not dist.is_initialized():
+        with pytest.raises(RuntimeError, match="process group"):
+            simdist.lasp2.attention(q, k, v)
+
+
+# --------------------------------------------------------------------------------------------
+# GPUs (NCCL): the same schemes against one device, in float32 and bfloat16
+# --------------------------------------------------------------------------------------------
+
+GPU_TOL = {"float32": 5e-3, "bfloat16": 4e-2}  # relative; tf32 matmuls and bf16 storage
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_nccl_schemes_equal_one_device(dtype):
+    W = min(torch.cuda.device_count(), 4)
+    if W < 2:
+        pytest.skip("needs at least 2 GPUs")
+    T = 256 * W
+    q, k, v, do = verify.problem(1, 2, T, 64, 64, seed=0)
+    q, k = q * 0.3, k * 0.3  # keep softmax logits and decayed sums in a well-conditioned range
+    batch = [
+        verify.Case("lasp1", q, k, v, do, decay=[0.99, 0.999]),
+        verify.Case("lasp2", q, k, v, do, decay=[0.99, 0.999]),
+        verify.Case("lasp2", q, k, v, do, causal=False, scale=1.0 / T),
+        verify.Case("lasp2h", q, k, v, do),
+        verify.Case("ring", q, k, v, do),
+        verify.Case("lasp2", q, k, v, do, decay=[0.99, 0.999], lengths=[T // W - 16] + [T // W] * (W - 2) + [T // W + 16]),
+    ]
+    with simdist.Pool(W, backend="nccl", timeout=300) as gpus:
+        results = verify.run(gpus, batch, dtype=dtype)
+    for case, got in zip(batch, results):
+        errs = verify.errors(got, verify.one_device(case))
+        assert max(errs.values()) < GPU_TOL[dtype], f"{case.name} causal={case.causal}: {errs}"
