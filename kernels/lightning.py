@@ -57,6 +57,7 @@ __all__ = ["attention"]
 _NUM_WARPS = 4
 _NUM_STAGES = 2
 _BLOCK_C = None  # output columns per program; None: 64 (32 when the reduction width exceeds 128)
+_FUSED_DKDV = False  # one reverse pass for dK and dV together (eight warps hold the whole dKV)
 _PROGRAMS_PER_SM = 1.0  # below this many programs per multiprocessor, split the sequence into segments
 
 
@@ -134,8 +135,16 @@ def _chunk_scan_kernel(
     else:
         state = tl.zeros([BLOCK_A, BLOCK_C], dtype=tl.float32)
 
+    # The intra-block mask D depends only on the distance between two positions, so it is the same
+    # for every block (a shorter last block just has zero rows): build it once.
     rows = offs_t[:, None]
     cols = offs_t[None, :]
+    if REVERSE:
+        distance = cols - rows  # s - t: the future feeds the past
+    else:
+        distance = rows - cols  # t - s: the past feeds the present
+    mask_weight = tl.where(distance >= 0, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0)
+    mask_weight = mask_weight * scale_b
     for i in range(n_blocks):
         if REVERSE:
             t0 = seg_start + (n_blocks - 1 - i) * BLOCK_T
@@ -158,17 +167,14 @@ def _chunk_scan_kernel(
         if REVERSE:
             a_exp = n - j
             b_exp = j
-            distance = cols - rows  # s - t: the future feeds the past
         else:
             a_exp = j
             b_exp = n - j
-            distance = rows - cols  # t - s: the past feeds the present
         a_weight = tl.where(t_valid, tl.exp2(tl.maximum(a_exp, 0.0) * log2_decay), 0.0)
         b_weight = tl.where(t_valid, tl.exp2(tl.maximum(b_exp, 0.0) * log2_decay), 0.0) * scale_b
-        mask_weight = tl.where(distance >= 0, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0)
 
         # intra: [(a bᵀ) ⊙ D] c
-        scores = tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION) * (mask_weight * scale_b)
+        scores = tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION) * mask_weight
         out = tl.dot(scores.to(c.dtype), c, input_precision=DOT_PRECISION)
         # inter: the carried state, seen by every row with its decay
         inter = tl.dot(a, state.to(a.dtype), input_precision=DOT_PRECISION)
@@ -179,10 +185,11 @@ def _chunk_scan_kernel(
             mask=t_valid[:, None] & c_valid[None, :],
         )
 
-        # state: decay the old one over the block, add this block's decayed bᵀ c
-        b_decayed = (b.to(tl.float32) * b_weight[:, None]).to(c.dtype)
+        # state: decay the old one over the block, add this block's decayed bᵀ c. The row weights
+        # go on c (BLOCK_T × BLOCK_C values) rather than b (BLOCK_T × BLOCK_A): fewer to scale.
+        c_decayed = (c.to(tl.float32) * b_weight[:, None]).to(c.dtype)
         state = state * tl.exp2(n.to(tl.float32) * log2_decay) + tl.dot(
-            tl.trans(b_decayed), c, input_precision=DOT_PRECISION
+            tl.trans(b), c_decayed, input_precision=DOT_PRECISION
         )
 
     if STORE_FINAL:
@@ -190,6 +197,96 @@ def _chunk_scan_kernel(
         if is_last:
             o_ptrs = state_out_ptr + i_bh * DA * DC + offs_a[:, None] * DC + offs_c[None, :]
             tl.store(o_ptrs, state, mask=a_valid[:, None] & c_valid[None, :])
+
+
+@triton.jit
+def _dkdv_kernel(
+    q_ptr,  # [BH, T, DK]
+    k_ptr,  # [BH, T, DK]
+    v_ptr,  # [BH, T, DV]
+    do_ptr,  # [BH, T, DV]
+    dk_ptr,  # [BH, T, DK] out
+    dv_ptr,  # [BH, T, DV] out
+    log2_decay_ptr,
+    state_in_ptr,  # [BH, n_seg, DK, DV] fp32: dKV entering each segment from its right (if HAS_STATE_IN)
+    state_out_ptr,  # [BH, DK, DV] fp32: dKV after block 1, the initial state's gradient (if STORE_FINAL)
+    T,
+    H,
+    seg_len,
+    scale,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    HAS_STATE_IN: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Algorithm 2's reverse sweep with dK and dV in one pass: q, k, v, dO read once per block.
+
+    The same mathematics as two reverse ``_chunk_scan_kernel`` walks, but the whole ``DK × DV``
+    gradient state lives in one program (eight warps hold it), so every input is read once.
+    """
+    i_seg = tl.program_id(1)
+    i_bh = tl.program_id(2).to(tl.int64)
+    log2_decay = tl.load(log2_decay_ptr + i_bh % H)
+    seg_start = i_seg * seg_len
+    seg_end = tl.minimum(seg_start + seg_len, T)
+    n_blocks = tl.cdiv(seg_end - seg_start, BLOCK_T)
+
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_v = tl.arange(0, BLOCK_V)
+    k_valid = offs_k < DK
+    v_valid = offs_v < DV
+    kv_mask = k_valid[:, None] & v_valid[None, :]
+    if HAS_STATE_IN:
+        ptrs = state_in_ptr + (i_bh * tl.num_programs(1) + i_seg) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+        dkv = tl.load(ptrs, mask=kv_mask, other=0.0)
+    else:
+        dkv = tl.zeros([BLOCK_K, BLOCK_V], dtype=tl.float32)
+
+    # Reverse mask: entry (t, s) = λ^(s-t) for s ≥ t — the transpose of the forward's D.
+    distance = offs_t[None, :] - offs_t[:, None]
+    mask_weight = tl.where(distance >= 0, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0) * scale
+
+    base_k = i_bh * T * DK
+    base_v = i_bh * T * DV
+    for i in range(n_blocks):
+        t0 = seg_start + (n_blocks - 1 - i) * BLOCK_T
+        n = tl.minimum(BLOCK_T, seg_end - t0)
+        t_valid = offs_t < n
+        j = (offs_t + 1).to(tl.float32)
+        rows_k = (t0 + offs_t)[:, None] * DK + offs_k[None, :]
+        rows_v = (t0 + offs_t)[:, None] * DV + offs_v[None, :]
+        mk = t_valid[:, None] & k_valid[None, :]
+        mv = t_valid[:, None] & v_valid[None, :]
+        q = tl.load(q_ptr + base_k + rows_k, mask=mk, other=0.0)
+        k = tl.load(k_ptr + base_k + rows_k, mask=mk, other=0.0)
+        v = tl.load(v_ptr + base_v + rows_v, mask=mv, other=0.0)
+        do = tl.load(do_ptr + base_v + rows_v, mask=mv, other=0.0)
+        k_weight = tl.where(t_valid, tl.exp2(tl.maximum(n - j, 0.0) * log2_decay), 0.0)  # λ^(n-j)
+        q_weight = tl.where(t_valid, tl.exp2(j * log2_decay), 0.0) * scale  # λ^j · scale
+
+        dkv_low = dkv.to(q.dtype)
+        # dV = [(Q Kᵀ) ⊙ D]ᵀ dO + (λ^(n-j) K) dKV
+        s_kq = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * mask_weight
+        dv = tl.dot(s_kq.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dv += tl.dot(k, dkv_low, input_precision=DOT_PRECISION) * k_weight[:, None]
+        # dK = [(dO Vᵀ) ⊙ D]ᵀ Q + (λ^(n-j) V) dKVᵀ
+        s_vdo = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION) * mask_weight
+        dk = tl.dot(s_vdo.to(q.dtype), q, input_precision=DOT_PRECISION)
+        dk += tl.dot(v, tl.trans(dkv_low), input_precision=DOT_PRECISION) * k_weight[:, None]
+        tl.store(dk_ptr + base_k + rows_k, dk.to(dk_ptr.dtype.element_ty), mask=mk)
+        tl.store(dv_ptr + base_v + rows_v, dv.to(dv_ptr.dtype.element_ty), mask=mv)
+        # one block back: dKV = λ^n dKV + (Λ Q)ᵀ dO
+        do_weighted = (do.to(tl.float32) * q_weight[:, None]).to(do.dtype)
+        dkv = dkv * tl.exp2(n.to(tl.float32) * log2_decay) + tl.dot(tl.trans(q), do_weighted, input_precision=DOT_PRECISION)
+
+    if STORE_FINAL:
+        if i_seg == 0:
+            tl.store(state_out_ptr + i_bh * DK * DV + offs_k[:, None] * DV + offs_v[None, :], dkv, mask=kv_mask)
 
 
 @triton.jit
@@ -241,7 +338,7 @@ def _segment_state_kernel(
         else:
             e = (seg_end - 1 - t).to(tl.float32)
         w = tl.where(t_valid, tl.exp2(tl.maximum(e, 0.0) * log2_decay), 0.0) * scale_b
-        acc += tl.dot(tl.trans((b.to(tl.float32) * w[:, None]).to(c.dtype)), c, input_precision=DOT_PRECISION)
+        acc += tl.dot(tl.trans(b), (c.to(tl.float32) * w[:, None]).to(c.dtype), input_precision=DOT_PRECISION)
 
     ptrs = local_ptr + (i_bh * n_seg + i_seg) * DA * DC + offs_a[:, None] * DC + offs_c[None, :]
     tl.store(ptrs, acc, mask=a_valid[:, None] & c_valid[None, :])
@@ -351,6 +448,23 @@ def _chunk_scan(a, b, c, log2_decay, entry, *, seg_len, n_seg, scale_a, scale_b,
     return out, (final if store_final else None)
 
 
+def _dkdv(q, k, v, do, log2_decay, d_entry, *, scale, seg_len, n_seg, chunk_size, store_final):
+    """Launch ``_dkdv_kernel``: ``(dk, dv, gradient of the initial state or None)``."""
+    BH, T, DK = q.shape
+    DV = v.shape[-1]
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    final = torch.empty(BH, DK, DV, device=q.device, dtype=torch.float32) if store_final else dk
+    _dkdv_kernel[(1, n_seg, BH)](
+        q, k, v, do, dk, dv, log2_decay, d_entry if d_entry is not None else dk, final, T,
+        log2_decay.shape[0], seg_len, scale,
+        DK=DK, DV=DV, BLOCK_T=chunk_size, BLOCK_K=max(16, next_power_of_2(DK)),
+        BLOCK_V=max(16, next_power_of_2(DV)), HAS_STATE_IN=d_entry is not None, STORE_FINAL=store_final,
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=8, num_stages=_NUM_STAGES,
+    )  # fmt: skip
+    return dk, dv, (final if store_final else None)
+
+
 def _plan_segments(B: int, H: int, T: int, V: int, K: int, chunk_size: int, segment_size, device) -> int:
     """Tokens per segment: the whole sequence unless that leaves the GPU under-filled."""
     if segment_size is not None:
@@ -418,10 +532,14 @@ class _LightningAttention(torch.autograd.Function):
             )  # fmt: skip
         else:
             d_entry = None if d_final3 is None else d_final3.reshape(B * H, 1, K, V)
-        dv, d_initial_1 = _chunk_scan(k3, q3, do3, log2_decay, d_entry, scale_a=1.0, scale_b=scale, reverse=True,
-                                      store_final=has_initial and n_seg == 1, **common)  # fmt: skip
-        dk, _ = _chunk_scan(v3, do3, q3, log2_decay, d_entry, scale_a=1.0, scale_b=scale, reverse=True,
-                            transpose_entry=True, **common)  # fmt: skip
+        if _FUSED_DKDV and max(K, V) <= 128:
+            dk, dv, d_initial_1 = _dkdv(q3, k3, v3, do3, log2_decay, d_entry, scale=scale,
+                                        store_final=has_initial and n_seg == 1, **common)  # fmt: skip
+        else:
+            dv, d_initial_1 = _chunk_scan(k3, q3, do3, log2_decay, d_entry, scale_a=1.0, scale_b=scale, reverse=True,
+                                          store_final=has_initial and n_seg == 1, **common)  # fmt: skip
+            dk, _ = _chunk_scan(v3, do3, q3, log2_decay, d_entry, scale_a=1.0, scale_b=scale, reverse=True,
+                                transpose_entry=True, **common)  # fmt: skip
         d_init = None
         if has_initial:
             d_init = (d_initial if n_seg > 1 else d_initial_1).reshape(B, H, K, V)

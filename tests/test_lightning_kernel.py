@@ -105,6 +105,18 @@ def test_kernel_fp32_matches_reference(problem):
 
 @settings(max_examples=max(2, EXAMPLES // 2))
 @given(problem=small_problems())
+def test_kernel_with_the_other_dkdv_path_matches_reference(problem):
+    """The backward has two reverse paths (one fused dK/dV pass, or two chunk-scan walks): test both."""
+    default = lightning._FUSED_DKDV
+    lightning._FUSED_DKDV = not default
+    try:
+        assert_close(compare(**problem, dtype=torch.float32), torch.float32)
+    finally:
+        lightning._FUSED_DKDV = default
+
+
+@settings(max_examples=max(2, EXAMPLES // 2))
+@given(problem=small_problems())
 def test_kernel_fp16_matches_reference(problem):
     assert_close(compare(**problem, dtype=torch.float16), torch.float16)
 
@@ -166,7 +178,9 @@ def test_bad_input_raises_a_clear_error(kwargs, exc, words):
     ids=lambda s: "x".join(str(v) for v in s.values()),
 )
 @pytest.mark.parametrize("segment_size", [None, 512], ids=["auto-segments", "segments-512"])
-def test_gpu_large_shapes(shape, dtype, segment_size):
+@pytest.mark.parametrize("fused", [False, True], ids=["two-walks", "fused-dkdv"])
+def test_gpu_large_shapes(shape, dtype, segment_size, fused, monkeypatch):
+    monkeypatch.setattr(lightning, "_FUSED_DKDV", fused)
     decay = ref.tnl_decay(shape["H"]) if shape["H"] > 2 else [0.3, 0.99]
     errs = compare(**shape, decay=decay, dtype=dtype, segment_size=segment_size, with_initial=True,
                    with_final_grad=True, scale=shape["K"] ** -0.5)  # fmt: skip

@@ -164,12 +164,14 @@ def _sweep(T: int, ours, rep: int, sweep: list) -> tuple | None:
 
     B = TOKENS // T
     best = None
-    defaults = (lightning._NUM_WARPS, lightning._NUM_STAGES, lightning._BLOCK_C)
-    for block_c, warps, n_seg in itertools.product((32, 64, 128), (4, 8), _segment_options(T, B)):
+    defaults = (lightning._NUM_WARPS, lightning._NUM_STAGES, lightning._BLOCK_C, lightning._FUSED_DKDV)
+    settings = itertools.product((32, 64, 128), (4, 8), _segment_options(T, B), (False, True))
+    for block_c, warps, n_seg, fused in settings:
         lightning._NUM_WARPS, lightning._NUM_STAGES, lightning._BLOCK_C = warps, 2, block_c
+        lightning._FUSED_DKDV = fused
         seg = -(-T // n_seg)
         seg = -(-seg // 64) * 64
-        entry = {"T": T, "block_c": block_c, "warps": warps, "segments": n_seg}
+        entry = {"T": T, "block_c": block_c, "warps": warps, "segments": n_seg, "fused_dkdv": fused}
         try:
             f, fb = ours(segment_size=seg)
             entry |= {"fwd_ms": round(common.time_ms(f, rep=rep // 2), 4),
@@ -180,7 +182,7 @@ def _sweep(T: int, ours, rep: int, sweep: list) -> tuple | None:
         print(entry, flush=True)
         if "fwdbwd_ms" in entry and (best is None or entry["fwdbwd_ms"] < best["fwdbwd_ms"]):
             best = entry
-    lightning._NUM_WARPS, lightning._NUM_STAGES, lightning._BLOCK_C = defaults
+    lightning._NUM_WARPS, lightning._NUM_STAGES, lightning._BLOCK_C, lightning._FUSED_DKDV = defaults
     return best
 
 
