@@ -178,12 +178,21 @@ def test_bad_input_raises_a_clear_error(kwargs, exc, words):
     ids=lambda s: "x".join(str(v) for v in s.values()),
 )
 @pytest.mark.parametrize("segment_size", [None, 512], ids=["auto-segments", "segments-512"])
-@pytest.mark.parametrize("fused", [False, True], ids=["two-walks", "fused-dkdv"])
-def test_gpu_large_shapes(shape, dtype, segment_size, fused, monkeypatch):
-    monkeypatch.setattr(lightning, "_FUSED_DKDV", fused)
+def test_gpu_large_shapes(shape, dtype, segment_size):
     decay = ref.tnl_decay(shape["H"]) if shape["H"] > 2 else [0.3, 0.99]
     errs = compare(**shape, decay=decay, dtype=dtype, segment_size=segment_size, with_initial=True,
                    with_final_grad=True, scale=shape["K"] ** -0.5)  # fmt: skip
+    assert_close(errs, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("segment_size", [None, 512], ids=["auto-segments", "segments-512"])
+def test_gpu_other_dkdv_path(dtype, segment_size, monkeypatch):
+    """Whichever reverse path is not the default is still right on the GPU."""
+    monkeypatch.setattr(lightning, "_FUSED_DKDV", not lightning._FUSED_DKDV)
+    errs = compare(2, 4, 3001, 128, 128, ref.tnl_decay(4), dtype=dtype, segment_size=segment_size,
+                   with_initial=True, with_final_grad=True, scale=128**-0.5)  # fmt: skip
     assert_close(errs, dtype)
 
 
