@@ -328,7 +328,7 @@ def plot_timeline(records, ax=None, *, title: str | None = None):
 
     ax.legend(
         handles=[Patch(color="tab:blue", label="compute"), Patch(color="tab:orange", label="waiting on data"), Patch(color="0.6", label="handshake")],
-        loc="upper right", fontsize=8, ncol=3,
+        loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
     )
     if title:
         ax.set_title(title)

@@ -60,6 +60,8 @@ __all__ = [
     "implied_step_latency",
     "fit",
     "plot_projection",
+    "plot_throughput",
+    "main",
 ]
 
 METHODS = ("lasp1", "lasp2", "ring")
@@ -277,6 +279,75 @@ def plot_projection(hw: Hardware = H100_NVLINK, model: Model = LINEAR_LLAMA3_1B,
     ax.set_yscale("symlog", linthresh=10)
     ax.set_xlabel("GPUs W")
     ax.set_ylabel("LASP-2 throughput gain (%)")
-    ax.set_title(f"model ({hw.name[:40]}); ★ ✚ the paper's measurements", fontsize=9)
+    ax.set_title(f"cost model: {hw.name}\n(★ over LASP-1, ✚ over Ring: the paper's measurements)", fontsize=8)
     ax.legend(fontsize=7)
     return ax
+
+
+def plot_throughput(hw: Hardware = H100_NVLINK, model: Model = LINEAR_LLAMA3_1B, *, N: int = 2048 * 1024, world_sizes=(8, 16, 32, 64, 128), ax=None, overlap: bool = True):
+    """Projected tokens/s of the three schemes against W at a fixed total length ``N``."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    rows = project(hw, model, world_sizes=world_sizes, seq_lens=(N,), overlap=overlap)
+    Ws = [r["W"] for r in rows]
+    for m, style in (("lasp1", "-o"), ("lasp2", "-s"), ("ring", "--^")):
+        ax.plot(Ws, [r[f"{m}_tokens_per_s"] / 1e6 for r in rows], style, label={"lasp1": "LASP-1", "lasp2": "LASP-2", "ring": "Ring Attention"}[m])
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("GPUs W")
+    ax.set_ylabel("projected M tokens/s (whole job)")
+    ax.set_title(f"{model.name}, N = {N // 1024}K tokens\n{hw.name}", fontsize=8)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def main(argv=None) -> int:
+    """``python -m simdist.costmodel``: write ``docs/benchmarks/simdist_costmodel.{json,png}``.
+
+    Uses parameters refitted on ``docs/benchmarks/simdist_nccl.json`` when that file exists (or on
+    ``--fit PATH``), else the documented ``H100_NVLINK`` figures; the JSON records which.
+    """
+    import argparse
+    import datetime as _dt
+    import shlex
+    import sys
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parser = argparse.ArgumentParser(prog="python -m simdist.costmodel", description=main.__doc__.splitlines()[0])
+    out_default = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    parser.add_argument("--fit", default=None, help="benchmark JSON to refit on (default: docs/benchmarks/simdist_nccl.json if present)")
+    parser.add_argument("--out", default=str(out_default))
+    args = parser.parse_args(argv)
+    measured = Path(args.fit) if args.fit else out_default / "simdist_nccl.json"
+    hw = fit(measured) if measured.is_file() else H100_NVLINK
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "command": " ".join(["python -m simdist.costmodel", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))]),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "note": "a projection from a latency-bandwidth-compute model, not a measurement",
+        "hardware": dataclasses.asdict(hw),
+        "paper_hardware": dataclasses.asdict(A100_PAPER),
+        "model": dataclasses.asdict(LINEAR_LLAMA3_1B),
+        "projection": project(hw),
+        "paper_comparison": paper_comparison(A100_PAPER, overlap=False),
+        "implied_step_latency_s": {"2048K": implied_step_latency(PAPER[2048 * 1024]["over_lasp1"]), "512K": implied_step_latency(PAPER[512 * 1024]["over_lasp1"], N=512 * 1024)},
+    }
+    (out / "simdist_costmodel.json").write_text(json.dumps(payload, indent=1) + "\n")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
+    plot_throughput(hw, ax=axes[0])
+    plot_projection(A100_PAPER, ax=axes[1], overlap=False)
+    fig.tight_layout()
+    fig.savefig(out / "simdist_costmodel.png", dpi=120)
+    print(f"wrote {out / 'simdist_costmodel.json'} and {out / 'simdist_costmodel.png'} ({hw.source})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

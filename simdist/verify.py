@@ -24,7 +24,7 @@ import torch
 
 from simdist import accounting, lasp1, lasp2, lasp2h, ring
 
-__all__ = ["Case", "problem", "split_lengths", "rank_run", "run", "one_device", "errors", "ALGORITHMS"]
+__all__ = ["Case", "problem", "split_lengths", "rank_run", "run", "one_device", "errors", "prefix_run", "ALGORITHMS"]
 
 ALGORITHMS = {
     "lasp1": lasp1.attention,
@@ -153,3 +153,10 @@ def errors(got: dict, want: dict) -> dict:
         diff = np.linalg.norm(np.asarray(got[name], dtype=np.float64) - want[name])
         out[name] = float(diff / denom) if denom > 0 else float(diff)
     return out
+
+
+def prefix_run(rank: int, world_size: int, q, k, v, decay, lengths, prefix: str):
+    """Each rank's LASP-2 forward with the ``"exclusive"`` (right) or ``"inclusive"`` (erratum) prefix."""
+    start, stop = _bounds(lengths)[rank]
+    chunk = [torch.from_numpy(np.ascontiguousarray(x[:, :, start:stop])) for x in (q, k, v)]
+    return lasp2.forward_with_prefix(*chunk, decay=decay, prefix=prefix)

@@ -249,13 +249,13 @@ def _summarise(method, W, spec, per_rank) -> dict:
     }
 
 
-def run(world_sizes, chunks, methods, *, backend="nccl", heads=16, dim=128, dtype="bfloat16", warmup=2, reps=5, max_seconds=2.0, log=print) -> dict:
+def run(world_sizes, chunks, methods, *, backend="nccl", heads=16, dim=128, dtype="bfloat16", warmup=2, reps=5, max_seconds=2.0, probe_bytes=64 * 2**20, log=print) -> dict:
     """Run the whole sweep; returns the JSON payload (see the module docstring)."""
     import simdist
 
     payload = {
         "environment": environment(backend),
-        "config": {"B": 1, "H": heads, "K": dim, "V": dim, "dtype": dtype, "warmup": warmup, "reps": reps, "max_seconds": max_seconds, "chunks": list(chunks), "methods": list(methods)},
+        "config": {"B": 1, "H": heads, "K": dim, "V": dim, "dtype": dtype, "warmup": warmup, "reps": reps, "max_seconds": max_seconds, "probe_bytes": probe_bytes, "chunks": list(chunks), "methods": list(methods)},
         "probes": {},
         "results": [],
     }
@@ -263,7 +263,7 @@ def run(world_sizes, chunks, methods, *, backend="nccl", heads=16, dim=128, dtyp
         log(f"W = {W}: starting {W} {backend} ranks")
         with simdist.Pool(W, backend=backend, timeout=600, start_timeout=300) as pool:
             try:
-                payload["probes"][str(W)] = pool.run(comm_probe, {}, timeout=300)[0] if W > 1 else {}
+                payload["probes"][str(W)] = pool.run(comm_probe, {"probe_bytes": probe_bytes}, timeout=300)[0] if W > 1 else {}
                 log(f"  probe: {payload['probes'][str(W)]}")
             except simdist.RankError as err:
                 payload["probes"][str(W)] = {"error": str(err).splitlines()[0]}

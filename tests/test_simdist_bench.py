@@ -1,0 +1,24 @@
+"""The benchmark's machinery runs end to end on gloo CPU ranks (the GPU run is the lead's; this keeps it honest)."""
+
+from __future__ import annotations
+
+import json
+
+from simdist import bench, costmodel
+
+
+def test_bench_runs_records_and_plots_on_cpu_ranks(tmp_path):
+    payload = bench.run([2], [32, 64], list(bench.METHODS), backend="gloo", heads=1, dim=4, dtype="float32", warmup=1, reps=2, max_seconds=30, probe_bytes=2**20, log=lambda *_: None)
+    rows = payload["results"]
+    assert {(r["method"], r["chunk"]) for r in rows} == {(m, c) for m in bench.METHODS for c in (32, 64)}
+    assert all(r["status"] == "ok" and r["ms"] > 0 and r["tokens"] == 2 * r["chunk"] for r in rows)
+    by = {(r["method"], r["chunk"]): r for r in rows}
+    # the accounting's counts travel into the JSON: LASP-1 a chain, LASP-2 two collectives, local none
+    assert by["lasp1", 64]["sequential_steps"] == 2 and by["lasp1", 64]["p2p_messages"] == 2
+    assert by["lasp2", 64]["collectives_per_rank"] == 2 and by["local", 64]["bytes_recv_per_rank"] == 0
+    assert by["lasp2h", 64]["bytes_recv_per_rank"] == 2 * by["lasp2h", 32]["bytes_recv_per_rank"]
+    assert set(payload["probes"]["2"]) == {"p2p_latency_s", "p2p_bandwidth_Bps", "allgather_latency_s", "allgather_bandwidth_Bps"}
+    paths = bench.write(payload, "simdist_test", tmp_path)
+    assert json.loads(paths[0].read_text())["environment"]["backend"] == "gloo" and paths[1].stat().st_size > 0
+    fitted = costmodel.fit(paths[0])  # the refit reads what the benchmark writes
+    assert fitted.alpha_p2p == payload["probes"]["2"]["p2p_latency_s"] and fitted.linear_tokens_per_s > 0
