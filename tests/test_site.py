@@ -309,15 +309,20 @@ def test_search_answers_and_palette_toggles(server, browser):
     context.route("**/*", lambda r: r.continue_() if _is_local(r.request.url) else r.abort())
     page = context.new_page()
     page.goto(server, wait_until="load")
-    for word, expect in [("lightning", "lightning"), ("softmax", "softmax")]:
+    for word, expected_page in [("lightning", "lightning/"), ("softmax", "softmax_attention/")]:
         box = page.locator("input.md-search__input")
         box.click()
         box.fill("")
         box.type(word, delay=20)
-        results = page.locator(".md-search-result__item")
-        results.first.wait_for(timeout=15_000)
-        assert results.count() > 0, f"search for {word!r} found nothing"
-        assert expect in results.first.inner_text().lower()
+        # results update as the word is typed: wait until they include the page about it
+        page.wait_for_function(
+            """(page) => Array.from(document.querySelectorAll(".md-search-result__item a"))
+                              .some(a => new URL(a.href).pathname.endsWith("/" + page))""",
+            arg=expected_page,
+            timeout=15_000,
+        )
+        first = page.locator(".md-search-result__item").first.inner_text().lower()
+        assert word in first, f"the first result for {word!r} does not mention it: {first[:200]!r}"
         page.keyboard.press("Escape")
     # the palette toggle switches between the light and the dark scheme
     before = page.get_attribute("body", "data-md-color-scheme")

@@ -139,7 +139,8 @@ def kernel_environment() -> dict[str, str]:
     """The environment of the kernel process: the package importable, the interpreter without a GPU."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # figures must land in the notebook, whatever backend the calling environment prefers
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # silence the debugger's frozen-modules note
     if "TRITON_INTERPRET" not in env and not _has_cuda():
         env["TRITON_INTERPRET"] = "1"
