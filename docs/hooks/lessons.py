@@ -160,13 +160,20 @@ def _cell_lines(source: Path, n_cells: int) -> list[int | None]:
 def _describe_failure(source: Path, nb, err: Exception) -> str:
     rel = _relative(source)
     lines = _cell_lines(source, len(nb.cells))
+
+    def where(index: int, cell) -> str:
+        first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+        return f"cell {index}" + (f" (line {lines[index]})" if lines[index] else "") + f" `{first}`"
+
     for index, cell in enumerate(nb.cells):
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         if errors:
-            where = f"cell {index}" + (f" (line {lines[index]})" if lines[index] else "")
-            first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
             e = errors[0]
-            return f"{rel}: {where} `{first}` raised {e.get('ename')}: {e.get('evalue')}\n\n{err}"
+            return f"{rel}: {where(index, cell)} raised {e.get('ename')}: {e.get('evalue')}\n\n{err}"
+    # a timeout or a dead kernel leaves no error output: nbclient quotes the cell's source instead
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and cell.source.strip() and cell.source.strip()[:60] in str(err):
+            return f"{rel}: {where(index, cell)} failed: {err}"
     return f"{rel}: execution failed: {err}"
 
 
@@ -175,6 +182,27 @@ def _relative(path: Path) -> str:
         return Path(path).resolve().relative_to(ROOT).as_posix()
     except ValueError:
         return str(path)
+
+
+def _kernel_manager_class():
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        """Shuts the kernel down without interrupting it first.
+
+        jupyter_client interrupts a kernel before asking it to shut down, and ipykernel passes the
+        interrupt (SIGINT) to its whole process group: child processes a lesson started (simdist's
+        rank processes) would die printing KeyboardInterrupt tracebacks. When the pipeline shuts a
+        kernel down every cell has finished, so there is nothing to interrupt. (Interrupting a cell
+        that ran past its timeout is unaffected.)
+        """
+
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietShutdownKernelManager
 
 
 def execute_lesson(source: Path, *, timeout: int = CELL_TIMEOUT, cwd: Path = ROOT) -> ExecutedLesson:
@@ -193,7 +221,6 @@ def execute_lesson(source: Path, *, timeout: int = CELL_TIMEOUT, cwd: Path = ROO
     """
     import jupytext
     import nbformat
-    from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
@@ -203,10 +230,11 @@ def execute_lesson(source: Path, *, timeout: int = CELL_TIMEOUT, cwd: Path = ROO
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     nb.metadata.setdefault("language_info", {"name": "python"})
     nb.metadata.pop("jupytext", None)
+    _KernelManager = _kernel_manager_class()
     start = time.perf_counter()
     # IPC sockets in a private directory: no TCP port, and no warning about unencrypted TCP.
     with tempfile.TemporaryDirectory(prefix="atlas-kernel-") as sockets:
-        km = AsyncKernelManager(kernel_name=KERNELSPEC["name"], transport="ipc", ip=os.path.join(sockets, "kernel"))
+        km = _KernelManager(kernel_name=KERNELSPEC["name"], transport="ipc", ip=os.path.join(sockets, "kernel"))
         client = NotebookClient(
             nb,
             km=km,
