@@ -111,6 +111,9 @@ def _error_message(exc: BaseException, rank: int):
 def main(rank: int, world_size: int, backend: str, store_path: str, timeout_s: float, conn, board, threads: int):
     """Entry point of one rank (a ``multiprocessing`` target)."""
     _die_with_parent()
+    # Ctrl-C (or a Jupyter kernel's shutdown) interrupts the parent, which stops the ranks itself;
+    # a rank interrupted halfway through a collective would only leave its peers hanging.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for key, value in NCCL_ENV.items():
         os.environ[key] = value
     if os.path.exists("/sys/class/net/lo"):

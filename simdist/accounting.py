@@ -3,8 +3,8 @@ r"""Message accounting: every message and collective each rank makes, and a time
 Every communication in ``simdist`` goes through ``simdist.comm``, which records an ``Event`` here:
 the operation, whether it carries data or a small validation handshake (``kind="meta"``), the peer
 or the group, the bytes this rank sends and receives, and three wall times — when it was posted,
-when the rank started waiting for it, and when it completed. Local work is recorded as ``Span``\ s
-with ``with accounting.span("compute", "intra"):``. Each process keeps its own log; ``snapshot()``
+when the rank started waiting for it, and when it completed. Local work is recorded as ``Span``
+records with ``with accounting.span("compute", "intra"):``. Each process keeps its own log; ``snapshot()``
 returns it as a picklable ``Record``, and ``simdist.Pool`` resets it before every task.
 
 From the records of all ranks, ``summarize`` counts calls and bytes per rank and ``critical_path``

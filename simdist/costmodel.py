@@ -3,10 +3,10 @@ r"""A latency–bandwidth–compute model of LASP-1, LASP-2 and Ring Attention, 
 One training iteration of a linear-attention model (``L`` layers) on a sequence of ``N`` tokens cut
 into ``W`` chunks of ``C = N / W`` (one per GPU, ``g`` GPUs per node) costs, per GPU,
 
-.. math::
-
-    t = \underbrace{6 P C / F}_{\text{dense layers}} + L \Big( \underbrace{C / R}_{\text{attention}}
-        + \underbrace{e_{\text{method}}}_{\text{exposed communication}} \Big)
+$$
+t = \underbrace{6 P C / F}_{\text{dense layers}} + L \Big( \underbrace{C / R}_{\text{attention}}
+    + \underbrace{e_{\text{method}}}_{\text{exposed communication}} \Big)
+$$
 
 with ``F`` the effective dense FLOP rate, ``R`` the tokens per second of one linear-attention layer
 (forward + backward) on one GPU, and the exposed communication of one layer:

@@ -183,14 +183,22 @@ def _torch_chunked(q, k, v, log_lam, scale: float, block: int = 128) -> torch.Te
     return torch.cat(outs, dim=2)
 
 
-def intra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_lam, scale: float) -> torch.Tensor:
-    """Causal Lightning attention of the chunk alone (zero initial state), differentiable in q, k, v."""
+def intra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_lam, scale: float, *, use_kernel: bool | None = None) -> torch.Tensor:
+    """Causal Lightning attention of the chunk alone (zero initial state), differentiable in q, k, v.
+
+    ``use_kernel``: ``None`` (default) uses ``kernels.lightning`` on CUDA when it is importable;
+    ``True`` forces it (on the CPU that needs ``TRITON_INTERPRET=1``); ``False`` never uses it.
+    """
     H = q.shape[1]
-    if q.device.type == "cuda":
+    if use_kernel is None:
+        use_kernel = q.device.type == "cuda" and _kernel() is not None
+    if use_kernel:
         kernel = _kernel()
-        if kernel is not None:
-            decay = torch.ones(H, device=q.device, dtype=torch.float32) if log_lam is None else log_lam.exp().float()
-            return kernel(q, k, v, decay, scale=scale)
+        if kernel is None:
+            raise RuntimeError("kernels.lightning.attention cannot be imported")
+        decay = torch.ones(H, device=q.device, dtype=torch.float32) if log_lam is None else log_lam.exp().float()
+        return kernel(q, k, v, decay, scale=scale)
+    if q.device.type == "cuda":
         return _torch_chunked(q, k, v, log_lam, scale)
     from reference import lightning as ref
 
@@ -221,15 +229,18 @@ def local_forward(q, k, v, decay, scale: float = 1.0, initial_state=None):
 # --------------------------------------------------------------------------------------------
 
 
-def softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float) -> torch.Tensor:
+def softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float, use_sdpa: bool | None = None) -> torch.Tensor:
     """Softmax attention with the causal mask aligned to the *end* of the keys.
 
     Query row ``i`` of ``Tq`` sits at key position ``i + Tk - Tq``: a chunk of queries that follows
-    every earlier chunk's keys. On CUDA: SDPA with ``causal_lower_right`` (flash or memory-efficient
-    kernels, no mask materialised; plain ``is_causal`` would align to the top left and be wrong for
-    ``Tq < Tk``). On the CPU: ``reference.softmax_attention.naive``.
+    every earlier chunk's keys. With ``use_sdpa`` (the default on CUDA): SDPA with
+    ``causal_lower_right`` (flash or memory-efficient kernels, no mask materialised; plain
+    ``is_causal`` would align to the top left and be wrong for ``Tq < Tk``). Otherwise (the default
+    on the CPU): ``reference.softmax_attention.naive``.
     """
-    if q.device.type == "cuda":
+    if use_sdpa is None:
+        use_sdpa = q.device.type == "cuda"
+    if use_sdpa:
         import torch.nn.functional as F
 
         Tq, Tk = q.shape[2], k.shape[2]

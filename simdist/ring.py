@@ -50,6 +50,7 @@ def block_forward(q, k, v, *, causal: bool, scale: float):
     ``saved`` whatever the backward of this block needs besides the final ``O`` and ``LSE``.
     """
     if _flash(q):
+        k, v = k.contiguous(), v.contiguous()  # slices of the travelling [K | V] buffer
         out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
             q, k, v, 0.0, causal, False, scale=scale
         )
@@ -68,7 +69,7 @@ def block_backward(do, q, k, v, o, lse, saved, *, causal: bool, scale: float):
     if _flash(q):
         cum_q, cum_k, max_q, max_k, seed, offset = saved
         return torch.ops.aten._scaled_dot_product_flash_attention_backward(
-            do, q, k, v, o, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, seed, offset, scale=scale
+            do, q, k.contiguous(), v.contiguous(), o, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, seed, offset, scale=scale
         )
     sd = local.state_dtype(q.dtype)
     q_, k_, v_, do_, o_ = (x.to(sd) for x in (q, k, v, do, o))

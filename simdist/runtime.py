@@ -303,6 +303,17 @@ class Pool:
             self.restarts += 1
             self._start()
         timeout = self.timeout if timeout is None else float(timeout)
+        try:
+            return self._run(fn, message, timeout)
+        except RankError:
+            raise
+        except BaseException:
+            # Interrupted (Ctrl-C) or broken while the ranks were busy: their answers would arrive
+            # during the next run and be taken for its own. Stop them; the next run starts fresh ones.
+            self._teardown()
+            raise
+
+    def _run(self, fn, message: bytes, timeout: float) -> list:
         W = self.world_size
         for rank, conn in enumerate(self._conns):
             try:

@@ -28,7 +28,7 @@ from tests.strategies import chunk_lengths, decays, rel_err, seeds
 
 TOL = 1e-10  # float64 end to end: only rounding separates the schemes from one device
 # Every example sends several cases to the ranks at once: a third of the profile's examples is plenty.
-EXAMPLES = max(4, settings.default.max_examples // 3)
+EXAMPLES = max(4, min(40, settings.default.max_examples // 3))
 W_CI = [1, 2, 3, 4]
 W_ALL = [*W_CI, pytest.param(8, marks=pytest.mark.thorough)]
 
@@ -234,6 +234,45 @@ def test_vectorised_torch_fallback_equals_the_reference(data):
     got = local._torch_chunked(q, k, v, log_lam, 0.8, block=block)
     want = lightning.parallel(q, k, v, np.ones(H) if decay is None else decay, scale=0.8)
     assert rel_err(got, want) < TOL
+
+
+@pytest.mark.parametrize("Tq, Tk, causal", [(5, 12, True), (7, 7, True), (4, 9, False)])
+def test_the_gpu_softmax_path_aligns_the_mask_to_the_end_of_the_keys(Tq, Tk, causal):
+    """LASP-2H's CUDA path (SDPA with causal_lower_right), run on the CPU in float64, equals the
+    reference — outputs and gradients — for a chunk of queries after earlier chunks' keys."""
+    from reference import softmax_attention
+
+    q, _, _, do = verify.problem(1, 2, Tq, 4, 3, seed=Tq)
+    _, k, v, _ = verify.problem(1, 2, Tk, 4, 3, seed=Tk)
+    grads = []
+    for use_sdpa in (True, False):
+        leaves = [torch.from_numpy(x).requires_grad_() for x in (q, k, v)]
+        o = local.softmax(*leaves, causal=causal, scale=0.6, use_sdpa=use_sdpa)
+        (o * torch.from_numpy(do)).sum().backward()
+        grads.append([o.detach()] + [x.grad for x in leaves])
+    for got, want in zip(*grads):
+        assert rel_err(got, want) < TOL
+    ref = softmax_attention.naive(q, k, v, causal=causal, scale=0.6)
+    assert rel_err(grads[0][0], ref) < TOL
+
+
+def test_the_kernel_path_of_the_local_work_equals_the_reference():
+    """What the linear schemes call on GPUs (kernels.lightning), here in Triton's interpreter in fp32."""
+    if local._kernel() is None:
+        pytest.skip("kernels.lightning is not importable here")
+    from reference import lightning
+
+    q, k, v, do = verify.problem(1, 2, 19, 16, 16, seed=4)
+    decay = np.array([0.5, 0.95])
+    outs = []
+    for use_kernel in (True, False):
+        leaves = [torch.from_numpy(x).float().requires_grad_() for x in (q, k, v)]
+        o = local.intra(*leaves, torch.from_numpy(decay).log(), 0.5, use_kernel=use_kernel)
+        (o * torch.from_numpy(do).float()).sum().backward()
+        outs.append([o.detach()] + [x.grad for x in leaves])
+    for got, want in zip(*outs):
+        assert rel_err(got, want) < 1e-5
+    assert rel_err(outs[0][0], lightning.parallel(q, k, v, decay, scale=0.5)) < 1e-5
 
 
 def test_exclusive_prefix_closed_form():

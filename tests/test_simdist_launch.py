@@ -61,6 +61,10 @@ def hang_on(rank, world_size, bad):
     return x
 
 
+def sleep_for(rank, world_size, seconds):
+    time.sleep(seconds)
+
+
 def ring_pass(rank, world_size, hops_size):
     """A token goes once around the ring (W-1 sequential hops), then one AllGather."""
     x = torch.zeros(hops_size, dtype=torch.float64)
@@ -219,6 +223,26 @@ def test_a_hung_rank_is_named_after_the_timeout():
         assert "rank 1 is the likely culprit" in str(err)
         assert "rank 1: busy outside communication" in str(err) and "hang_on" in str(err)
         assert_all_gone(pids)
+
+
+def test_an_interrupted_run_stops_the_ranks():
+    """Ctrl-C while the ranks work: their late answers must not be taken for the next run's."""
+    with simdist.Pool(2, timeout=30) as pool:
+        pids = pool.pids
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                pool.run(sleep_for, 30)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert_all_gone(pids)
+        assert pool.run(pid) != pids and pool.restarts == 1
 
 
 # --------------------------------------------------------------------------------------------
