@@ -154,7 +154,7 @@ def _segment_options(T: int, B: int):
     """Segment counts worth trying: none, and 2..16 when B·H walks alone would leave SMs idle."""
     options = [1]
     if B * H < 256:
-        options += [n for n in (2, 4, 8, 16) if T // n >= 512]
+        options += [n for n in (2, 4, 8, 16) if T // n >= 2048]
     return options
 
 
@@ -165,8 +165,10 @@ def _sweep(T: int, ours, rep: int, sweep: list) -> tuple | None:
     B = TOKENS // T
     best = None
     defaults = (lightning._NUM_WARPS, lightning._NUM_STAGES, lightning._BLOCK_C, lightning._FUSED_DKDV)
-    settings = itertools.product((32, 64, 128), (4, 8), _segment_options(T, B), (False, True))
-    for block_c, warps, n_seg, fused in settings:
+    # (columns per program, warps): a 128-column fp32 state tile wants eight warps' registers.
+    tiles = ((32, 4), (64, 4), (128, 4), (128, 8))
+    settings = itertools.product(tiles, _segment_options(T, B), (False, True))
+    for (block_c, warps), n_seg, fused in settings:
         lightning._NUM_WARPS, lightning._NUM_STAGES, lightning._BLOCK_C = warps, 2, block_c
         lightning._FUSED_DKDV = fused
         seg = -(-T // n_seg)
