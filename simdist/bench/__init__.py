@@ -7,7 +7,9 @@ rank would do alone — the floor the schemes approach). Each series stops at th
 runs out of memory, or whose first iteration takes longer than ``--max-seconds`` (recorded).
 
 Timing: a barrier, then CUDA events around one forward+backward on every rank; the iteration time
-is the slowest rank's; the median over ``--reps`` iterations after warm-up. Tokens per second are
+is the slowest rank's; the median over ``--reps`` iterations after warm-up (``--warmup``, at least
+two: the first pays for kernel compilation and NCCL set-up, the second decides whether the case fits
+``--max-seconds``). Tokens per second are
 ``W · chunk / time``. Bytes and messages come from ``simdist.accounting`` (one more iteration,
 recorded). The linear schemes' local work is ``kernels.lightning.attention`` when it can be imported
 (else a torch fallback; the JSON says which). A communication probe measures the point-to-point
@@ -122,12 +124,13 @@ def bench_case(rank: int, world_size: int, spec: dict) -> dict:
 
     timed = _timer(device)
     first = timed(step)  # includes one-time costs (kernel compilation, NCCL channel set-up)
-    slowest = torch.tensor([first], dtype=torch.float64, device=device)
+    probe = timed(step)  # a warm iteration decides whether the case fits the time budget
+    slowest = torch.tensor([probe], dtype=torch.float64, device=device)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # every rank takes the same decision
     if float(slowest) > 1e3 * spec["max_seconds"]:
-        times = [first]
+        times = [probe]
     else:
-        for _ in range(max(0, spec["warmup"] - 1)):
+        for _ in range(max(0, spec["warmup"] - 2)):
             timed(step)
         times = [timed(step) for _ in range(spec["reps"])]
     accounting.reset()
@@ -197,6 +200,16 @@ def comm_probe(rank: int, world_size: int, spec: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def _nccl_version():
+    import torch
+
+    try:
+        version = torch.cuda.nccl.version()
+    except Exception:
+        return None
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
 def environment(backend: str) -> dict:
     import torch
 
@@ -206,7 +219,7 @@ def environment(backend: str) -> dict:
         "backend": backend,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None,
+        "nccl": _nccl_version(),
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m simdist.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
