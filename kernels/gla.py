@@ -74,7 +74,8 @@ class Config:
         chunk_size: ``C``, tokens per chunk: 16, 32, 64 or 128.
         state_block_k, state_block_v: the ``BK × BV`` state tile of the two sequential kernels
             (smaller tiles: more programs in parallel when ``B·H`` is small).
-        block_k, block_v: tiles over ``K`` and ``V`` in the parallel kernels.
+        block_k, block_v: tiles over ``K`` and ``V`` in the parallel kernels (narrowed where their
+            operands would not fit in shared memory: fp32 inputs, ``C = 128``, ``K = 256``).
         num_warps, num_stages: for the parallel kernels.
         state_num_warps, state_num_stages: for the sequential kernels.
     """
@@ -563,6 +564,38 @@ def _launch_kw(cfg: Config, *, state: bool) -> dict:
     return dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
+#: Shared memory one program may plan for (an H100 block may have up to 227 KiB; the estimates
+#: below are rough, so they keep a margin). Tiles that would not fit are narrowed, V first.
+_SMEM_BUDGET = 160 * 1024
+
+
+def _fit(bk: int, bv: int, need) -> tuple[int, int]:
+    """Halve ``bv`` (then ``bk``) down to 16 until ``need(bk, bv)`` bytes fit the budget."""
+    while need(bk, bv) > _SMEM_BUDGET and (bv > 16 or bk > 16):
+        if bv > 16:
+            bv //= 2
+        else:
+            bk //= 2
+    return bk, bv
+
+
+def _tiles(cfg: Config, K: int, dtype: torch.dtype) -> dict:
+    """Per-kernel tiles: the requested ones, narrowed where their operands would not fit on chip.
+
+    Estimates of the operand buffers (``e`` bytes per element, ``st`` pipeline stages): the output
+    kernel holds ``P``, a ``C × BV`` tile of ``v`` and, per stage, ``C × BK`` of ``q`` and ``BK × BV`` of
+    ``S``; the dV kernel holds ``P``, per stage ``C × BV`` of ``dO`` and ``v`` and ``C × BK + BK × BV``; the
+    dQ/dK kernel holds, per stage, two ``BK × BV`` state tiles (``BK`` = all of ``K``).
+    """
+    e = torch.finfo(dtype).bits // 8
+    C, st = cfg.chunk_size, max(1, cfg.num_stages)
+    bk_full = max(16, next_power_of_2(K))
+    out = _fit(cfg.block_k, cfg.block_v, lambda bk, bv: e * (C * C + C * bv + st * (C * bk + bk * bv)))
+    dv = _fit(cfg.block_k, cfg.block_v, lambda bk, bv: e * (C * C + st * (2 * C * bv + C * bk + bk * bv)))
+    _, bv_dqk = _fit(bk_full, cfg.block_v, lambda bk, bv: e * st * (2 * bk * bv + 2 * SUB * bv))
+    return {"out": out, "dv": dv, "dqk_bv": bv_dqk, "k_full": bk_full}
+
+
 def _forward(q, k, v, g, h0, scale: float, cfg: Config):
     """``(o, h, A, final)``: inputs ``[BH, T, ·]`` contiguous; ``h0`` fp32 ``[BH, K, V]`` or None."""
     BH, T, K = q.shape
@@ -580,13 +613,15 @@ def _forward(q, k, v, g, h0, scale: float, cfg: Config):
         k, v, g, h0 if h0 is not None else final, h, final, T, NT,
         K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_H0=h0 is not None, PRECISION=prec, **_launch_kw(cfg, state=True),
     )  # fmt: skip
+    tiles = _tiles(cfg, K, q.dtype)
     _fwd_intra_kernel[(NT, BH)](
         q, k, g, A, scale, T, NT,
-        K=K, C=C, SUB=SUB, BK=max(16, next_power_of_2(K)), PRECISION=prec, **_launch_kw(cfg, state=False),
+        K=K, C=C, SUB=SUB, BK=tiles["k_full"], PRECISION=prec, **_launch_kw(cfg, state=False),
     )  # fmt: skip
-    _fwd_output_kernel[(triton.cdiv(V, cfg.block_v), NT, BH)](
+    bk, bv = tiles["out"]
+    _fwd_output_kernel[(triton.cdiv(V, bv), NT, BH)](
         q, v, g, h, A, o, scale, T, NT,
-        K=K, V=V, C=C, BK=cfg.block_k, BV=cfg.block_v, PRECISION=prec, **_launch_kw(cfg, state=False),
+        K=K, V=V, C=C, BK=bk, BV=bv, PRECISION=prec, **_launch_kw(cfg, state=False),
     )  # fmt: skip
     return o, h, A, final
 
@@ -611,13 +646,15 @@ def _backward(q, k, v, g, h, A, do, dht, has_h0: bool, scale: float, cfg: Config
         K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_DHT=dht is not None, HAS_H0=has_h0, PRECISION=prec,
         **_launch_kw(cfg, state=True),
     )  # fmt: skip
+    tiles = _tiles(cfg, K, q.dtype)
+    bk, bv = tiles["dv"]
     _bwd_dv_kernel[(NT, BH)](
         k, v, g, A, do, dh, dv, dA, T, NT,
-        K=K, V=V, C=C, BK=cfg.block_k, BV=cfg.block_v, PRECISION=prec, **_launch_kw(cfg, state=False),
+        K=K, V=V, C=C, BK=bk, BV=bv, PRECISION=prec, **_launch_kw(cfg, state=False),
     )  # fmt: skip
     _bwd_dqk_kernel[(NT, BH)](
         q, k, v, g, h, do, dh, dA, dq, dk, dg, scale, T, NT,
-        K=K, V=V, C=C, SUB=SUB, BK=max(16, next_power_of_2(K)), BV=cfg.block_v, PRECISION=prec,
+        K=K, V=V, C=C, SUB=SUB, BK=tiles["k_full"], BV=tiles["dqk_bv"], PRECISION=prec,
         **_launch_kw(cfg, state=False),
     )  # fmt: skip
     return dq, dk, dv, dg, dh0
