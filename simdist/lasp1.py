@@ -11,9 +11,10 @@ chunks reaches it along a chain (ALGORITHMS.md §5)::
                        dK_r, dV_r += (λ^{C-j} V_r) dS_rᵀ, (λ^{C-j} K_r) dS_r;  dQ_r += Λ dO_r P_rᵀ
 
 ``W-1`` messages forward and ``W-1`` backward, each of ``B·H·K·V`` state elements, and every one
-waits for the previous: ``2(W-1)`` **sequential** steps per iteration. The receive is posted first
-and the intra-chunk work (``intra`` and ``M_r``; in the backward the intra gradients) is computed
-while it travels, so each rank only waits for what it cannot do without the state.
+waits for the previous: ``2(W-1)`` **sequential** steps per iteration. The head of each chain
+(rank 0 forward, rank ``W-1`` backward) sends before doing anything else; every other rank posts its
+receive and computes the intra-chunk work (in the backward the intra gradients) while the state
+travels, so it only waits for what it cannot do without the state.
 
 Only the causal form exists here: bidirectional attention needs the sum of *every* chunk's state on
 every rank, which a chain delivers in ``2(W-1)`` steps and LASP-2's single AllGather in one — use
@@ -38,23 +39,23 @@ class _Lasp1(torch.autograd.Function):
         B, H, C, K = q.shape
         V = v.shape[-1]
         f = local.factors(log_lam, C, sd)
-        if r > 0:  # post the receive first; the intra-chunk work overlaps it
-            P = torch.zeros(B, H, K, V, dtype=sd, device=q.device)
+        P = torch.zeros(B, H, K, V, dtype=sd, device=q.device)
+        with accounting.span("compute", "M"):
+            M = local.chunk_state(k, v, f)
+        send = recv = None
+        if r == 0 and W > 1:  # the head of the chain needs nothing: its state leaves at once
+            send = comm.isend(M, 1, group=group, label="KV")
+        elif r > 0:  # post the receive; the intra-chunk work overlaps it
             recv = comm.irecv(P, r - 1, group=group, label="KV")
         with accounting.span("compute", "intra"), torch.enable_grad():
             qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
             o_intra = local.intra(qd, kd, vd, log_lam, scale)
-        with accounting.span("compute", "M"):
-            M = local.chunk_state(k, v, f)
-        if r > 0:
+        if recv is not None:
             recv.wait()
-        else:
-            P = torch.zeros(B, H, K, V, dtype=sd, device=q.device)
-        send = None
-        if r < W - 1:
-            with accounting.span("compute", "state"):
-                S = (P if f.block is None else f.block * P) + M
-            send = comm.isend(S, r + 1, group=group, label="KV")
+            if r < W - 1:
+                with accounting.span("compute", "state"):
+                    S = (P if f.block is None else f.block * P) + M
+                send = comm.isend(S, r + 1, group=group, label="KV")
         with accounting.span("compute", "inter"):
             o = o_intra.detach() + local.inter(q, P, f, scale)
         if send is not None:
@@ -71,22 +72,23 @@ class _Lasp1(torch.autograd.Function):
         f, scale, layout = ctx.f, ctx.scale, ctx.layout
         r, W, group = layout.rank, layout.world_size, layout.group
         do = do.contiguous()
-        if r < W - 1:
+        with accounting.span("compute", "dM"):
+            dP = local.grad_state_in(q, do, f, scale)  # this chunk's own part of dP_r
+        send = recv = None
+        if r == W - 1 and W > 1:  # the tail of the chain: its dP leaves at once
+            send = comm.isend(dP, r - 1, group=group, label="dKV")
+        elif r < W - 1:
             dS = torch.zeros_like(P)
             recv = comm.irecv(dS, r + 1, group=group, label="dKV")
         with accounting.span("compute", "intra backward"):
             dq, dk, dv = torch.autograd.grad(o_intra, (qd, kd, vd), do)
             dq = dq + local.grad_inter_q(do, P, f, scale)
-            dP = local.grad_state_in(q, do, f, scale)
-        send = None
-        if r < W - 1:
+        if recv is not None:
             recv.wait()
             if r > 0:
                 with accounting.span("compute", "state"):
                     dP = dP + (dS if f.block is None else f.block * dS)
-        if r > 0:
-            send = comm.isend(dP, r - 1, group=group, label="dKV")
-        if r < W - 1:
+                send = comm.isend(dP, r - 1, group=group, label="dKV")
             with accounting.span("compute", "dK dV from the state"):
                 dk_s, dv_s = local.grad_chunk_state(k, v, dS, f)
                 dk, dv = dk + dk_s, dv + dv_s
