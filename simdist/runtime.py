@@ -481,7 +481,8 @@ def launch(fn, world_size: int, *, backend: str = "gloo", args: tuple = (), time
         world_size: number of ranks ``W``.
         backend: ``"gloo"`` (CPU processes) or ``"nccl"`` (rank ``r`` on ``cuda:r``).
         args: extra positional arguments, pickled to every rank.
-        timeout: seconds for start-up plus the run; a rank that hangs past it is named and killed.
+        timeout: seconds the run may take (a rank that hangs past it is named and killed); also each
+            collective's own timeout inside the ranks. Start-up has its own limit, ``max(60, timeout)``.
 
     Raises:
         RankError: a rank raised (its traceback is in the message), died, or hung.
