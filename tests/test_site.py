@@ -176,6 +176,20 @@ def _is_local(url: str) -> bool:
     return parsed.hostname == "127.0.0.1"
 
 
+# Loads every image now (lazy ones too) and waits for each to finish or fail, so that the image
+# check sees final states and no request is still in flight when the crawl moves on.
+_LOAD_IMAGES = r"""
+async () => {
+  const images = Array.from(document.images);
+  images.forEach(img => { if (img.loading === "lazy") img.loading = "eager"; });
+  await Promise.all(images.map(img => img.complete ? null : new Promise(done => {
+    img.addEventListener("load", done, { once: true });
+    img.addEventListener("error", done, { once: true });
+    setTimeout(done, 10000);
+  })));
+}
+"""
+
 # Runs in each page once it has loaded and its math has been rendered.
 _COLLECT = r"""
 () => {
@@ -224,9 +238,24 @@ def crawl(site, server, browser):
     context.route("**/*", route)
     page = context.new_page()
     current = {"url": ""}
-    page.on("console", lambda m: console.append(f"{current['url']}: {m.text}") if m.type == "error" else None)
+
+    def on_console(m):
+        if m.type == "error":
+            source = (m.location or {}).get("url") or "?"
+            console.append(f"{current['url']}: {m.text} [from {source}]")
+
+    page.on("console", on_console)
     page.on("pageerror", lambda e: console.append(f"{current['url']}: uncaught {e}"))
-    page.on("response", lambda r: bad_responses.append(f"{current['url']}: {r.status} {r.url}") if r.status >= 400 else None)
+
+    def on_response(r):
+        if r.status >= 400:
+            try:
+                origin = r.request.frame.url  # the page that asked, even if the crawl moved on
+            except Exception:
+                origin = current["url"]
+            bad_responses.append(f"{origin}: {r.status} {r.url}")
+
+    page.on("response", on_response)
 
     visited = {}
     for rel in _pages(site):
@@ -234,6 +263,7 @@ def crawl(site, server, browser):
         current["url"] = url
         page.goto(url, wait_until="load")
         page.wait_for_function("document.body.getAttribute('data-math-rendered') === 'true'", timeout=15_000)
+        page.evaluate(_LOAD_IMAGES)
         visited[rel] = page.evaluate(_COLLECT)
     page.close()
     context.close()
