@@ -552,6 +552,17 @@ def _bwd_dqk_kernel(
 # --------------------------------------------------------------------------------------------
 
 
+#: When a list, launches are recorded there instead of run (``_compile_for_gpu``).
+_RECORDER: list | None = None
+
+
+def _launch(kernel, grid, *args, **kwargs):
+    if _RECORDER is not None:
+        _RECORDER.append((kernel, args, kwargs))
+    else:
+        kernel[grid](*args, **kwargs)
+
+
 def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -609,17 +620,20 @@ def _forward(q, k, v, g, h0, scale: float, cfg: Config):
     A = torch.empty(BH, NT, C, C, device=dev, dtype=torch.float32)
     o = torch.empty(BH, T, V, device=dev, dtype=v.dtype)
     sbk, sbv = cfg.state_block_k, cfg.state_block_v
-    _fwd_states_kernel[(triton.cdiv(K, sbk), triton.cdiv(V, sbv), BH)](
+    _launch(
+        _fwd_states_kernel, (triton.cdiv(K, sbk), triton.cdiv(V, sbv), BH),
         k, v, g, h0 if h0 is not None else final, h, final, T, NT,
         K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_H0=h0 is not None, PRECISION=prec, **_launch_kw(cfg, state=True),
     )  # fmt: skip
     tiles = _tiles(cfg, K, q.dtype)
-    _fwd_intra_kernel[(NT, BH)](
+    _launch(
+        _fwd_intra_kernel, (NT, BH),
         q, k, g, A, scale, T, NT,
         K=K, C=C, SUB=SUB, BK=tiles["k_full"], PRECISION=prec, **_launch_kw(cfg, state=False),
     )  # fmt: skip
     bk, bv = tiles["out"]
-    _fwd_output_kernel[(triton.cdiv(V, bv), NT, BH)](
+    _launch(
+        _fwd_output_kernel, (triton.cdiv(V, bv), NT, BH),
         q, v, g, h, A, o, scale, T, NT,
         K=K, V=V, C=C, BK=bk, BV=bv, PRECISION=prec, **_launch_kw(cfg, state=False),
     )  # fmt: skip
@@ -641,23 +655,84 @@ def _backward(q, k, v, g, h, A, do, dht, has_h0: bool, scale: float, cfg: Config
     dv = torch.empty_like(v)
     dg = torch.empty_like(g)
     sbk, sbv = cfg.state_block_k, cfg.state_block_v
-    _bwd_dstates_kernel[(triton.cdiv(K, sbk), triton.cdiv(V, sbv), BH)](
+    _launch(
+        _bwd_dstates_kernel, (triton.cdiv(K, sbk), triton.cdiv(V, sbv), BH),
         q, g, do, dht if dht is not None else dA, dh, dh0 if dh0 is not None else dA, scale, T, NT,
         K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_DHT=dht is not None, HAS_H0=has_h0, PRECISION=prec,
         **_launch_kw(cfg, state=True),
     )  # fmt: skip
     tiles = _tiles(cfg, K, q.dtype)
     bk, bv = tiles["dv"]
-    _bwd_dv_kernel[(NT, BH)](
+    _launch(
+        _bwd_dv_kernel, (NT, BH),
         k, v, g, A, do, dh, dv, dA, T, NT,
         K=K, V=V, C=C, BK=bk, BV=bv, PRECISION=prec, **_launch_kw(cfg, state=False),
     )  # fmt: skip
-    _bwd_dqk_kernel[(NT, BH)](
+    _launch(
+        _bwd_dqk_kernel, (NT, BH),
         q, k, v, g, h, do, dh, dA, dq, dk, dg, scale, T, NT,
         K=K, V=V, C=C, SUB=SUB, BK=tiles["k_full"], BV=tiles["dqk_bv"], PRECISION=prec,
         **_launch_kw(cfg, state=False),
     )  # fmt: skip
     return dq, dk, dv, dg, dh0
+
+
+def _compile_for_gpu(dtype: torch.dtype = torch.bfloat16, K: int = 128, V: int = 128, config: Config | None = None,
+                     *, arch: int = 90, T: int = 4096) -> dict:  # fmt: skip
+    """Compile all six kernels for an NVIDIA GPU (``sm_<arch>``, default the H100's 90) without one.
+
+    The forward and backward launchers run on ``meta`` tensors with launches recorded instead of
+    run, and each recorded launch — the very arguments, tiles and warps a real call would use — is
+    compiled by Triton down to a cubin with the ``ptxas`` its wheel ships. This proves, on a machine
+    with no GPU, that the kernels pass the GPU compiler (``tl.dot`` shapes, layouts, shared-memory
+    limits), which the interpreter does not check. Needs a process without ``TRITON_INTERPRET=1``.
+
+    Returns ``{kernel name: {"shared_bytes": …, "num_warps": …, "num_stages": …}}``.
+    """
+    global _RECORDER
+    if INTERPRETER:
+        raise RuntimeError("_compile_for_gpu needs a process without TRITON_INTERPRET=1 (the interpreter replaces @triton.jit)")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cfg = (config or DEFAULT_CONFIG).clipped(K, V)
+    BH = 2
+
+    def meta(*shape, dt=dtype):
+        return torch.empty(*shape, device="meta", dtype=dt)
+
+    q, k, g = meta(BH, T, K), meta(BH, T, K), meta(BH, T, K)
+    v, do = meta(BH, T, V), meta(BH, T, V)
+    states = meta(BH, K, V, dt=torch.float32)
+    _RECORDER = []
+    try:
+        _, h, A, _ = _forward(q, k, v, g, states, 0.5, cfg)
+        _backward(q, k, v, g, h, A, do, states, True, 0.5, cfg)
+        launches = _RECORDER
+    finally:
+        _RECORDER = None
+
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    results = {}
+    for kernel, args, kwargs in launches:
+        kwargs = dict(kwargs)
+        options = {"num_warps": kwargs.pop("num_warps", 4), "num_stages": kwargs.pop("num_stages", 2)}
+        signature, constexprs, attrs = {}, {}, {}
+        for i, name in enumerate(kernel.arg_names):
+            value = args[i] if i < len(args) else kwargs[name]
+            if name in kwargs:
+                signature[name], constexprs[name] = "constexpr", value
+            elif isinstance(value, torch.Tensor):
+                signature[name] = "*" + names[value.dtype]
+                attrs[(i,)] = [["tt.divisibility", 16]]  # what the launcher sees for allocator memory
+            elif isinstance(value, float):
+                signature[name] = "fp32"
+            else:
+                signature[name] = "i32"
+        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+        results[kernel.fn.__name__] = {"shared_bytes": compiled.metadata.shared, **options}
+    return results
 
 
 # --------------------------------------------------------------------------------------------
