@@ -105,6 +105,22 @@ class Config:
 DEFAULT_CONFIG = Config()
 
 
+def _auto_config(B: int, H: int, K: int, V: int, device: torch.device) -> Config:
+    """``DEFAULT_CONFIG``, with smaller state tiles when ``B·H`` alone would leave the GPU idle.
+
+    The two sequential kernels run one program per ``(state tile, b, h)``; each walks every chunk.
+    Below about two programs per multiprocessor their walks are latency-bound, so the state tile
+    shrinks (64 × 64 → 32 × 64 → 32 × 32) until there are (e.g. ``B = 2, H = 16``: 128 → 512 programs).
+    """
+    if device.type != "cuda":
+        return DEFAULT_CONFIG
+    wanted = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    for bk, bv in ((64, 64), (32, 64), (32, 32)):
+        if B * H * triton.cdiv(K, bk) * triton.cdiv(V, bv) >= wanted:
+            break
+    return replace(DEFAULT_CONFIG, state_block_k=bk, state_block_v=bv)
+
+
 # --------------------------------------------------------------------------------------------
 # Forward kernels
 # --------------------------------------------------------------------------------------------
@@ -805,7 +821,8 @@ def attention(
             in fp32); receives a gradient.
         output_final_state: also return the state after the last token (fp32 ``[B, H, K, V]``),
             through which gradients flow back.
-        config: launch settings (``Config``); ``None`` uses ``DEFAULT_CONFIG``.
+        config: launch settings (``Config``); ``None`` uses ``DEFAULT_CONFIG`` with state tiles sized
+            to the GPU (smaller when ``B·H`` is small).
 
     Returns:
         ``o: [B, H, T, V]`` in the dtype of ``v`` — or ``(o, final_state)``.
@@ -837,7 +854,7 @@ def attention(
         raise TypeError(f"scale must be a finite real number, got {scale!r}")
     if not isinstance(output_final_state, bool):
         raise TypeError(f"output_final_state must be True or False, got {output_final_state!r}")
-    cfg = DEFAULT_CONFIG if config is None else config
+    cfg = _auto_config(B, H, K, V, q.device) if config is None else config
     if not isinstance(cfg, Config):
         raise TypeError(f"config must be a kernels.gla.Config, got {type(cfg).__name__}")
     if cfg.chunk_size not in (16, 32, 64, 128):

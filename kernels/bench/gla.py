@@ -36,6 +36,7 @@ ELEM = 2  # bf16 bytes
 # smaller state tiles (more programs for the two sequential walks when B·H is small: T = 32k has
 # only 32 (b, h) pairs), deeper pipelining, and C = 128 (half the states, twice the intra work).
 SWEEP = {
+    "auto": None,  # config=None: DEFAULT_CONFIG with state tiles sized to the GPU
     "c64_default": dict(),
     "c64_bv128_w8": dict(block_v=128, num_warps=8),
     "c64_state32x32": dict(state_block_k=32, state_block_v=32),
@@ -203,9 +204,9 @@ def _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log) -> tuple:
     """Check and time every setting; return (best name, best Config) by forward+backward time."""
     from kernels import gla
 
-    best = (None, None, math.inf)
+    best = (None, None, math.inf)  # (name, Config or None for auto, ms)
     for name, kw in settings.items():
-        cfg = gla.Config(**kw)
+        cfg = None if kw is None else gla.Config(**kw)
         entry = {"T": T, "setting": name, "config": kw}
         t0 = time.time()
         try:
@@ -221,11 +222,14 @@ def _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log) -> tuple:
             entry["correct"] = ok
             if ok and entry["fwdbwd_ms"] < best[2]:
                 best = (name, cfg, entry["fwdbwd_ms"])
+            if cfg is None:
+                B = q.shape[0]
+                entry["config"] = dataclasses.asdict(gla._auto_config(B, H, K, V, q.device))
         except Exception as err:  # a setting the compiler rejects is a result too
             entry["error"] = repr(err)[:300]
         sweep_log.append(entry)
         print(entry, flush=True)
-    return best[0], best[1]
+    return best[0], best[1], best[0] is not None
 
 
 def main(argv: list[str]) -> int:
@@ -245,19 +249,22 @@ def main(argv: list[str]) -> int:
     lengths = (2048,) if args.quick else LENGTHS
     settings = dict(SWEEP)
     if args.no_sweep:
-        settings = {"c64_default": {}}
+        settings = {"auto": None}
     elif args.quick:
-        settings = {n: SWEEP[n] for n in ("c64_default", "c128_w8")}
+        settings = {n: SWEEP[n] for n in ("auto", "c128_w8")}
 
     rows, sweep_log, profiles = [], [], {}
     for T in lengths:
         B = TOKENS // T
         q, k, v, la, do = _inputs(T, B)
         want = _reference_slice(q, k, v, la)
-        best_name, cfg = _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log)
-        row = {"T": T, "B": B, "best_setting": best_name, "best_config": None if cfg is None else settings[best_name]}
+        best_name, cfg, found = _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log)
+        row = {"T": T, "B": B, "best_setting": best_name}
+        if found:
+            used = cfg if cfg is not None else gla._auto_config(B, H, K, V, q.device)
+            row["best_config"] = dataclasses.asdict(used)
         impls = {}
-        if cfg is not None:
+        if found:
             impls["ours"] = _ours(q, k, v, la, do, cfg)
         else:
             print(f"T={T}: no setting of ours compiled and passed the check; timing the peers only", flush=True)
@@ -286,7 +293,7 @@ def main(argv: list[str]) -> int:
         row["check"] = check
         print(f"T={T} check {check}", flush=True)
 
-        counts = _counts(T, B, 64 if cfg is None else cfg.chunk_size)
+        counts = _counts(T, B, 64 if cfg is None else cfg.chunk_size)  # (auto uses C = 64)
         for name, (f, fb, _) in impls.items():
             try:
                 ms_f = common.time_ms(f, rep=rep)
@@ -303,7 +310,7 @@ def main(argv: list[str]) -> int:
                 "fwdbwd_peak_MiB": round(mem, 1),
             }
             if name == "ours":
-                design = _design_bytes(T, B, cfg)
+                design = _design_bytes(T, B, cfg if cfg is not None else gla._auto_config(B, H, K, V, q.device))
                 for mode, ms in (("fwd", ms_f), ("fwdbwd", ms_fb)):
                     roof = common.roofline_fraction(ms, bytes_moved=counts[mode][0], flops=counts[mode][1],
                                                     ceilings=ceilings)  # fmt: skip
