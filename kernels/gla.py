@@ -19,7 +19,8 @@ slice of ``V``. The materialised variant splits the work by what it depends on:
    (``S_[i]``, in the input dtype; the final state also in fp32). Per chunk it does one
    ``[BK, C] × [C, BV]`` product: cheap work, so its latency-bound walk is short.
 2. ``_fwd_intra_kernel`` — fully parallel over (chunk, b, h): the intra-chunk matrix
-   ``P`` (``C × C``, fp32) by *secondary chunking on chip*: sub-chunks of 16; off-diagonal
+   ``P`` (``C × C``, computed in fp32, stored in the input dtype that its readers round it to anyway)
+   by *secondary chunking on chip*: sub-chunks of 16; off-diagonal
    sub-blocks are ``tl.dot`` products of ``Q_u ⊙ e^{b − b_n}`` and ``K_w ⊙ e^{b_n − b}``; diagonal
    sub-blocks are exact: a 16-step row loop keeps ``E[s, k] = exp(b_jk − b_sk)`` for the current
    query row ``j`` as a running product ``E ← E · α_j`` (a multiply per element instead of an
@@ -183,7 +184,7 @@ def _fwd_intra_kernel(
     q_ptr,  # [BH, T, K]
     k_ptr,  # [BH, T, K]
     g_ptr,  # [BH, T, K]
-    A_ptr,  # [BH, NT, C, C] fp32 out: P of every chunk (zeros above the diagonal)
+    A_ptr,  # [BH, NT, C, C] out, input dtype: P of every chunk (zeros above the diagonal)
     scale,
     T,
     NT,
@@ -227,7 +228,7 @@ def _fwd_intra_kernel(
             b_w = carry_w[None, :] + tl.cumsum(g_w, axis=0)
             k_hat = (k_w * tl.exp(tl.minimum(b_n[None, :] - b_w, 0.0))).to(dt)
             a_uw = tl.dot(q_hat, tl.trans(k_hat), input_precision=PRECISION)
-            tl.store(A_base + (u * SUB + o_s)[:, None] * C + (w * SUB + o_s)[None, :], a_uw)
+            tl.store(A_base + (u * SUB + o_s)[:, None] * C + (w * SUB + o_s)[None, :], a_uw.to(A_ptr.dtype.element_ty))
             carry_w += tl.sum(g_w, axis=0)
 
         # diagonal sub-block, exact: row j keeps E[s, :] = exp(b_j − b_s) as a running product
@@ -239,13 +240,13 @@ def _fwd_intra_kernel(
             q_j = tl.load(q_ptr + base + row * K + o_k, mask=m_row, other=0.0).to(tl.float32) * scale
             E = tl.where(o_s[:, None] == j, 1.0, E * tl.exp(a_j)[None, :])
             a_row = tl.sum(k_u * E * q_j[None, :], axis=1)  # [SUB] over the keys s (0 for s > j)
-            tl.store(A_base + (u * SUB + j) * C + u * SUB + o_s, a_row)
+            tl.store(A_base + (u * SUB + j) * C + u * SUB + o_s, a_row.to(A_ptr.dtype.element_ty))
 
         # zeros above the diagonal, so that P is fully defined
         for w in range(u + 1, NC):
             tl.store(
                 A_base + (u * SUB + o_s)[:, None] * C + (w * SUB + o_s)[None, :],
-                tl.zeros([SUB, SUB], dtype=tl.float32),
+                tl.zeros([SUB, SUB], dtype=A_ptr.dtype.element_ty),
             )
         carry_u += tl.sum(g_u, axis=0)
 
@@ -256,7 +257,7 @@ def _fwd_output_kernel(
     v_ptr,  # [BH, T, V]
     g_ptr,  # [BH, T, K]
     h_ptr,  # [BH, NT + 1, K, V]
-    A_ptr,  # [BH, NT, C, C] fp32
+    A_ptr,  # [BH, NT, C, C] input dtype
     o_ptr,  # [BH, T, V] out
     scale,
     T,
@@ -362,7 +363,7 @@ def _bwd_dv_kernel(
     k_ptr,  # [BH, T, K]
     v_ptr,  # [BH, T, V]
     g_ptr,  # [BH, T, K]
-    A_ptr,  # [BH, NT, C, C] fp32 (from the forward)
+    A_ptr,  # [BH, NT, C, C] input dtype (from the forward)
     do_ptr,  # [BH, T, V]
     dh_ptr,  # [BH, NT, K, V]
     dv_ptr,  # [BH, T, V] out
@@ -633,7 +634,8 @@ def _forward(q, k, v, g, h0, scale: float, cfg: Config):
     prec = _precision(q.dtype)
     h = torch.empty(BH, NT + 1, K, V, device=dev, dtype=q.dtype)
     final = torch.empty(BH, K, V, device=dev, dtype=torch.float32)
-    A = torch.empty(BH, NT, C, C, device=dev, dtype=torch.float32)
+    # P is stored in the input dtype: both of its readers round it to that dtype for tl.dot anyway.
+    A = torch.empty(BH, NT, C, C, device=dev, dtype=q.dtype)
     o = torch.empty(BH, T, V, device=dev, dtype=v.dtype)
     sbk, sbv = cfg.state_block_k, cfg.state_block_v
     _launch(

@@ -68,13 +68,14 @@ def _counts(T: int, B: int, chunk: int) -> dict:
 def _design_bytes(T: int, B: int, cfg) -> dict:
     """What our six kernels read and write in HBM, kernel by kernel (K = V; caches ignored).
 
-    ``x``: one ``[B, H, T, 128]`` bf16 tensor; ``s``: one bf16 state per chunk; ``p``: the fp32
-    ``C × C`` matrix (``P`` or ``dP``) per chunk. Tiles over ``V`` (``K``) re-read ``k, g`` (``v``).
+    ``x``: one ``[B, H, T, 128]`` bf16 tensor; ``s``: one bf16 state per chunk; ``p``: the bf16
+    ``C × C`` matrix ``P`` per chunk, ``dp``: the fp32 ``dP``. Tiles over ``V`` (``K``) re-read ``k, g``
+    (``v``).
     """
     th, C = B * T * H, cfg.chunk_size
     x = th * K * ELEM
     s = th / C * K * V * ELEM
-    p = th * C * 4
+    p, dp = th * C * ELEM, th * C * 4
     nk, nv, nvo = K // cfg.state_block_k, V // cfg.state_block_v, max(1, V // cfg.block_v)
     fwd = (
         (2 * nv * x + nk * x + s)  # states: read k, g per V tile and v per K tile; write S
@@ -83,8 +84,8 @@ def _design_bytes(T: int, B: int, cfg) -> dict:
     )
     bwd = (
         (2 * nv * x + nk * x + s)  # dstates: read q, g, dO; write dS
-        + (p + 4 * x + s + x + p)  # dv: read P, k, g, dO, v, dS; write dV, dP
-        + (5 * x + 3 * s + p + 3 * x)  # dqk: read q, k, v, g, dO, S (twice), dS, dP; write dq, dk, dg
+        + (p + 4 * x + s + x + dp)  # dv: read P, k, g, dO, v, dS; write dV, dP
+        + (5 * x + 3 * s + dp + 3 * x)  # dqk: read q, k, v, g, dO, S (twice), dS, dP; write dq, dk, dg
     )
     return {"fwd": fwd, "fwdbwd": fwd + bwd}
 
