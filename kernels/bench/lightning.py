@@ -12,6 +12,7 @@ Options: ``--quick`` (T = 2k only, fewer repetitions), ``--no-sweep``, ``--out D
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import itertools
 import math
 
@@ -198,6 +199,8 @@ def main(argv: list[str]) -> int:
     from kernels import lightning
     from reference.lightning import tnl_decay
 
+    # If a step stalls, print every thread's stack each minute: the log then says where.
+    faulthandler.dump_traceback_later(60, repeat=True)
     env = common.environment()
     ceilings = common.measure_ceilings()
     print(env, ceilings, flush=True)
@@ -223,6 +226,7 @@ def main(argv: list[str]) -> int:
             ms_f = common.time_ms(f, rep=rep)
             ms_fb = common.time_ms(fb, rep=rep)
             mem = common.peak_memory_mb(fb)
+            print(f"T={T} {name}: fwd {ms_f:.3f} ms, fwd+bwd {ms_fb:.3f} ms, peak {mem:.0f} MiB", flush=True)
             counts = _counts(T, B, chunk_default)
             row[name] = {
                 "fwd_ms": round(ms_f, 4),
@@ -257,6 +261,7 @@ def main(argv: list[str]) -> int:
         "sweep": sweep,
         "profile_ms": profiles,
     }
+    faulthandler.cancel_dump_traceback_later()
     name = "lightning_quick" if args.quick else "lightning"
     path = common.write_json(name, result, args.out)
     plot(result, path.with_suffix(".png"))
