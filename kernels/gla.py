@@ -17,7 +17,9 @@ slice of ``V``. The materialised variant splits the work by what it depends on:
 1. ``_fwd_states_kernel`` — the only sequential pass, over ``K × V`` states only: one program per
    ``(BK × BV tile, b, h)`` walks the chunks and writes the state entering every chunk
    (``S_[i]``, in the input dtype; the final state also in fp32). Per chunk it does one
-   ``[BK, C] × [C, BV]`` product: cheap work, so its latency-bound walk is short.
+   ``[BK, C] × [C, BV]`` product: cheap work, so its latency-bound walk is short. Without a
+   ``config`` the state tile shrinks (down to 32 × 32) when ``B·H`` is small, so that there are at
+   least two programs per multiprocessor (``B=2, H=16``: 512 instead of 128).
 2. ``_fwd_intra_kernel`` — fully parallel over (chunk, b, h): the intra-chunk matrix
    ``P`` (``C × C``, computed in fp32, stored in the input dtype that its readers round it to anyway)
    by *secondary chunking on chip*: sub-chunks of 16; off-diagonal

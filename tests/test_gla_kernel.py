@@ -231,23 +231,34 @@ def test_kernels_compile_for_the_h100():
 # ------------------------------------------------------------------------------------------ GPU
 
 
+GPU_SHAPES = [
+    dict(B=2, H=4, T=4096, K=128, V=128),  # the benchmark's head width
+    dict(B=1, H=3, T=3001, K=64, V=96),  # odd length, unequal widths
+    dict(B=1, H=2, T=777, K=256, V=256),  # the widest heads
+    dict(B=1, H=2, T=100, K=20, V=12),  # narrow heads (tiles padded to 16)
+]
+
+
+def _shape_id(shape):
+    return "x".join(str(v) for v in shape.values())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize(
-    "shape",
-    [
-        dict(B=2, H=4, T=4096, K=128, V=128),  # the benchmark's head width
-        dict(B=1, H=3, T=3001, K=64, V=96),  # odd length, unequal widths
-        dict(B=1, H=2, T=777, K=256, V=256),  # the widest heads
-        dict(B=1, H=2, T=100, K=20, V=12),  # narrow heads (tiles padded to 16)
-    ],
-    ids=lambda s: "x".join(str(v) for v in s.values()),
-)
-@pytest.mark.parametrize("chunk_size", [64, 128])
-def test_gpu_large_shapes(shape, dtype, chunk_size):
-    errs = compare(**shape, dtype=dtype, config=gla.Config(chunk_size=chunk_size), with_initial=True,
-                   with_final_grad=True, scale=shape["K"] ** -0.5)  # fmt: skip
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=_shape_id)
+def test_gpu_large_shapes(shape, dtype):
+    """config=None: the default, with state tiles sized to the GPU (small B·H here: 32 × 32)."""
+    errs = compare(**shape, dtype=dtype, with_initial=True, with_final_grad=True, scale=shape["K"] ** -0.5)
     assert_close(errs, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES[:2], ids=_shape_id)
+def test_gpu_chunks_of_128_bf16(shape):
+    cfg = gla.Config(chunk_size=128, block_v=128, num_warps=8)
+    errs = compare(**shape, dtype=torch.bfloat16, config=cfg, with_initial=True, with_final_grad=True,
+                   scale=shape["K"] ** -0.5)  # fmt: skip
+    assert_close(errs, torch.bfloat16)
 
 
 @pytest.mark.gpu
