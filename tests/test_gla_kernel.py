@@ -45,6 +45,15 @@ TOL_DLOG_ALPHA = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 5e-2
 EXAMPLES = {"dev": 4, "ci": 8, "thorough": 60}[PROFILE]
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These tensors are tiny: torch's intra-op threads only add synchronisation (10-20x slower on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def compare(B, H, T, K, V, *, dtype, config=None, min_gate=1e-3, with_initial=False, with_final_grad=False,
             scale=0.5, device=DEVICE, seed=0, gate_dtype=None):  # fmt: skip
     """Run kernel and float64 reference on the same random inputs; return relative errors."""
