@@ -98,7 +98,8 @@ def exchange(send: torch.Tensor, dst: int, recv: torch.Tensor, src: int, *, grou
     """Post a send to ``dst`` and a receive from ``src`` as one batch; returns ``(send_pending, recv_pending)``.
 
     Batched (``batch_isend_irecv``) so that two ranks sending to each other at once cannot deadlock
-    on NCCL, where a lone send may wait for its receive.
+    on NCCL, where a lone send may wait for its receive. gloo returns one work per operation; NCCL
+    (coalesced P2P, torch 2.x) returns a single work for the whole batch, which both handles share.
     """
     send = send.contiguous()
     if not recv.is_contiguous():
@@ -107,9 +108,28 @@ def exchange(send: torch.Tensor, dst: int, recv: torch.Tensor, src: int, *, grou
     e_send = accounting.begin("send", kind, label, peer=to, bytes_sent=nbytes(send))
     e_recv = accounting.begin("recv", kind, label, peer=frm, bytes_recv=nbytes(recv))
     works = dist.batch_isend_irecv([dist.P2POp(dist.isend, send, to, group), dist.P2POp(dist.irecv, recv, frm, group)])
-    sent = Pending(works[0], e_send)
+    if len(works) == 2:  # gloo: one work per operation
+        w_send, w_recv = works
+    elif len(works) == 1:  # NCCL (coalesced P2P): one work completes the send and the receive together
+        w_send = w_recv = _Once(works[0])
+    else:
+        raise RuntimeError(f"batch_isend_irecv returned {len(works)} works for 2 operations")
+    sent = Pending(w_send, e_send)
     sent.tensor = send
-    return sent, Pending(works[1], e_recv)
+    return sent, Pending(w_recv, e_recv)
+
+
+class _Once:
+    """One work shared by several ``Pending`` handles: the first ``wait()`` waits, the others return."""
+
+    def __init__(self, work):
+        self._work = work
+        self._done = False
+
+    def wait(self) -> None:
+        if not self._done:
+            self._work.wait()
+            self._done = True
 
 
 def all_gather(tensor: torch.Tensor, *, group=None, label: str = "", kind: str = "data", async_op: bool = False):

@@ -19,6 +19,22 @@ travels, so it only waits for what it cannot do without the state.
 Only the causal form exists here: bidirectional attention needs the sum of *every* chunk's state on
 every rank, which a chain delivers in ``2(W-1)`` steps and LASP-2's single AllGather in one — use
 ``simdist.lasp2.attention(..., causal=False)``.
+
+**Two schedules, one result.** On the CPU ranks (and CUDA without the kernel) the rank overlaps, as
+above: it computes ``intra`` and ``M_r`` while ``P_r`` travels, then adds ``Λ Q_r P_r``
+(``simdist.local``'s split pieces). On CUDA with ``kernels.lightning`` (``local.kernel_path``) it
+runs **state first**: compute only what must be sent (``M_r`` forward, ``scale·(ΛQ_r)ᵀ dO_r``
+backward — one product over the chunk each, and only on ranks that send one), forward the combined
+state as soon as the incoming one arrives, and *then* run the kernel once with
+``initial_state = P_r``, which yields ``O_r`` whole; its backward, fed ``dS_r`` as the gradient of
+its final state, yields ``dQ_r, dK_r, dV_r`` whole (the ``M_r`` path included). Why not overlap on
+the GPU: one CUDA stream runs kernels in the order they are launched, and NCCL's send waits for
+everything launched before it, so a send queued after the intra kernel would leave only when that
+kernel ends — the chain would advance one *kernel* per hop instead of one *message* per hop. And
+the split form's extra passes (``inter``, ``dQ += Λ dO Pᵀ``, the ``M`` path of ``dK, dV``) read and
+write whole chunks, which costs more than the ~40 µs message they would hide. So on GPUs a hop
+costs a message plus one tiny ``λ^C P + M``, and the local work costs the kernel plus one state
+product per direction.
 """
 
 from __future__ import annotations
@@ -98,6 +114,66 @@ class _Lasp1(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+class _Lasp1Kernel(torch.autograd.Function):
+    """The state-first schedule of the kernel path (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rates, scale, layout):
+        r, W, group = layout.rank, layout.world_size, layout.group
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        B, H, C, K = q.shape
+        V = v.shape[-1]
+        send, P = None, None
+        if r < W - 1:  # only a rank with a successor needs its own state
+            with accounting.span("compute", "M"):
+                M = local.state(k, v, rates)
+        if r == 0 and W > 1:  # the head of the chain: its state leaves at once
+            send = comm.isend(M, 1, group=group, label="KV")
+        elif r > 0:
+            P = torch.zeros(B, H, K, V, dtype=torch.float32, device=q.device)
+            comm.irecv(P, r - 1, group=group, label="KV").wait()
+            if r < W - 1:  # pass the state on before the local work
+                with accounting.span("compute", "state"):
+                    S = local.advance(P, M, rates, C)
+                send = comm.isend(S, r + 1, group=group, label="KV")
+        with accounting.span("compute", "kernel"), torch.enable_grad():
+            qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
+            o, final = local.attention(qd, kd, vd, rates, scale, initial_state=P, output_final_state=True)
+        if send is not None:
+            send.wait()
+        ctx.graph = (qd, kd, vd, o, final)
+        ctx.rates, ctx.scale, ctx.layout = rates, scale, layout
+        return o.detach()
+
+    @staticmethod
+    def backward(ctx, do):
+        qd, kd, vd, o, final = ctx.graph
+        rates, scale, layout = ctx.rates, ctx.scale, ctx.layout
+        r, W, group = layout.rank, layout.world_size, layout.group
+        C = qd.shape[2]
+        do = do.contiguous()
+        send, dS = None, None
+        if r > 0:  # only a rank with a predecessor sends a state gradient
+            with accounting.span("compute", "dM"):
+                dP = local.state_grad(qd.detach(), do, rates, scale)
+        if r == W - 1 and W > 1:  # the tail of the chain: its dP leaves at once
+            send = comm.isend(dP, r - 1, group=group, label="dKV")
+        elif r < W - 1:
+            dS = torch.zeros(final.shape, dtype=torch.float32, device=do.device)
+            comm.irecv(dS, r + 1, group=group, label="dKV").wait()
+            if r > 0:
+                with accounting.span("compute", "state"):
+                    dP = local.advance(dS, dP, rates, C)  # dP_own + λ^C dS
+                send = comm.isend(dP, r - 1, group=group, label="dKV")
+        with accounting.span("compute", "kernel backward"):
+            outputs, grads = ((o, final), (do, dS)) if dS is not None else ((o,), (do,))
+            dq, dk, dv = torch.autograd.grad(outputs, (qd, kd, vd), grads)
+        if send is not None:
+            send.wait()
+        ctx.graph = None
+        return dq, dk, dv, None, None, None
+
+
 def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, group=None, lengths=None):
     r"""Causal linear attention (Lightning decay optional) of this rank's chunk, by the LASP-1 ring.
 
@@ -125,5 +201,7 @@ def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, g
             "every rank, which one AllGather gives: use simdist.lasp2.attention(..., causal=False)"
         )
     layout, lam = _layout.handshake("simdist.lasp1.attention", "lasp1", q, k, v, decay, causal, scale, group, lengths=lengths)
+    if local.kernel_path(q):
+        return _Lasp1Kernel.apply(q, k, v, local.rates(lam), float(scale), layout)
     log_lam = None if lam is None else lam.log().to(q.device)
     return _Lasp1.apply(q, k, v, log_lam, float(scale), layout)

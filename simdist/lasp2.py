@@ -22,8 +22,19 @@ see later tokens of its chunk. ``tests/test_lasp.py`` pins that.) Backward: ``dM
 Backward: ``dM_r = Q_rᵀ dO_r``; AllGather; ``dK_r = V_r (Σ dM)ᵀ``, ``dV_r = K_r Σ dM``.
 
 Two collectives per iteration whatever ``W`` (LASP-1 needs ``2(W-1)`` sequential messages). Each
-rank still *receives* ``W-1`` states per collective: LASP-2 saves steps and waiting, not bytes. The
-gathers are posted before the intra-chunk work, which runs while they travel.
+rank still *receives* ``W-1`` states per collective: LASP-2 saves steps and waiting, not bytes.
+
+**Two schedules, one result.** On the CPU ranks (and CUDA without the kernel) the gathers are
+posted before the intra-chunk work, which runs while they travel; ``Λ Q_r P_r`` and the
+gradients' state terms are added after (``simdist.local``'s split pieces). On CUDA with
+``kernels.lightning`` (``local.kernel_path``) the causal form runs **state first**: ``M_r`` (one
+product over the chunk), the AllGather, ``P_r``, then one kernel call with ``initial_state = P_r``
+gives ``O_r`` whole; backward, ``dM_r``, the AllGather, ``G_r``, then the kernel's backward fed
+``G_r`` as the gradient of its final state (``λ^{C_r} P_r + M_r``) gives ``dQ_r, dK_r, dV_r`` whole.
+The gather is not hidden, but it costs one latency (tens of µs on NVLink), while the overlapped
+form's extra passes over the chunk (``Λ Q P``, ``Λ dO Pᵀ``, the ``G`` terms of ``dK, dV``) cost more
+and grow with ``C``. ``M_{W-1}`` and ``dM_0`` are never used by any rank, so those ranks send zeros
+instead of computing them. The bidirectional form is a few small products and stays as written.
 """
 
 from __future__ import annotations
@@ -136,6 +147,66 @@ class _Lasp2Causal(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+def _scan(items, lengths, order, rates):
+    """``X ← λ^{C_s} X + items[s]`` for ``s`` in ``order`` (cached decays, fp32): the kernel path's
+    ``exclusive_prefix`` (``order = 0..r-1``) and ``exclusive_suffix`` (``order = W-1..r+1``)."""
+    X = None
+    for s in order:
+        X = items[s] if X is None else local.advance(X, items[s], rates, lengths[s])
+    return X
+
+
+class _Lasp2Kernel(torch.autograd.Function):
+    """The state-first schedule of the kernel path (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rates, scale, layout):
+        r, W, group, lengths = layout.rank, layout.world_size, layout.group, layout.lengths
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        B, H, C, K = q.shape
+        V = v.shape[-1]
+        P = None
+        if W > 1:
+            with accounting.span("compute", "M"):
+                if r < W - 1:
+                    M = local.state(k, v, rates)
+                else:  # no rank reads the last chunk's state
+                    M = torch.zeros(B, H, K, V, dtype=torch.float32, device=q.device)
+            states = comm.all_gather(M, group=group, label="M")
+            if r > 0:
+                with accounting.span("compute", "prefix"):
+                    P = _scan(states, lengths, range(r), rates)
+        with accounting.span("compute", "kernel"), torch.enable_grad():
+            qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
+            o, final = local.attention(qd, kd, vd, rates, scale, initial_state=P, output_final_state=True)
+        ctx.graph = (qd, kd, vd, o, final)
+        ctx.rates, ctx.scale, ctx.layout = rates, scale, layout
+        return o.detach()
+
+    @staticmethod
+    def backward(ctx, do):
+        qd, kd, vd, o, final = ctx.graph
+        rates, scale, layout = ctx.rates, ctx.scale, ctx.layout
+        r, W, group, lengths = layout.rank, layout.world_size, layout.group, layout.lengths
+        do = do.contiguous()
+        G = None
+        if W > 1:
+            with accounting.span("compute", "dM"):
+                if r > 0:
+                    dM = local.state_grad(qd.detach(), do, rates, scale)
+                else:  # no rank reads the first chunk's dM
+                    dM = torch.zeros(final.shape, dtype=torch.float32, device=do.device)
+            grads = comm.all_gather(dM, group=group, label="dM")
+            if r < W - 1:
+                with accounting.span("compute", "suffix"):
+                    G = _scan(grads, lengths, range(W - 1, r, -1), rates)
+        with accounting.span("compute", "kernel backward"):
+            outputs, grad_outputs = ((o, final), (do, G)) if G is not None else ((o,), (do,))
+            dq, dk, dv = torch.autograd.grad(outputs, (qd, kd, vd), grad_outputs)
+        ctx.graph = None
+        return dq, dk, dv, None, None, None
+
+
 class _Lasp2Bidirectional(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, layout):
@@ -208,5 +279,7 @@ def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, g
     layout, lam = _layout.handshake("simdist.lasp2.attention", "lasp2", q, k, v, decay, causal, scale, group, lengths=lengths)
     if not causal:
         return _Lasp2Bidirectional.apply(q, k, v, float(scale), layout)
+    if local.kernel_path(q):
+        return _Lasp2Kernel.apply(q, k, v, local.rates(lam), float(scale), layout)
     log_lam = None if lam is None else lam.log().to(q.device)
     return _Lasp2Causal.apply(q, k, v, log_lam, float(scale), layout)

@@ -19,12 +19,32 @@ travelling. The backward pieces are the transposes, written out (``grad_inter_q`
 ``grad_chunk_state``) so the algorithms' hand-written backward passes read like the paper.
 
 States are kept in float32 when the inputs are half precision (float64 stays float64).
+
+**Two paths.** The pieces above are the *split* path: what the CPU ranks run (``reference``, float64
+in the tests), and CUDA when the kernel cannot be used (float64 inputs, or no ``kernels``). On CUDA
+with fp32/fp16/bf16 inputs the schemes take the *kernel* path instead (``kernel_path``), which
+lets one call of ``kernels.lightning.attention`` do everything that touches the whole chunk:
+
+* ``attention(q, k, v, rates, scale, initial_state=P, output_final_state=True)`` gives
+  ``o = intra + scale·Λ Q P`` and the final state ``λ^C P + M`` in one pass on tensor cores with an
+  fp32 state; its backward, fed ``dO`` and the gradient of the final state, gives ``dQ, dK, dV``
+  including the ``M`` path. Nothing of size ``C`` is cast to float32.
+* ``state(k, v, rates)`` (``M``) and ``state_grad(q, do, rates, scale)`` (``scale·(ΛQ)ᵀ dO``, LASP-2's
+  ``dM_r``) are the only other products over the chunk: the states a rank must *send* before its
+  kernel runs. One weighting pass (fp32 weights, one rounding to the input dtype, as the kernel
+  does) and one batched product with 16-bit operands accumulated into an fp32 result.
+  Tokens whose decay weight is below ``2^-126`` — zero in the kernel's own fp32 arithmetic — are
+  skipped (``horizon``): with strong decays and long chunks that is most of the chunk.
+* Decay rates travel as a host tuple (``rates``) and every device tensor made from them is cached
+  (``block_decay``, the weights; the kernel caches its own copy of a host decay), so the hot path
+  has no host–device synchronisation.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 
 import torch
 
@@ -42,6 +62,15 @@ __all__ = [
     "local_forward",
     "softmax",
     "implementation",
+    "USE_KERNEL",
+    "kernel_path",
+    "rates",
+    "attention",
+    "horizon",
+    "state",
+    "state_grad",
+    "block_decay",
+    "advance",
 ]
 
 
@@ -126,11 +155,16 @@ def _kernel():
         return None
 
 
-def implementation(device: torch.device | str) -> str:
-    """Which code computes ``intra`` on ``device`` (recorded by the benchmark)."""
-    if torch.device(device).type == "cuda":
-        return "kernels.lightning.attention" if _kernel() is not None else "simdist.local torch chunked (fallback)"
-    return "reference.lightning.chunked"
+def implementation(device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """Which code does a linear scheme's local work on ``device`` for ``dtype`` (recorded by the benchmark)."""
+    device = torch.device(device)
+    dtype = dtype or torch.bfloat16
+    if _uses_kernel(device, dtype):
+        bmm = "fp32-out bmm" if device.type == "cuda" and dtype != torch.float32 and _fp32_out_bmm(str(device), dtype) else "bmm"
+        return f"kernels.lightning.attention with initial/final state (one pass) + torch {bmm} for the sent states"
+    if device.type == "cuda":
+        return "simdist.local torch chunked (fallback), split intra + inter"
+    return "reference.lightning.chunked, split intra + inter"
 
 
 def _torch_chunked(q, k, v, log_lam, scale: float, block: int = 128) -> torch.Tensor:
@@ -186,12 +220,14 @@ def _torch_chunked(q, k, v, log_lam, scale: float, block: int = 128) -> torch.Te
 def intra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_lam, scale: float, *, use_kernel: bool | None = None) -> torch.Tensor:
     """Causal Lightning attention of the chunk alone (zero initial state), differentiable in q, k, v.
 
-    ``use_kernel``: ``None`` (default) uses ``kernels.lightning`` on CUDA when it is importable;
+    ``use_kernel``: ``None`` (default) uses ``kernels.lightning`` where ``kernel_path(q)`` says so;
     ``True`` forces it (on the CPU that needs ``TRITON_INTERPRET=1``); ``False`` never uses it.
+    ``log_lam`` on the CPU keeps the kernel call free of host–device synchronisation (a CUDA tensor
+    is checked by the kernel with one synchronisation).
     """
     H = q.shape[1]
     if use_kernel is None:
-        use_kernel = q.device.type == "cuda" and _kernel() is not None
+        use_kernel = kernel_path(q)
     if use_kernel:
         kernel = _kernel()
         if kernel is None:
@@ -222,6 +258,159 @@ def local_forward(q, k, v, decay, scale: float = 1.0, initial_state=None):
         return o, M
     P = initial_state.to(M.dtype)
     return o + inter(q, P, f, scale), _scaled(P, f.block) + M
+
+
+# --------------------------------------------------------------------------------------------
+# The kernel path: the state goes through kernels.lightning, decay rates stay on the host
+# --------------------------------------------------------------------------------------------
+
+#: Which path the linear schemes take: ``None`` (default) — the kernel path on CUDA for fp32, fp16
+#: and bf16 inputs when ``kernels.lightning`` imports; ``True`` — the kernel path wherever the kernel
+#: runs (on the CPU that needs ``TRITON_INTERPRET=1``: how the tests check it); ``False`` — never.
+#: Read when a scheme's forward starts; its backward follows the same path.
+USE_KERNEL = None
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+#: Decay weights below ``2^-HORIZON_LOG2`` are dropped from ``state``/``state_grad`` (``horizon``).
+HORIZON_LOG2 = 126
+
+
+def _uses_kernel(device: torch.device, dtype: torch.dtype) -> bool:
+    if USE_KERNEL is False or dtype not in _KERNEL_DTYPES or _kernel() is None:
+        return False
+    return USE_KERNEL is True or device.type == "cuda"
+
+
+def kernel_path(q: torch.Tensor) -> bool:
+    """Whether the linear schemes run ``q``'s chunk on the kernel path (see ``USE_KERNEL``)."""
+    return _uses_kernel(q.device, q.dtype)
+
+
+def rates(lam) -> tuple | None:
+    """The decay rates as a host tuple of floats, or ``None`` when there is no decay (every ``λ = 1``).
+
+    ``lam``: ``None``, or the float64 CPU tensor ``[H]`` that ``simdist._layout.handshake`` returns.
+    """
+    if lam is None:
+        return None
+    values = tuple(float(x) for x in lam.tolist())
+    return None if all(x == 1.0 for x in values) else values
+
+
+def attention(q, k, v, rates_, scale: float, *, initial_state=None, output_final_state: bool = False):
+    """``kernels.lightning.attention`` on the chunk, with the decay given on the host.
+
+    ``initial_state``: the incoming state ``P`` (fp32 ``[B, H, K, V]``; no gradient is taken for it
+    here), or ``None`` for zeros. Returns ``o`` or ``(o, final_state)`` like the kernel.
+    """
+    kernel = _kernel()
+    if kernel is None:
+        raise RuntimeError("kernels.lightning.attention cannot be imported")
+    H = q.shape[1]
+    decay = rates_ if rates_ is not None else (1.0,) * H
+    return kernel(q, k, v, decay, scale=scale, initial_state=initial_state, output_final_state=output_final_state)
+
+
+def horizon(rates_, C: int) -> int:
+    """How many tokens of a chunk can carry a decay weight ``λ^e ≥ 2^-126`` for some head.
+
+    ``state`` weighs token ``j`` by ``λ^(C-j)`` and ``state_grad`` by ``λ^j``: beyond ``horizon``
+    tokens from the chunk's end (resp. start) every weight is below ``2^-126``, fp32's smallest normal
+    number, which the kernel's fp32 ``exp2`` already flushes to zero. ``C`` without decay or when a
+    head has ``λ = 1``.
+    """
+    if rates_ is None:
+        return C
+    worst = max(rates_)
+    if worst >= 1.0:
+        return C
+    return max(1, min(C, math.ceil(HORIZON_LOG2 / -math.log2(worst))))
+
+
+@functools.lru_cache(maxsize=128)
+def _weights(rates_: tuple, L: int, reverse: bool, scale: float, device: str) -> torch.Tensor:
+    """fp32 ``[H, L, 1]`` on ``device``: ``λ^(L-1) … λ^0`` (``state``'s last ``L`` tokens) or
+    ``scale·λ^1 … scale·λ^L`` (``state_grad``'s first ``L``), formed in float64 on the host."""
+    lam = torch.tensor(rates_, dtype=torch.float64)[:, None]
+    e = torch.arange(1, L + 1, dtype=torch.float64) if reverse else torch.arange(L - 1, -1, -1, dtype=torch.float64)
+    w = torch.exp(e * torch.log(lam)) * scale  # e ≥ 0: strong decays underflow to 0, never overflow
+    return w.float()[:, :, None].to(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _fp32_out_bmm(device: str, dtype: torch.dtype) -> bool:
+    """Whether ``torch.bmm(..., out_dtype=torch.float32)`` works here for ``dtype`` operands (CUDA, torch ≥ 2.8)."""
+    try:
+        a = torch.zeros(1, 16, 16, device=device, dtype=dtype)
+        return torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except Exception:
+        return False
+
+
+def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Σ_t a_tᵀ b_t``: ``a [B, H, L, K]``, ``b [B, H, L, V]`` → fp32 ``[B, H, K, V]`` (16-bit operands
+    multiplied on tensor cores, accumulated and returned in fp32)."""
+    B, H, L, K = a.shape
+    V = b.shape[-1]
+    a3 = a.reshape(B * H, L, K).transpose(1, 2)  # views: slicing along L keeps B·H mergeable
+    b3 = b.reshape(B * H, L, V)
+    if a.dtype in (torch.float16, torch.bfloat16):
+        if a.device.type == "cuda" and _fp32_out_bmm(str(a.device), a.dtype):
+            out = torch.bmm(a3, b3, out_dtype=torch.float32)
+        else:
+            out = torch.bmm(a3.float(), b3.float())
+    else:
+        out = torch.bmm(a3, b3)
+    return out.view(B, H, K, V)
+
+
+def _weigh(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x ⊙ w`` (row weights, fp32) computed in fp32 and rounded once to ``x``'s dtype, in one pass."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return torch.mul(x, w, out=out)
+
+
+def state(k: torch.Tensor, v: torch.Tensor, rates_) -> torch.Tensor:
+    """``M = Σ_j λ^(C-j) k_jᵀ v_j``: the chunk's own state (zero initial state), fp32 ``[B, H, K, V]``.
+
+    The kernel path's counterpart of ``chunk_state``; what a rank sends before its kernel runs.
+    """
+    C = k.shape[2]
+    L = horizon(rates_, C)
+    ks, vs = k[:, :, C - L :], v[:, :, C - L :]
+    if rates_ is not None:
+        ks = _weigh(ks, _weights(rates_, L, False, 1.0, str(k.device)))
+    return _gram(ks, vs)
+
+
+def state_grad(q: torch.Tensor, do: torch.Tensor, rates_, scale: float) -> torch.Tensor:
+    """``scale · Σ_j λ^j q_jᵀ dO_j``: the gradient w.r.t. the incoming state of ``o = … + scale·ΛQP``.
+
+    The kernel path's counterpart of ``grad_state_in`` (LASP-2's ``dM_r``), fp32 ``[B, H, K, V]``.
+    """
+    L = horizon(rates_, q.shape[2])
+    qs, ds = q[:, :, :L], do[:, :, :L]
+    if rates_ is None:
+        out = _gram(qs, ds)
+        return out if scale == 1.0 else out * scale
+    return _gram(_weigh(qs, _weights(rates_, L, True, float(scale), str(q.device))), ds)
+
+
+@functools.lru_cache(maxsize=128)
+def _block_decay(rates_: tuple, C: int, device: str) -> torch.Tensor:
+    return torch.tensor([lam**C for lam in rates_], dtype=torch.float32)[:, None, None].to(device)
+
+
+def block_decay(rates_, C: int, device) -> torch.Tensor | None:
+    """``λ^C`` as a cached fp32 ``[H, 1, 1]`` tensor on ``device`` (``None`` without decay)."""
+    return None if rates_ is None else _block_decay(rates_, int(C), str(device))
+
+
+def advance(P: torch.Tensor, M: torch.Tensor, rates_, C: int) -> torch.Tensor:
+    """``λ^C P + M``: a state carried over a chunk of ``C`` tokens whose own state is ``M``."""
+    decay = block_decay(rates_, C, P.device)
+    return P + M if decay is None else torch.addcmul(M, decay, P)
 
 
 # --------------------------------------------------------------------------------------------

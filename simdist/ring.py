@@ -17,8 +17,14 @@ exact), and after ``W`` hops the accumulator is home.
 ``W-1`` sequential messages forward and ``2W-1`` backward, each of ``C·(K+V)`` elements: traffic and
 steps both grow with ``W``, and the wait can only be hidden behind one block's attention.
 
-Block attention on CUDA with half precision uses PyTorch's flash-attention operator (which returns
-the log-sum-exp the merge needs); elsewhere an explicit form in float32/float64.
+Block attention on CUDA with half precision uses PyTorch's flash-attention operator
+``aten._scaled_dot_product_flash_attention`` and its backward, which return and take the
+log-sum-exp the merge needs (public SDPA does not return it). The operator is private but its
+schema has been the same from torch 2.1 through 2.13 — the one ``torch.distributed``'s own context
+parallelism calls — and ``tests/test_lasp.py`` checks the call against the installed torch on
+``meta`` tensors; it needs ``K = V`` and a head width that is a multiple of 8 (at most 256).
+Elsewhere (CPU, float32/float64, other widths, ``USE_FLASH = False``) an explicit form in
+float32/float64 that materialises each block's scores.
 """
 
 from __future__ import annotations
@@ -28,14 +34,31 @@ import torch.nn.functional as F
 
 from simdist import _layout, accounting, comm, local
 
-__all__ = ["attention", "USE_FLASH"]
+__all__ = ["attention", "USE_FLASH", "block_forward", "block_backward", "flash_forward", "flash_backward"]
 
 #: Use ``aten._scaled_dot_product_flash_attention`` for CUDA fp16/bf16 blocks (set False to force the explicit form).
 USE_FLASH = True
 
 
-def _flash(q) -> bool:
-    return USE_FLASH and q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
+def _flash(q, v) -> bool:
+    D = q.shape[-1]
+    return USE_FLASH and q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and D == v.shape[-1] and D % 8 == 0 and D <= 256
+
+
+def flash_forward(q, k, v, *, causal: bool, scale: float):
+    """``(o, lse, saved)`` from ``aten._scaled_dot_product_flash_attention`` (``o`` in q's dtype)."""
+    out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, causal, False, scale=scale
+    )
+    return out, lse, (cum_q, cum_k, max_q, max_k, seed, offset)
+
+
+def flash_backward(do, q, k, v, o, lse, saved, *, causal: bool, scale: float):
+    """``(dq, dk, dv)`` from ``aten._scaled_dot_product_flash_attention_backward``, given the final ``o`` and ``lse``."""
+    cum_q, cum_k, max_q, max_k, seed, offset = saved
+    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        do, q, k, v, o, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, seed, offset, scale=scale
+    )
 
 
 def _mask(Tq: int, Tk: int, device) -> torch.Tensor:
@@ -49,12 +72,9 @@ def block_forward(q, k, v, *, causal: bool, scale: float):
     ``o`` in the state dtype (float32 for half inputs), ``lse: [B, H, Tq]`` float32/float64, and
     ``saved`` whatever the backward of this block needs besides the final ``O`` and ``LSE``.
     """
-    if _flash(q):
-        k, v = k.contiguous(), v.contiguous()  # slices of the travelling [K | V] buffer
-        out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
-            q, k, v, 0.0, causal, False, scale=scale
-        )
-        return out.float(), lse, (cum_q, cum_k, max_q, max_k, seed, offset)
+    if _flash(q, v):
+        out, lse, saved = flash_forward(q, k.contiguous(), v.contiguous(), causal=causal, scale=scale)  # k, v: slices of [K | V]
+        return out.float(), lse, saved
     sd = local.state_dtype(q.dtype)
     s = (q.to(sd) @ k.to(sd).transpose(-1, -2)) * scale
     if causal:
@@ -66,11 +86,8 @@ def block_forward(q, k, v, *, causal: bool, scale: float):
 
 def block_backward(do, q, k, v, o, lse, saved, *, causal: bool, scale: float):
     """``(dq, dk, dv)`` of one block, given the *final* output ``o`` and log-sum-exp ``lse``."""
-    if _flash(q):
-        cum_q, cum_k, max_q, max_k, seed, offset = saved
-        return torch.ops.aten._scaled_dot_product_flash_attention_backward(
-            do, q, k.contiguous(), v.contiguous(), o, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, seed, offset, scale=scale
-        )
+    if _flash(q, v):
+        return flash_backward(do, q, k.contiguous(), v.contiguous(), o, lse, saved, causal=causal, scale=scale)
     sd = local.state_dtype(q.dtype)
     q_, k_, v_, do_, o_ = (x.to(sd) for x in (q, k, v, do, o))
     s = (q_ @ k_.transpose(-1, -2)) * scale

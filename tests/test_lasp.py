@@ -275,6 +275,202 @@ def test_the_kernel_path_of_the_local_work_equals_the_reference():
     assert rel_err(outs[0][0], lightning.parallel(q, k, v, decay, scale=0.5)) < 1e-5
 
 
+# --------------------------------------------------------------------------------------------
+# The kernel path (what CUDA runs), here in Triton's interpreter in float32
+# --------------------------------------------------------------------------------------------
+
+KERNEL_TOL = 2e-5  # float32 kernel and products against the float64 one-device reference
+
+
+def needs_kernel():
+    if local._kernel() is None:
+        pytest.skip("kernels.lightning is not importable here")
+
+
+def kernel_rank_run(rank, world_size, cases):
+    """``verify.rank_run`` in float32 with the kernel path forced (the pool's ranks run the interpreter)."""
+    local.USE_KERNEL = True
+    try:
+        return verify.rank_run(rank, world_size, cases, "float32")
+    finally:
+        local.USE_KERNEL = None
+
+
+@pytest.mark.parametrize("W", [2, 3])
+def test_the_kernel_path_of_the_schemes_equals_one_device(W):
+    """LASP-1 and LASP-2 as they run on GPUs — the state through the kernel's initial and final
+    state, the sent states by ``local.state``/``state_grad`` — equal one device (float32 vs float64):
+    decays strong and absent, a head without decay, unequal chunks, a scale; same messages as the theory."""
+    needs_kernel()
+    T = 9 * W + 2
+    q, k, v, do = verify.problem(1, 2, T, 5, 3, seed=W)
+    uneven = [4] + [9] * (W - 2) + [T - 4 - 9 * (W - 2)]
+    batch = [
+        verify.Case("lasp1", q, k, v, do, decay=None),
+        verify.Case("lasp2", q, k, v, do, decay=[0.45, 1.0], scale=1.3),
+    ]
+    if W > 2:  # the middle of the chain, and a prefix of two states (interpreter time is dear: W = 3 only)
+        batch += [
+            verify.Case("lasp1", q, k, v, do, decay=[0.3, 0.95], scale=0.7, lengths=uneven),
+            verify.Case("lasp2", q, k, v, do, decay=[0.3, 0.95], scale=0.7, lengths=uneven[::-1]),
+        ]
+    per_rank = pool(W).run(kernel_rank_run, batch)
+    state = 1 * 2 * 5 * 3 * 4  # one float32 state [B, H, K, V]
+    for i, case in enumerate(batch):
+        parts = [per_rank[r][i] for r in range(W)]
+        got = {n: torch.cat([p[n] for p in parts], dim=2).double().numpy() for n in ("o", "dq", "dk", "dv")}
+        errs = verify.errors(got, verify.one_device(case))
+        assert max(errs.values()) < KERNEL_TOL, f"{case.name} decay={case.decay} lengths={case.lengths}: {errs}"
+        records = [p["record"] for p in parts]
+        for rec in records:  # the kernel path ran, forward and backward, on every rank
+            labels = {s.label for s in rec.spans}
+            assert {"kernel", "kernel backward"} <= labels and "intra" not in labels, labels
+        rows = accounting.summarize(records)
+        if case.name == "lasp1":
+            assert [row["p2p_sent"] for row in rows] == [int(r < W - 1) + int(r > 0) for r in range(W)]
+            assert all(row["bytes_sent"] == state * row["p2p_sent"] for row in rows)
+            assert accounting.critical_path(records) == 2 * (W - 1)
+        else:
+            assert all(row["collectives"] == 2 and row["bytes_recv"] == 2 * (W - 1) * state for row in rows)
+            assert accounting.critical_path(records) == 2
+
+
+def test_the_kernel_path_pieces_equal_their_definitions():
+    """``local.attention`` with an initial state and its final state (values and gradients, the final
+    state's included), ``state``, ``state_grad`` and ``advance``, in float32 against float64."""
+    needs_kernel()
+    from reference import lightning
+
+    B, H, C, K, V = 1, 2, 23, 4, 3
+    q, k, v, do = verify.problem(B, H, C, K, V, seed=7)
+    rng = np.random.default_rng(8)
+    P, dS = rng.standard_normal((B, H, K, V)), rng.standard_normal((B, H, K, V))
+    lam, scale = np.array([0.4, 0.97]), 0.6
+    rates = local.rates(torch.from_numpy(lam))
+    leaves = [torch.from_numpy(x).float().requires_grad_() for x in (q, k, v)]
+    o, final = local.attention(*leaves, rates, scale, initial_state=torch.from_numpy(P).float(), output_final_state=True)
+    ((o * torch.from_numpy(do).float()).sum() + (final * torch.from_numpy(dS).float()).sum()).backward()
+    got = [o.detach(), final.detach()] + [x.grad for x in leaves]
+    leaves = [torch.from_numpy(x).requires_grad_() for x in (q, k, v)]
+    o, final = lightning.chunked(*leaves, lam, scale=scale, chunk_size=5, initial_state=torch.from_numpy(P))
+    ((o * torch.from_numpy(do)).sum() + (final * torch.from_numpy(dS)).sum()).backward()
+    want = [o.detach(), final.detach()] + [x.grad for x in leaves]
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < KERNEL_TOL
+
+    # the sent states, as their defining sums (j = 1..C)
+    j = np.arange(1, C + 1)
+    for rates_lam in (lam, np.array([1.0, 0.5]), None):
+        r = local.rates(None if rates_lam is None else torch.from_numpy(rates_lam))
+        lam_ = np.ones(H) if rates_lam is None else rates_lam
+        M = np.einsum("hj,bhjk,bhjv->bhkv", lam_[:, None] ** (C - j), k, v)
+        dM = scale * np.einsum("hj,bhjk,bhjv->bhkv", lam_[:, None] ** j, q, do)
+        assert rel_err(local.state(torch.from_numpy(k).float(), torch.from_numpy(v).float(), r), M) < KERNEL_TOL
+        assert rel_err(local.state_grad(torch.from_numpy(q).float(), torch.from_numpy(do).float(), r, scale), dM) < KERNEL_TOL
+        want_S = (lam_[None, :, None, None] ** C) * P + M
+        assert rel_err(local.advance(torch.from_numpy(P).float(), torch.from_numpy(M).float(), r, C), want_S) < KERNEL_TOL
+
+
+def test_the_state_horizon_drops_only_weights_below_fp32_range():
+    """Strong decays over a long chunk: ``state``/``state_grad`` read only the tokens within the horizon,
+    and equal the full sums; with a head at λ = 1 they read everything."""
+    B, H, C, K, V = 1, 2, 200, 3, 2
+    q, k, v, do = (torch.from_numpy(x) for x in verify.problem(B, H, C, K, V, seed=9))
+    lam = np.array([0.05, 0.3])  # 2^-126 is reached after 30 and 73 tokens
+    rates = local.rates(torch.from_numpy(lam))
+    L = local.horizon(rates, C)
+    assert L == int(np.ceil(126 / -np.log2(0.3))) < C
+    assert local.horizon(local.rates(torch.tensor([0.05, 1.0], dtype=torch.float64)), C) == C
+    assert local.horizon(None, C) == C and local.horizon(rates, 10) == 10
+    j = np.arange(1, C + 1)
+    M = np.einsum("hj,bhjk,bhjv->bhkv", lam[:, None] ** (C - j), k.numpy(), v.numpy())
+    dM = 0.8 * np.einsum("hj,bhjk,bhjv->bhkv", lam[:, None] ** j, q.numpy(), do.numpy())
+    assert rel_err(local.state(k.float(), v.float(), rates), M) < KERNEL_TOL
+    assert rel_err(local.state_grad(q.float(), do.float(), rates, 0.8), dM) < KERNEL_TOL
+    # the tokens beyond the horizon are not read: garbage there changes nothing
+    k2, q2 = k.float().clone(), q.float().clone()
+    k2[:, :, : C - L] = float("nan")
+    q2[:, :, L:] = float("nan")
+    assert rel_err(local.state(k2, v.float(), rates), M) < KERNEL_TOL
+    assert rel_err(local.state_grad(q2, do.float(), rates, 0.8), dM) < KERNEL_TOL
+
+
+def test_the_kernel_path_is_taken_only_where_the_kernel_runs():
+    q64, q32 = torch.zeros(1, 1, 2, 2, dtype=torch.float64), torch.zeros(1, 1, 2, 2)
+    assert not local.kernel_path(q64) and not local.kernel_path(q32)  # CPU tensors: the split path
+    try:
+        local.USE_KERNEL = True
+        assert local.kernel_path(q32) == (local._kernel() is not None)
+        assert not local.kernel_path(q64)  # the kernel takes no float64
+    finally:
+        local.USE_KERNEL = None
+    assert local.rates(None) is None and local.rates(torch.ones(3, dtype=torch.float64)) is None
+    assert local.rates(torch.tensor([0.5, 1.0], dtype=torch.float64)) == (0.5, 1.0)
+    assert "reference" in local.implementation("cpu", torch.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# Ring Attention: NCCL's one work per batch, and the flash operator's call
+# --------------------------------------------------------------------------------------------
+
+
+def coalesced_rank_run(rank, world_size, cases):
+    """``verify.rank_run`` with ``batch_isend_irecv`` returning ONE work for the whole batch, as NCCL does."""
+    real = dist.batch_isend_irecv
+    calls = []
+
+    class Coalesced:
+        def __init__(self, works):
+            self.works = works
+            self.waits = 0
+
+        def wait(self):
+            self.waits += 1
+            for w in self.works:
+                w.wait()
+
+    def one_work(ops):
+        calls.append(Coalesced(real(ops)))
+        return [calls[-1]]
+
+    dist.batch_isend_irecv = one_work
+    try:
+        results = verify.rank_run(rank, world_size, cases)
+    finally:
+        dist.batch_isend_irecv = real
+    return results, [c.waits for c in calls]
+
+
+@pytest.mark.parametrize("W", [2, 3])
+def test_exchange_handles_one_coalesced_work(W):
+    """NCCL (torch 2.x) returns one work for a batch of a send and a receive; gloo one per operation.
+    ``comm.exchange`` must work with both: Ring Attention, all of whose messages are exchanges,
+    equals one device with the NCCL behaviour faked on gloo, and each batch's work is waited once."""
+    T = 4 * W + 1
+    q, k, v, do = verify.problem(1, 2, T, 3, 3, seed=W)
+    batch = [verify.Case("ring", q, k, v, do, causal=causal, scale=None) for causal in (True, False)]
+    per_rank = pool(W).run(coalesced_rank_run, batch)
+    for i, case in enumerate(batch):
+        parts = [per_rank[r][0][i] for r in range(W)]
+        got = {n: torch.cat([p[n] for p in parts], dim=2).double().numpy() for n in ("o", "dq", "dk", "dv")}
+        check(case, got)
+        assert sum(row["p2p_sent"] for row in accounting.summarize([p["record"] for p in parts])) == W * (3 * W - 2)
+    for _, waits in per_rank:  # 3W-2 exchanges per rank and case, each batch's one work waited once
+        assert waits == [1] * (len(batch) * (3 * W - 2))
+
+
+def test_the_flash_operator_call_fits_the_installed_torch():
+    """Ring Attention's GPU path calls private aten flash operators; their schema is checked here on
+    ``meta`` tensors (no GPU needed): argument order, the nine outputs, the backward's three."""
+    from simdist import ring
+
+    q = torch.empty(1, 2, 16, 64, device="meta", dtype=torch.bfloat16)
+    o, lse, saved = ring.flash_forward(q, q, q, causal=True, scale=0.125)
+    assert o.shape == q.shape and o.dtype == q.dtype and tuple(lse.shape) == (1, 2, 16) and lse.dtype == torch.float32
+    grads = ring.flash_backward(q, q, q, q, o, lse, saved, causal=True, scale=0.125)
+    assert [tuple(g.shape) for g in grads] == [tuple(q.shape)] * 3
+
+
 def test_exclusive_prefix_closed_form():
     """Equal chunks: the scan equals ``Σ_{s<r} λ^{C(r-1-s)} M_s``."""
     rng = np.random.default_rng(2)
@@ -422,3 +618,53 @@ def test_nccl_schemes_equal_one_device(dtype):
     for case, got in zip(batch, results):
         errs = verify.errors(got, verify.one_device(case))
         assert max(errs.values()) < GPU_TOL[dtype], f"{case.name} causal={case.causal}: {errs}"
+        if case.name in ("lasp1", "lasp2") and case.causal:  # the kernel path ran on every rank
+            assert all("kernel" in {s.label for s in rec.spans} for rec in got["records"]), case.name
+
+
+def no_sync_rank_run(rank, world_size, C):
+    """LASP-1 and LASP-2 forward + backward (bf16, TNL decays, lengths given as the benchmark does)
+    with CUDA's sync debug mode set to "error": any host–device synchronisation raises."""
+    from reference.lightning import tnl_decay
+    from simdist import lasp1
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    g = torch.Generator(device=device).manual_seed(rank)
+    H, D = 4, 64
+    q, k, v, do = (torch.randn(1, H, C, D, device=device, dtype=torch.bfloat16, generator=g) for _ in range(4))
+    leaves = [x.requires_grad_() for x in (q, k, v)]
+    decay = torch.as_tensor(tnl_decay(H))  # on the host, as a training loop keeps it
+    lengths = [C] * world_size
+
+    def steps():
+        for fn in (lasp1.attention, lasp2.attention, local.attention):
+            for x in leaves:
+                x.grad = None
+            if fn is local.attention:
+                o = fn(*leaves, local.rates(decay), D**-0.5)
+            else:
+                o = fn(*leaves, decay=decay, scale=D**-0.5, lengths=lengths)
+            o.backward(do)
+
+    steps()  # first calls: kernels compile, caches fill, NCCL connects
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        steps()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return local.implementation(device, torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_nccl_kernel_path_never_synchronises_the_host():
+    """The hot path of LASP-1 and LASP-2 on GPUs queues work without waiting for the GPU: no
+    ``.item()``, no blocking copy of decay rates, no stream synchronisation (the benchmark's timing
+    and a training loop both rely on the host running ahead)."""
+    W = min(torch.cuda.device_count(), 4)
+    if W < 2:
+        pytest.skip("needs at least 2 GPUs")
+    with simdist.Pool(W, backend="nccl", timeout=300) as gpus:
+        impls = gpus.run(no_sync_rank_run, 4096)
+    assert all(i.startswith("kernels.lightning.attention") for i in impls), impls

@@ -1,7 +1,7 @@
 """``python -m simdist.bench``: LASP-1, LASP-2, LASP-2H and Ring Attention on every visible GPU.
 
 Forward+backward throughput of one attention layer split over ``W`` GPUs (one rank per GPU, NCCL),
-at per-rank chunks of 16k tokens and up (``B = 1, H = 16, K = V = 128``, bf16, TNL decays for the
+at per-rank chunks of 16k to 256k tokens (``B = 1, H = 16, K = V = 128``, bf16, TNL decays for the
 linear schemes), and the same layer computed locally without any communication (``local``: what a
 rank would do alone — the floor the schemes approach). Each series stops at the first chunk that
 runs out of memory, or whose first iteration takes longer than ``--max-seconds`` (recorded).
@@ -102,10 +102,17 @@ def bench_case(rank: int, world_size: int, spec: dict) -> dict:
     method = spec["method"]
     scale = D**-0.5
     if method == "local":
-        log_lam = decay.log().to(device)
+        # what one rank does alone: the same local code as the linear schemes, with no state to carry
+        if local.kernel_path(q):
+            rates = local.rates(decay)
 
-        def forward():
-            return local.intra(*leaves, log_lam, scale)
+            def forward():
+                return local.attention(*leaves, rates, scale)
+        else:
+            log_lam = decay.log().to(device)
+
+            def forward():
+                return local.intra(*leaves, log_lam, scale)
     elif method in ("lasp1", "lasp2"):
         fn = lasp1.attention if method == "lasp1" else lasp2.attention
 
@@ -143,7 +150,7 @@ def bench_case(rank: int, world_size: int, spec: dict) -> dict:
         "first_ms": first,
         "record": record,
         "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
-        "local_impl": local.implementation(device) if method in LINEAR else ("torch SDPA (causal_lower_right)" if method == "lasp2h" else "aten flash attention + log-sum-exp merge" if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) else "explicit torch"),
+        "local_impl": local.implementation(device, dtype) if method in LINEAR else ("torch SDPA (causal_lower_right)" if method == "lasp2h" else "aten flash attention + log-sum-exp merge" if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) else "explicit torch"),
     }
     return out
 
@@ -359,7 +366,7 @@ def write(payload: dict, name: str, out_dir: Path | None = None) -> list:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simdist.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--world-sizes", default=None, help="comma-separated W values (default: all visible GPUs)")
-    parser.add_argument("--chunks", default="16384,32768,65536,131072", help="per-rank chunk lengths")
+    parser.add_argument("--chunks", default="16384,32768,65536,131072,262144", help="per-rank chunk lengths")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--backend", default="nccl", choices=["nccl", "gloo"])
     parser.add_argument("--heads", type=int, default=16)
