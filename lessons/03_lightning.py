@@ -177,8 +177,12 @@ plt.show()
 # $\lambda^n / \lambda^j$ — so a strong decay underflows to 0 instead of overflowing.
 
 # %%
-def algorithm_1(q, k, v, lam, C):
-    """One head: q, k [T, K], v [T, V] → o [T, V] (the paper's Algorithm 1, written out)."""
+def algorithm_1(q, k, v, lam, C, *, query_exponent_shift=0):
+    """One head: q, k [T, K], v [T, V] → o [T, V] (the paper's Algorithm 1, written out).
+
+    ``query_exponent_shift`` exists only for the trap of section 4: -1 takes the query exponents of
+    the official kernel (0..n-1) while keeping Algorithm 1's key exponents — off by a factor λ.
+    """
     T, K = q.shape
     kv = np.zeros((K, v.shape[1]))
     out = []
@@ -188,7 +192,7 @@ def algorithm_1(q, k, v, lam, C):
         j = np.arange(1, n + 1)
         D = np.tril(lam ** np.maximum(j[:, None] - j[None, :], 0))
         o_intra = ((qi @ ki.T) * D) @ vi
-        o_inter = (lam ** j)[:, None] * (qi @ kv)
+        o_inter = (lam ** (j + query_exponent_shift))[:, None] * (qi @ kv)
         out.append(o_intra + o_inter)
         kv = lam ** n * kv + ((lam ** (n - j))[:, None] * ki).T @ vi
     return np.concatenate(out)
@@ -229,24 +233,9 @@ for name, mine_g, auto in zip(("dQ", "dK", "dV"), manual, leaves):
 # with $\lambda \approx 0.5$ exposes it at once, which is why the property tests draw decays from 0.3.
 
 # %%
-def mixed_conventions(q, k, v, lam, C):
-    """Algorithm 1 with the query exponents of the official kernel (0..n-1): wrong by a factor λ."""
-    T, K = q.shape
-    kv = np.zeros((K, v.shape[1]))
-    out = []
-    for start in range(0, T, C):
-        qi, ki, vi = q[start:start + C], k[start:start + C], v[start:start + C]
-        n = len(qi)
-        j = np.arange(1, n + 1)
-        D = np.tril(lam ** np.maximum(j[:, None] - j[None, :], 0))
-        out.append(((qi @ ki.T) * D) @ vi + (lam ** (j - 1))[:, None] * (qi @ kv))
-        kv = lam ** n * kv + ((lam ** (n - j))[:, None] * ki).T @ vi
-    return np.concatenate(out)
-
-
 for lam in (0.999, 0.5):
     right = algorithm_1(q[0, 0], k[0, 0], v[0, 0], lam, C=16)
-    wrong = mixed_conventions(q[0, 0], k[0, 0], v[0, 0], lam, C=16)
+    wrong = algorithm_1(q[0, 0], k[0, 0], v[0, 0], lam, C=16, query_exponent_shift=-1)
     print(f"λ = {lam}: relative error of the mixed version = {np.linalg.norm(wrong - right) / np.linalg.norm(right):.1e}")
 
 # %% [markdown]
