@@ -211,9 +211,10 @@ class _Lasp2Bidirectional(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, layout):
         W, group = layout.world_size, layout.group
-        sd = local.state_dtype(q.dtype)
+        # 16-bit inputs: products on their own dtype (tensor cores), states and sums in fp32; the
+        # state is rounded to the input dtype only as an operand, as kernels.lightning does
         with accounting.span("compute", "M"):
-            M = k.to(sd).transpose(-1, -2) @ v.to(sd)
+            M = local.gram(k, v)
         if W > 1:
             gather, states = comm.all_gather(M, group=group, label="M", async_op=True)
             gather.wait()
@@ -221,7 +222,7 @@ class _Lasp2Bidirectional(torch.autograd.Function):
         else:
             total = M
         with accounting.span("compute", "Q M"):
-            o = (q.to(sd) @ total * scale).to(q.dtype)
+            o = q @ (total * scale).to(q.dtype)
         ctx.save_for_backward(q, k, v, total)
         ctx.scale, ctx.layout = scale, layout
         return o
@@ -231,22 +232,21 @@ class _Lasp2Bidirectional(torch.autograd.Function):
         q, k, v, total = ctx.saved_tensors
         scale, layout = ctx.scale, ctx.layout
         W, group = layout.world_size, layout.group
-        sd = total.dtype
         do = do.contiguous()
         with accounting.span("compute", "dM"):
-            dM = q.to(sd).transpose(-1, -2) @ do.to(sd) * scale
+            dM = local.gram(q, do) * scale
         if W > 1:
             gather, grads = comm.all_gather(dM, group=group, label="dM", async_op=True)
         with accounting.span("compute", "dQ"):
-            dq = (do.to(sd) @ total.transpose(-1, -2) * scale).to(q.dtype)
+            dq = do @ (total * scale).transpose(-1, -2).to(q.dtype)
         if W > 1:
             gather.wait()
             dtotal = torch.stack(grads).sum(0)
         else:
             dtotal = dM
         with accounting.span("compute", "dK dV"):
-            dk = (v.to(sd) @ dtotal.transpose(-1, -2)).to(k.dtype)
-            dv = (k.to(sd) @ dtotal).to(v.dtype)
+            dk = v @ dtotal.transpose(-1, -2).to(k.dtype)
+            dv = k @ dtotal.to(v.dtype)
         return dq, dk, dv, None, None
 
 

@@ -34,7 +34,8 @@ lets one call of ``kernels.lightning.attention`` do everything that touches the 
   kernel runs. One weighting pass (fp32 weights, one rounding to the input dtype, as the kernel
   does) and one batched product with 16-bit operands accumulated into an fp32 result.
   Tokens whose decay weight is below ``2^-126`` — zero in the kernel's own fp32 arithmetic — are
-  skipped (``horizon``): with strong decays and long chunks that is most of the chunk.
+  skipped (``horizon``): with strong decays and long chunks that is most of the chunk. The product
+  is cut into a few hundred slices so that it fills the GPU (``gram``).
 * Decay rates travel as a host tuple (``rates``) and every device tensor made from them is cached
   (``block_decay``, the weights; the kernel caches its own copy of a host decay), so the hot path
   has no host–device synchronisation.
@@ -67,6 +68,7 @@ __all__ = [
     "rates",
     "attention",
     "horizon",
+    "gram",
     "state",
     "state_grad",
     "block_decay",
@@ -277,9 +279,9 @@ HORIZON_LOG2 = 126
 
 
 def _uses_kernel(device: torch.device, dtype: torch.dtype) -> bool:
-    if USE_KERNEL is False or dtype not in _KERNEL_DTYPES or _kernel() is None:
+    if USE_KERNEL is False or dtype not in _KERNEL_DTYPES or (USE_KERNEL is None and device.type != "cuda"):
         return False
-    return USE_KERNEL is True or device.type == "cuda"
+    return _kernel() is not None
 
 
 def kernel_path(q: torch.Tensor) -> bool:
@@ -313,19 +315,21 @@ def attention(q, k, v, rates_, scale: float, *, initial_state=None, output_final
 
 
 def horizon(rates_, C: int) -> int:
-    """How many tokens of a chunk can carry a decay weight ``λ^e ≥ 2^-126`` for some head.
+    """How many tokens of a chunk ``state`` and ``state_grad`` read: all that can matter, rounded up.
 
-    ``state`` weighs token ``j`` by ``λ^(C-j)`` and ``state_grad`` by ``λ^j``: beyond ``horizon``
-    tokens from the chunk's end (resp. start) every weight is below ``2^-126``, fp32's smallest normal
-    number, which the kernel's fp32 ``exp2`` already flushes to zero. ``C`` without decay or when a
-    head has ``λ = 1``.
+    ``state`` weighs token ``j`` by ``λ^(C-j)`` and ``state_grad`` by ``λ^j``. Beyond
+    ``⌈126 / -log2 λ_max⌉`` tokens from the chunk's end (resp. start) every weight is below ``2^-126``,
+    fp32's smallest normal number, which the kernel's own fp32 ``exp2`` flushes to zero: those tokens
+    are skipped. The count is rounded up to a multiple of 64 (of 1024 from 1024 on) so the batched
+    product splits evenly, and it is the whole chunk when that would be more than half of it, without
+    decay, or when a head has ``λ = 1``.
     """
-    if rates_ is None:
+    if rates_ is None or max(rates_) >= 1.0:
         return C
-    worst = max(rates_)
-    if worst >= 1.0:
-        return C
-    return max(1, min(C, math.ceil(HORIZON_LOG2 / -math.log2(worst))))
+    needed = math.ceil(HORIZON_LOG2 / -math.log2(max(rates_)))
+    quantum = 1024 if needed >= 1024 else 64
+    L = -(-needed // quantum) * quantum
+    return C if 2 * L > C else L
 
 
 @functools.lru_cache(maxsize=128)
@@ -348,13 +352,28 @@ def _fp32_out_bmm(device: str, dtype: torch.dtype) -> bool:
         return False
 
 
-def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``Σ_t a_tᵀ b_t``: ``a [B, H, L, K]``, ``b [B, H, L, V]`` → fp32 ``[B, H, K, V]`` (16-bit operands
-    multiplied on tensor cores, accumulated and returned in fp32)."""
+#: Independent products ``gram`` aims for (about two per multiprocessor of an H100/H200).
+GRAM_PRODUCTS = 256
+
+
+def gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Σ_t a_tᵀ b_t`` (``Aᵀ B`` per batch and head): ``a [B, H, L, K]``, ``b [B, H, L, V]`` →
+    ``[B, H, K, V]`` in ``state_dtype`` (16-bit operands multiplied on tensor cores, accumulated and
+    returned in fp32; fp32 and fp64 stay as they are).
+
+    A reduction over thousands of tokens into a few ``K × V`` outputs would keep only ``B·H`` thread
+    blocks busy, so ``L`` is cut into ``n`` slices (a power of two, ``B·H·n ≈ GRAM_PRODUCTS``, slices of
+    at least 64 tokens): ``B·H·n`` products in one ``bmm``, then an fp32 sum over ``n``.
+    """
     B, H, L, K = a.shape
     V = b.shape[-1]
-    a3 = a.reshape(B * H, L, K).transpose(1, 2)  # views: slicing along L keeps B·H mergeable
-    b3 = b.reshape(B * H, L, V)
+    n = 1
+    while 2 * n * B * H <= GRAM_PRODUCTS and L % (2 * n) == 0 and L // (2 * n) >= 64:
+        n *= 2
+    # views for whole chunks and weighted copies (B·H stays mergeable); a partial slice of a raw input
+    # is copied here, which ``horizon`` allows only when it is at most half the chunk
+    a3 = a.reshape(B * H * n, L // n, K).transpose(1, 2)
+    b3 = b.reshape(B * H * n, L // n, V)
     if a.dtype in (torch.float16, torch.bfloat16):
         if a.device.type == "cuda" and _fp32_out_bmm(str(a.device), a.dtype):
             out = torch.bmm(a3, b3, out_dtype=torch.float32)
@@ -362,7 +381,8 @@ def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             out = torch.bmm(a3.float(), b3.float())
     else:
         out = torch.bmm(a3, b3)
-    return out.view(B, H, K, V)
+    out = out.view(B, H, n, K, V)
+    return out[:, :, 0] if n == 1 else out.sum(dim=2)
 
 
 def _weigh(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -381,7 +401,7 @@ def state(k: torch.Tensor, v: torch.Tensor, rates_) -> torch.Tensor:
     ks, vs = k[:, :, C - L :], v[:, :, C - L :]
     if rates_ is not None:
         ks = _weigh(ks, _weights(rates_, L, False, 1.0, str(k.device)))
-    return _gram(ks, vs)
+    return gram(ks, vs)
 
 
 def state_grad(q: torch.Tensor, do: torch.Tensor, rates_, scale: float) -> torch.Tensor:
@@ -392,9 +412,9 @@ def state_grad(q: torch.Tensor, do: torch.Tensor, rates_, scale: float) -> torch
     L = horizon(rates_, q.shape[2])
     qs, ds = q[:, :, :L], do[:, :, :L]
     if rates_ is None:
-        out = _gram(qs, ds)
+        out = gram(qs, ds)
         return out if scale == 1.0 else out * scale
-    return _gram(_weigh(qs, _weights(rates_, L, True, float(scale), str(q.device))), ds)
+    return gram(_weigh(qs, _weights(rates_, L, True, float(scale), str(q.device))), ds)
 
 
 @functools.lru_cache(maxsize=128)

@@ -372,22 +372,27 @@ def test_the_kernel_path_pieces_equal_their_definitions():
 
 
 def test_the_state_horizon_drops_only_weights_below_fp32_range():
-    """Strong decays over a long chunk: ``state``/``state_grad`` read only the tokens within the horizon,
-    and equal the full sums; with a head at λ = 1 they read everything."""
-    B, H, C, K, V = 1, 2, 200, 3, 2
+    """Strong decays over a long chunk: ``state``/``state_grad`` read only the tokens within the horizon
+    (every weight beyond it is below 2^-126) and equal the full sums; with a head at λ = 1, without
+    decay, or when the horizon is more than half the chunk they read everything. The products are
+    cut into slices (``_gram``), which must not change the sums either."""
+    B, H, C, K, V = 1, 2, 400, 3, 2
     q, k, v, do = (torch.from_numpy(x) for x in verify.problem(B, H, C, K, V, seed=9))
     lam = np.array([0.05, 0.3])  # 2^-126 is reached after 30 and 73 tokens
     rates = local.rates(torch.from_numpy(lam))
     L = local.horizon(rates, C)
-    assert L == int(np.ceil(126 / -np.log2(0.3))) < C
+    assert np.ceil(126 / -np.log2(0.3)) <= L < C and L % 64 == 0
     assert local.horizon(local.rates(torch.tensor([0.05, 1.0], dtype=torch.float64)), C) == C
-    assert local.horizon(None, C) == C and local.horizon(rates, 10) == 10
+    assert local.horizon(None, C) == C and local.horizon(rates, 2 * L - 1) == 2 * L - 1
     j = np.arange(1, C + 1)
+    for lam_, r in ((lam, rates), (np.ones(H), None)):
+        M = np.einsum("hj,bhjk,bhjv->bhkv", lam_[:, None] ** (C - j), k.numpy(), v.numpy())
+        dM = 0.8 * np.einsum("hj,bhjk,bhjv->bhkv", lam_[:, None] ** j, q.numpy(), do.numpy())
+        assert rel_err(local.state(k.float(), v.float(), r), M) < KERNEL_TOL
+        assert rel_err(local.state_grad(q.float(), do.float(), r, 0.8), dM) < KERNEL_TOL
+    # the tokens beyond the horizon are not read: garbage there changes nothing
     M = np.einsum("hj,bhjk,bhjv->bhkv", lam[:, None] ** (C - j), k.numpy(), v.numpy())
     dM = 0.8 * np.einsum("hj,bhjk,bhjv->bhkv", lam[:, None] ** j, q.numpy(), do.numpy())
-    assert rel_err(local.state(k.float(), v.float(), rates), M) < KERNEL_TOL
-    assert rel_err(local.state_grad(q.float(), do.float(), rates, 0.8), dM) < KERNEL_TOL
-    # the tokens beyond the horizon are not read: garbage there changes nothing
     k2, q2 = k.float().clone(), q.float().clone()
     k2[:, :, : C - L] = float("nan")
     q2[:, :, L:] = float("nan")

@@ -12,8 +12,12 @@ two: the first pays for kernel compilation and NCCL set-up, the second decides w
 ``--max-seconds``). Tokens per second are
 ``W · chunk / time``. Bytes and messages come from ``simdist.accounting`` (one more iteration,
 recorded). The linear schemes' local work is ``kernels.lightning.attention`` when it can be imported
-(else a torch fallback; the JSON says which). A communication probe measures the point-to-point
-latency and bandwidth and the AllGather's, which ``simdist.costmodel.fit`` uses.
+— one call with the incoming state, plus one product for the state a rank sends (see
+``simdist.local``) — else a torch fallback; the JSON's ``local_impl`` says which. ``local`` is that
+kernel alone, forward and backward, with the decay on the host like the schemes. Nothing on the
+timed path synchronises the host with the GPU (``accounting.CUDA_SYNC`` stays off: timelines are
+for the CPU lesson). A communication probe measures the point-to-point latency and bandwidth and
+the AllGather's, which ``simdist.costmodel.fit`` uses.
 
 Results go to ``docs/benchmarks/simdist_nccl.json`` (device, versions, date, command) and the plots
 ``simdist_nccl.png``; ``--backend gloo`` runs the same machinery on CPU processes (for trying it
