@@ -67,6 +67,7 @@ from kernels._triton import INTERPRETER, check_device, check_dtype, next_power_o
 __all__ = ["attention", "Config", "DEFAULT_CONFIG"]
 
 SUB = 16  # the secondary chunk: the smallest tile tl.dot accepts on the GPU
+LEVELS = 4  # log2(SUB): the halving levels of an exact diagonal sub-block
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Config:
             (smaller tiles: more programs in parallel when ``B·H`` is small).
         block_k, block_v: tiles over ``K`` and ``V`` in the parallel kernels (narrowed where their
             operands would not fit in shared memory: fp32 inputs, ``C = 128``, ``K = 256``).
+        dqk_block_k: the key columns per program of the dQ/dK kernel (it splits ``K``).
         num_warps, num_stages: for the parallel kernels.
         state_num_warps, state_num_stages: for the sequential kernels.
     """
@@ -88,6 +90,7 @@ class Config:
     state_block_v: int = 64
     block_k: int = 64
     block_v: int = 64
+    dqk_block_k: int = 64
     num_warps: int = 4
     num_stages: int = 2
     state_num_warps: int = 4
@@ -102,6 +105,7 @@ class Config:
             state_block_v=min(self.state_block_v, pv),
             block_k=min(self.block_k, pk),
             block_v=min(self.block_v, pv),
+            dqk_block_k=min(self.dqk_block_k, pk),
         )
 
 
@@ -182,6 +186,35 @@ def _fwd_states_kernel(
 
 
 @triton.jit
+def _diagonal_level(c, L, SUB: tl.constexpr):
+    """Level ``L`` of the exact diagonal sub-block: pairs that first split at block size ``2^(L+1)``.
+
+    ``c`` is the cumulative gate inside one sub-chunk, ``[SUB, BK]`` fp32. Rows are grouped in blocks
+    of ``2^(L+1)``; a query ``j`` in the upper half of a block and a key ``s`` in the lower half of
+    the *same* block are separated by the block's midpoint ``r`` (the last row of the lower half), so
+
+        e^{c_j − c_s} = e^{c_j − c_r} · e^{c_r − c_s}        both exponents ≤ 0
+
+    and all such pairs of one level are one matrix product. Levels 0..log2(SUB)-1 cover every pair
+    ``s < j`` exactly once (the level is the highest bit in which ``j`` and ``s`` differ); the pairs
+    ``s = j`` need no gate. ``c_r`` is gathered by a product with a 0/1 selection matrix in IEEE fp32
+    (one 1.0 per row: exact). Returns ``(eq, ek, pairs)``: ``eq = e^{c − c_r}`` on upper-half rows
+    and 0 elsewhere, ``ek = e^{c_r − c}`` on lower-half rows and 0 elsewhere, and the ``[SUB, SUB]``
+    mask of this level's (query, key) pairs.
+    """
+    o_s = tl.arange(0, SUB)
+    ref = ((o_s >> (L + 1)) << (L + 1)) + (1 << L) - 1  # the midpoint row of each row's block
+    select = (o_s[None, :] == ref[:, None]).to(tl.float32)
+    c_ref = tl.dot(select, c, input_precision="ieee")
+    upper = ((o_s >> L) & 1) == 1
+    eq = tl.where(upper[:, None], tl.exp(tl.minimum(c - c_ref, 0.0)), 0.0)
+    ek = tl.where(upper[:, None], 0.0, tl.exp(tl.minimum(c_ref - c, 0.0)))
+    same_block = (o_s[:, None] >> (L + 1)) == (o_s[None, :] >> (L + 1))
+    pairs = same_block & upper[:, None] & (((o_s >> L) & 1) == 0)[None, :]
+    return eq, ek, pairs
+
+
+@triton.jit
 def _fwd_intra_kernel(
     q_ptr,  # [BH, T, K]
     k_ptr,  # [BH, T, K]
@@ -193,10 +226,16 @@ def _fwd_intra_kernel(
     K: tl.constexpr,
     C: tl.constexpr,
     SUB: tl.constexpr,
+    LEVELS: tl.constexpr,
     BK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """P_js = Σ_k q_jk k_sk e^{b_jk − b_sk} (s ≤ j) for one chunk, by secondary chunking."""
+    """P_js = Σ_k q_jk k_sk e^{b_jk − b_sk} (s ≤ j) for one chunk, by secondary chunking.
+
+    Off-diagonal sub-blocks: products after rescaling by b_n (first row of the query sub-chunk).
+    Diagonal sub-blocks: exact, by ``LEVELS`` products of the recursive halving in
+    ``_diagonal_level`` plus the gate-free diagonal ``q_j · k_j``. Every exponent is ≤ 0.
+    """
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     NC: tl.constexpr = C // SUB
     o_s = tl.arange(0, SUB)
@@ -204,8 +243,10 @@ def _fwd_intra_kernel(
     m_k = o_k < K
     base = i_bh * T * K
     A_base = A_ptr + (i_bh * NT + i_t) * C * C
+    a_dt = A_ptr.dtype.element_ty
     dt = q_ptr.dtype.element_ty
     c0 = i_t * C
+    eye = o_s[:, None] == o_s[None, :]
 
     carry_u = tl.zeros([BK], dtype=tl.float32)  # cumulative gate before sub-chunk u
     for u in range(NC):
@@ -215,11 +256,14 @@ def _fwd_intra_kernel(
         q_u = tl.load(q_ptr + off_u, mask=m_u, other=0.0).to(tl.float32) * scale
         k_u = tl.load(k_ptr + off_u, mask=m_u, other=0.0).to(tl.float32)
         g_u = tl.load(g_ptr + off_u, mask=m_u, other=0.0).to(tl.float32)
-        b_u = carry_u[None, :] + tl.cumsum(g_u, axis=0)
-        b_n = tl.sum(tl.where(o_s[:, None] == 0, b_u, 0.0), axis=0)  # first row of u
-        q_hat = (q_u * tl.exp(tl.minimum(b_u - b_n[None, :], 0.0))).to(dt)
+        c_u = tl.cumsum(g_u, axis=0)
+        # b_n: the cumulative gate at the first row of u (that row's gate, loaded on its own)
+        first = c0 + u * SUB
+        g_first = tl.load(g_ptr + base + first * K + o_k, mask=m_k & (o_k * 0 + first < T), other=0.0)
+        b_n = carry_u + g_first.to(tl.float32)
+        q_hat = (q_u * tl.exp(tl.minimum(c_u - g_first.to(tl.float32)[None, :], 0.0))).to(dt)
 
-        # off-diagonal sub-blocks: matrix products after rescaling by b_n
+        # off-diagonal sub-blocks: products after rescaling by b_n
         carry_w = tl.zeros([BK], dtype=tl.float32)
         for w in range(0, u):
             rows_w = c0 + w * SUB + o_s
@@ -230,26 +274,21 @@ def _fwd_intra_kernel(
             b_w = carry_w[None, :] + tl.cumsum(g_w, axis=0)
             k_hat = (k_w * tl.exp(tl.minimum(b_n[None, :] - b_w, 0.0))).to(dt)
             a_uw = tl.dot(q_hat, tl.trans(k_hat), input_precision=PRECISION)
-            tl.store(A_base + (u * SUB + o_s)[:, None] * C + (w * SUB + o_s)[None, :], a_uw.to(A_ptr.dtype.element_ty))
+            tl.store(A_base + (u * SUB + o_s)[:, None] * C + (w * SUB + o_s)[None, :], a_uw.to(a_dt))
             carry_w += tl.sum(g_w, axis=0)
 
-        # diagonal sub-block, exact: row j keeps E[s, :] = exp(b_j − b_s) as a running product
-        E = tl.zeros([SUB, BK], dtype=tl.float32)
-        for j in range(SUB):
-            row = c0 + u * SUB + j
-            m_row = m_k & (o_k * 0 + row < T)  # broadcast first: the interpreter rejects scalar & vector masks
-            a_j = tl.load(g_ptr + base + row * K + o_k, mask=m_row, other=0.0).to(tl.float32)
-            q_j = tl.load(q_ptr + base + row * K + o_k, mask=m_row, other=0.0).to(tl.float32) * scale
-            E = tl.where(o_s[:, None] == j, 1.0, E * tl.exp(a_j)[None, :])
-            a_row = tl.sum(k_u * E * q_j[None, :], axis=1)  # [SUB] over the keys s (0 for s > j)
-            tl.store(A_base + (u * SUB + j) * C + u * SUB + o_s, a_row.to(A_ptr.dtype.element_ty))
+        # diagonal sub-block, exact: q_j · k_j on the diagonal, then the halving levels
+        a_uu = tl.where(eye, tl.sum(q_u * k_u, axis=1)[:, None], 0.0)
+        for L in range(LEVELS):
+            eq, ek, pairs = _diagonal_level(c_u, L, SUB)
+            q_l = (q_u * eq).to(dt)
+            k_l = (k_u * ek).to(dt)
+            a_uu += tl.where(pairs, tl.dot(q_l, tl.trans(k_l), input_precision=PRECISION), 0.0)
+        tl.store(A_base + (u * SUB + o_s)[:, None] * C + (u * SUB + o_s)[None, :], a_uu.to(a_dt))
 
         # zeros above the diagonal, so that P is fully defined
         for w in range(u + 1, NC):
-            tl.store(
-                A_base + (u * SUB + o_s)[:, None] * C + (w * SUB + o_s)[None, :],
-                tl.zeros([SUB, SUB], dtype=A_ptr.dtype.element_ty),
-            )
+            tl.store(A_base + (u * SUB + o_s)[:, None] * C + (w * SUB + o_s)[None, :], tl.zeros([SUB, SUB], dtype=a_dt))
         carry_u += tl.sum(g_u, axis=0)
 
 
@@ -436,47 +475,51 @@ def _bwd_dqk_kernel(
     V: tl.constexpr,
     C: tl.constexpr,
     SUB: tl.constexpr,
+    LEVELS: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """dQ, dK (intra by secondary chunking + inter) and d log_alpha for one chunk, full K.
+    """dQ, dK (intra by secondary chunking + inter) and d log_alpha for one chunk and BK key columns.
 
-    Sub-chunks are visited from the last to the first so that d log_alpha, a reverse cumulative sum
-    of ∂L/∂b inside the chunk, is finished sub-chunk by sub-chunk.
+    Every quantity here is separable over the key channels, so programs split K; each holds its
+    ``BK × V`` slices of S_[i] and dS_[i+1] for the whole chunk. Sub-chunks are visited from the
+    last to the first so that d log_alpha, a reverse cumulative sum of ∂L/∂b inside the chunk, is
+    finished sub-chunk by sub-chunk.
     """
-    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_t, i_kt, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     NC: tl.constexpr = C // SUB
     o_s = tl.arange(0, SUB)
-    o_k = tl.arange(0, BK)
+    o_k = i_kt * BK + tl.arange(0, BK)
     m_k = o_k < K
+    o_v = tl.arange(0, BV)
+    m_v = o_v < V
     base_k = i_bh * T * K
     base_v = i_bh * T * V
     c0 = i_t * C
     dt = q_ptr.dtype.element_ty
-    h_base = h_ptr + (i_bh * (NT + 1) + i_t) * K * V  # S_[i]; S_[i+1] is the next slot
-    dh_base = dh_ptr + (i_bh * NT + i_t) * K * V  # dS_[i+1]
+    eye = o_s[:, None] == o_s[None, :]
     dA_base = dA_ptr + (i_bh * NT + i_t) * C * C
 
-    # b_C, the chunk's total gate, and the last-row term Σ_v S_[i+1] ⊙ dS_[i+1]
-    total = tl.zeros([BK], dtype=tl.float32)
-    for u in range(NC):
-        rows = c0 + u * SUB + o_s
-        m = (rows < T)[:, None] & m_k[None, :]
-        total += tl.sum(tl.load(g_ptr + base_k + rows[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32), 0)
-    last_row = tl.zeros([BK], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        kv = o_k[:, None] * V + o_v[None, :]
-        m_kv = m_k[:, None] & (o_v < V)[None, :]
-        s_next = tl.load(h_base + K * V + kv, mask=m_kv, other=0.0).to(tl.float32)
-        ds = tl.load(dh_base + kv, mask=m_kv, other=0.0).to(tl.float32)
-        last_row += tl.sum(s_next * ds, axis=1)
+    # this program's slices of S_[i], S_[i+1] and dS_[i+1]: [BK, V]
+    kv = o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    h_base = h_ptr + (i_bh * (NT + 1) + i_t) * K * V
+    s_i = tl.load(h_base + kv, mask=m_kv, other=0.0).to(dt)
+    ds_i = tl.load(dh_ptr + (i_bh * NT + i_t) * K * V + kv, mask=m_kv, other=0.0)
+    s_next = tl.load(h_base + K * V + kv, mask=m_kv, other=0.0).to(tl.float32)
+    last_row = tl.sum(s_next * ds_i.to(tl.float32), axis=1)  # Σ_v S_[i+1] ⊙ dS_[i+1]
+    ds_i = ds_i.to(dt)
+
+    # b_C, the chunk's total gate
+    rows_c = c0 + tl.arange(0, C)
+    m_c = (rows_c < T)[:, None] & m_k[None, :]
+    total = tl.sum(tl.load(g_ptr + base_k + rows_c[:, None] * K + o_k[None, :], mask=m_c, other=0.0).to(tl.float32), 0)
 
     dg_carry = last_row  # Σ of ∂L/∂b over the rows after the current sub-chunk (and the last-row term)
     after = tl.zeros([BK], dtype=tl.float32)  # Σ of the gates of the sub-chunks after u
     for uu in range(NC):
-        u = NC - 1 - uu
+        u = NC - 1 - uu  # from the last sub-chunk to the first
         rows_u = c0 + u * SUB + o_s
         m_u = (rows_u < T)[:, None] & m_k[None, :]
         off_u = base_k + rows_u[:, None] * K + o_k[None, :]
@@ -485,34 +528,26 @@ def _bwd_dqk_kernel(
         g_u = tl.load(g_ptr + off_u, mask=m_u, other=0.0).to(tl.float32)
         g_sum = tl.sum(g_u, axis=0)
         before = total - after - g_sum  # cumulative gate before sub-chunk u
-        b_u = before[None, :] + tl.cumsum(g_u, axis=0)
-        b_n = tl.sum(tl.where(o_s[:, None] == 0, b_u, 0.0), axis=0)
+        c_u = tl.cumsum(g_u, axis=0)
+        b_u = before[None, :] + c_u
+        first = c0 + u * SUB
+        g_first = tl.load(g_ptr + base_k + first * K + o_k, mask=m_k & (o_k * 0 + first < T), other=0.0)
+        b_n = before + g_first.to(tl.float32)
 
         # inter-chunk terms: e^b ⊙ (dO S_[i]ᵀ) and e^{b_C − b} ⊙ (V dS_[i+1]ᵀ)
-        dq = tl.zeros([SUB, BK], dtype=tl.float32)
-        dk = tl.zeros([SUB, BK], dtype=tl.float32)
-        for i_v in range(0, tl.cdiv(V, BV)):
-            o_v = i_v * BV + tl.arange(0, BV)
-            m_v = o_v < V
-            m_uv = (rows_u < T)[:, None] & m_v[None, :]
-            off_uv = base_v + rows_u[:, None] * V + o_v[None, :]
-            do_u = tl.load(do_ptr + off_uv, mask=m_uv, other=0.0)
-            v_u = tl.load(v_ptr + off_uv, mask=m_uv, other=0.0)
-            kv = o_k[:, None] * V + o_v[None, :]
-            m_kv = m_k[:, None] & m_v[None, :]
-            s_c = tl.load(h_base + kv, mask=m_kv, other=0.0).to(dt)
-            ds_c = tl.load(dh_base + kv, mask=m_kv, other=0.0).to(dt)
-            dq += tl.dot(do_u, tl.trans(s_c), input_precision=PRECISION)
-            dk += tl.dot(v_u, tl.trans(ds_c), input_precision=PRECISION)
-        dq = dq * tl.exp(b_u)
-        dk = dk * tl.exp(tl.minimum(total[None, :] - b_u, 0.0))
+        m_uv = (rows_u < T)[:, None] & m_v[None, :]
+        off_uv = base_v + rows_u[:, None] * V + o_v[None, :]
+        do_u = tl.load(do_ptr + off_uv, mask=m_uv, other=0.0)
+        v_u = tl.load(v_ptr + off_uv, mask=m_uv, other=0.0)
+        dq = tl.dot(do_u, tl.trans(s_i), input_precision=PRECISION) * tl.exp(b_u)
+        dk = tl.dot(v_u, tl.trans(ds_i), input_precision=PRECISION) * tl.exp(tl.minimum(total[None, :] - b_u, 0.0))
 
         # off-diagonal, queries u against earlier keys w: dQ_u += (dP_uw (K_w ⊙ e^{b_n − b_w})) ⊙ e^{b_u − b_n}
         dq_off = tl.zeros([SUB, BK], dtype=tl.float32)
         b_prev = before
         for ww in range(0, u):
-            w = u - 1 - ww
-            rows_w = c0 + w * SUB + o_s
+            w_prev = u - 1 - ww
+            rows_w = c0 + w_prev * SUB + o_s
             off_w = base_k + rows_w[:, None] * K + o_k[None, :]
             m_w = (rows_w < T)[:, None] & m_k[None, :]
             k_w = tl.load(k_ptr + off_w, mask=m_w, other=0.0).to(tl.float32)
@@ -520,9 +555,9 @@ def _bwd_dqk_kernel(
             b_prev -= tl.sum(g_w, axis=0)
             b_w = b_prev[None, :] + tl.cumsum(g_w, axis=0)
             k_hat = (k_w * tl.exp(tl.minimum(b_n[None, :] - b_w, 0.0))).to(dt)
-            dP_uw = tl.load(dA_base + (u * SUB + o_s)[:, None] * C + (w * SUB + o_s)[None, :]).to(dt)
+            dP_uw = tl.load(dA_base + (u * SUB + o_s)[:, None] * C + (w_prev * SUB + o_s)[None, :]).to(dt)
             dq_off += tl.dot(dP_uw, k_hat, input_precision=PRECISION)
-        dq += dq_off * tl.exp(tl.minimum(b_u - b_n[None, :], 0.0))
+        dq += dq_off * tl.exp(tl.minimum(c_u - g_first.to(tl.float32)[None, :], 0.0))
 
         # off-diagonal, keys u against later queries w: dK_u += (dP_wuᵀ (Q_w ⊙ e^{b_w − b_n(w)})) ⊙ e^{b_n(w) − b_u}
         b_next = before + g_sum
@@ -532,27 +567,27 @@ def _bwd_dqk_kernel(
             m_w = (rows_w < T)[:, None] & m_k[None, :]
             q_w = tl.load(q_ptr + off_w, mask=m_w, other=0.0).to(tl.float32) * scale
             g_w = tl.load(g_ptr + off_w, mask=m_w, other=0.0).to(tl.float32)
-            b_w = b_next[None, :] + tl.cumsum(g_w, axis=0)
-            b_nw = tl.sum(tl.where(o_s[:, None] == 0, b_w, 0.0), axis=0)
-            q_hat = (q_w * tl.exp(tl.minimum(b_w - b_nw[None, :], 0.0))).to(dt)
+            c_w = tl.cumsum(g_w, axis=0)
+            first_w = c0 + w * SUB
+            g_first_w = tl.load(g_ptr + base_k + first_w * K + o_k, mask=m_k & (o_k * 0 + first_w < T), other=0.0)
+            g_first_w = g_first_w.to(tl.float32)
+            q_hat = (q_w * tl.exp(tl.minimum(c_w - g_first_w[None, :], 0.0))).to(dt)
+            b_nw = b_next + g_first_w
             dP_wu = tl.load(dA_base + (w * SUB + o_s)[:, None] * C + (u * SUB + o_s)[None, :]).to(dt)
             dk_part = tl.dot(tl.trans(dP_wu), q_hat, input_precision=PRECISION)
             dk += dk_part * tl.exp(tl.minimum(b_nw[None, :] - b_u, 0.0))
             b_next += tl.sum(g_w, axis=0)
 
-        # diagonal sub-block, exact, one running product E[s, :] = exp(b_j − b_s) for dQ and dK
-        E = tl.zeros([SUB, BK], dtype=tl.float32)
-        for j in range(SUB):
-            row = c0 + u * SUB + j
-            m_row = m_k & (o_k * 0 + row < T)  # broadcast first: the interpreter rejects scalar & vector masks
-            a_j = tl.load(g_ptr + base_k + row * K + o_k, mask=m_row, other=0.0).to(tl.float32)
-            q_j = tl.load(q_ptr + base_k + row * K + o_k, mask=m_row, other=0.0).to(tl.float32) * scale
-            dP_j = tl.load(dA_base + (u * SUB + j) * C + u * SUB + o_s)  # [SUB] over the keys s
-            E = tl.where(o_s[:, None] == j, 1.0, E * tl.exp(a_j)[None, :])
-            weighted = dP_j[:, None] * E  # [SUB, BK]; rows s > j are 0
-            dq_j = tl.sum(weighted * k_u, axis=0)  # [BK]
-            dq += tl.where(o_s[:, None] == j, dq_j[None, :], 0.0)
-            dk += weighted * q_j[None, :]
+        # diagonal sub-block, exact: the gate-free diagonal, then the halving levels
+        dP_uu = tl.load(dA_base + (u * SUB + o_s)[:, None] * C + (u * SUB + o_s)[None, :])
+        dP_diag = tl.sum(tl.where(eye, dP_uu, 0.0), axis=1)
+        dq += dP_diag[:, None] * k_u
+        dk += dP_diag[:, None] * q_u
+        for L in range(LEVELS):
+            eq, ek, pairs = _diagonal_level(c_u, L, SUB)
+            dP_l = tl.where(pairs, dP_uu, 0.0).to(dt)
+            dq += tl.dot(dP_l, (k_u * ek).to(dt), input_precision=PRECISION) * eq
+            dk += tl.dot(tl.trans(dP_l), (q_u * eq).to(dt), input_precision=PRECISION) * ek
 
         # d log_alpha: ∂L/∂b = q ⊙ dq − k ⊙ dk, summed from the end of the chunk backwards
         db = q_u * dq - k_u * dk
@@ -609,21 +644,22 @@ def _fit(bk: int, bv: int, need) -> tuple[int, int]:
     return bk, bv
 
 
-def _tiles(cfg: Config, K: int, dtype: torch.dtype) -> dict:
+def _tiles(cfg: Config, K: int, V: int, dtype: torch.dtype) -> dict:
     """Per-kernel tiles: the requested ones, narrowed where their operands would not fit on chip.
 
     Estimates of the operand buffers (``e`` bytes per element, ``st`` pipeline stages): the output
     kernel holds ``P``, a ``C × BV`` tile of ``v`` and, per stage, ``C × BK`` of ``q`` and ``BK × BV`` of
     ``S``; the dV kernel holds ``P``, per stage ``C × BV`` of ``dO`` and ``v`` and ``C × BK + BK × BV``; the
-    dQ/dK kernel holds, per stage, two ``BK × BV`` state tiles (``BK`` = all of ``K``).
+    dQ/dK kernel holds ``BK × V`` slices of two states (and reads a third) for the whole chunk.
     """
     e = torch.finfo(dtype).bits // 8
     C, st = cfg.chunk_size, max(1, cfg.num_stages)
     bk_full = max(16, next_power_of_2(K))
     out = _fit(cfg.block_k, cfg.block_v, lambda bk, bv: e * (C * C + C * bv + st * (C * bk + bk * bv)))
     dv = _fit(cfg.block_k, cfg.block_v, lambda bk, bv: e * (C * C + st * (2 * C * bv + C * bk + bk * bv)))
-    _, bv_dqk = _fit(bk_full, cfg.block_v, lambda bk, bv: e * st * (2 * bk * bv + 2 * SUB * bv))
-    return {"out": out, "dv": dv, "dqk_bv": bv_dqk, "k_full": bk_full}
+    v_full = max(16, next_power_of_2(V))
+    bk_dqk, _ = _fit(cfg.dqk_block_k, 16, lambda bk, _: e * (3 * bk * v_full + 2 * SUB * v_full))
+    return {"out": out, "dv": dv, "dqk_bk": bk_dqk, "k_full": bk_full}
 
 
 def _forward(q, k, v, g, h0, scale: float, cfg: Config):
@@ -645,11 +681,11 @@ def _forward(q, k, v, g, h0, scale: float, cfg: Config):
         k, v, g, h0 if h0 is not None else final, h, final, T, NT,
         K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_H0=h0 is not None, PRECISION=prec, **_launch_kw(cfg, state=True),
     )  # fmt: skip
-    tiles = _tiles(cfg, K, q.dtype)
+    tiles = _tiles(cfg, K, V, q.dtype)
     _launch(
         _fwd_intra_kernel, (NT, BH),
         q, k, g, A, scale, T, NT,
-        K=K, C=C, SUB=SUB, BK=tiles["k_full"], PRECISION=prec, **_launch_kw(cfg, state=False),
+        K=K, C=C, SUB=SUB, LEVELS=LEVELS, BK=tiles["k_full"], PRECISION=prec, **_launch_kw(cfg, state=False),
     )  # fmt: skip
     bk, bv = tiles["out"]
     _launch(
@@ -681,17 +717,18 @@ def _backward(q, k, v, g, h, A, do, dht, has_h0: bool, scale: float, cfg: Config
         K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_DHT=dht is not None, HAS_H0=has_h0, PRECISION=prec,
         **_launch_kw(cfg, state=True),
     )  # fmt: skip
-    tiles = _tiles(cfg, K, q.dtype)
+    tiles = _tiles(cfg, K, V, q.dtype)
     bk, bv = tiles["dv"]
     _launch(
         _bwd_dv_kernel, (NT, BH),
         k, v, g, A, do, dh, dv, dA, T, NT,
         K=K, V=V, C=C, BK=bk, BV=bv, PRECISION=prec, **_launch_kw(cfg, state=False),
     )  # fmt: skip
+    bk = tiles["dqk_bk"]
     _launch(
-        _bwd_dqk_kernel, (NT, BH),
+        _bwd_dqk_kernel, (NT, triton.cdiv(K, bk), BH),
         q, k, v, g, h, do, dh, dA, dq, dk, dg, scale, T, NT,
-        K=K, V=V, C=C, SUB=SUB, BK=tiles["k_full"], BV=tiles["dqk_bv"], PRECISION=prec,
+        K=K, V=V, C=C, SUB=SUB, LEVELS=LEVELS, BK=bk, BV=max(16, next_power_of_2(V)), PRECISION=prec,
         **_launch_kw(cfg, state=False),
     )  # fmt: skip
     return dq, dk, dv, dg, dh0
@@ -707,7 +744,8 @@ def _compile_for_gpu(dtype: torch.dtype = torch.bfloat16, K: int = 128, V: int =
     with no GPU, that the kernels pass the GPU compiler (``tl.dot`` shapes, layouts, shared-memory
     limits), which the interpreter does not check. Needs a process without ``TRITON_INTERPRET=1``.
 
-    Returns ``{kernel name: {"shared_bytes": …, "num_warps": …, "num_stages": …}}``.
+    Returns ``{kernel name: {"shared_bytes", "num_warps", "num_stages", "registers", "stack_bytes"}}``
+    (the last two when the wheel's ``cuobjdump`` is there; stack bytes are register spills).
     """
     global _RECORDER
     if INTERPRETER:
@@ -751,8 +789,27 @@ def _compile_for_gpu(dtype: torch.dtype = torch.bfloat16, K: int = 128, V: int =
                 signature[name] = "i32"
         source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-        results[kernel.fn.__name__] = {"shared_bytes": compiled.metadata.shared, **options}
+        results[kernel.fn.__name__] = {"shared_bytes": compiled.metadata.shared, **options,
+                                       **_resource_usage(compiled.asm.get("cubin"))}  # fmt: skip
     return results
+
+
+def _resource_usage(cubin) -> dict:
+    """Registers per thread and stack (spill) bytes of a cubin, from the cuobjdump Triton ships."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not cubin or not os.path.exists(tool):
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    return {"registers": int(found.group(1)), "stack_bytes": int(found.group(2))} if found else {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -863,7 +920,7 @@ def attention(
         raise TypeError(f"config must be a kernels.gla.Config, got {type(cfg).__name__}")
     if cfg.chunk_size not in (16, 32, 64, 128):
         raise ValueError(f"config.chunk_size must be 16, 32, 64 or 128, got {cfg.chunk_size!r}")
-    for field in ("state_block_k", "state_block_v", "block_k", "block_v"):
+    for field in ("state_block_k", "state_block_v", "block_k", "block_v", "dqk_block_k"):
         size = getattr(cfg, field)
         if not isinstance(size, int) or size < 16 or size & (size - 1):
             raise ValueError(f"config.{field} must be a power of two ≥ 16, got {size!r}")

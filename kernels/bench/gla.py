@@ -9,13 +9,16 @@ each checked and timed; then forward and forward+backward of ours (the best sett
 fla and SDPA with tokens/s, ratios, peak memory and the fraction of the roofline floor; and a
 per-kernel time profile of ours and fla. Results go to ``docs/benchmarks/gla.json`` and ``gla.png``.
 
-Options: ``--quick`` (T = 2k only, two settings, fewer repetitions), ``--no-sweep``, ``--out DIR``.
+Options: ``--quick`` (T = 2k only, two settings, fewer repetitions), ``--no-sweep``, ``--lengths T …``,
+``--out DIR``. A profile of our kernels comes first at every length, and ``gla_partial.json`` is
+written after every length, so a run cut short still reports what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import inspect
 import math
 import time
@@ -32,18 +35,19 @@ LENGTHS = (2048, 8192, 32768)
 ELEM = 2  # bf16 bytes
 
 # Launch settings swept in one run (every one is checked against the reference before timing).
-# What each tests: the V tile of the parallel kernels (q and g are re-read once per V tile), warps,
-# smaller state tiles (more programs for the two sequential walks when B·H is small: T = 32k has
-# only 32 (b, h) pairs), deeper pipelining, and C = 128 (half the states, twice the intra work).
+# What each tests (run 1, T = 2k, showed 8 warps and C = 128 far slower with the first design's
+# row-by-row diagonal loops; those loops are gone, so both are measured again): smaller state tiles
+# (more programs for the two sequential walks: T = 32k has only 32 (b, h) pairs), a narrower K tile
+# in the dQ/dK kernel, 8 warps, a V tile of 128 in the output and dV kernels (q and log α read once),
+# and C = 128 (half the states, twice the intra work).
 SWEEP = {
     "auto": None,  # config=None: DEFAULT_CONFIG with state tiles sized to the GPU
     "c64_default": dict(),
-    "c64_bv128_w8": dict(block_v=128, num_warps=8),
     "c64_state32x32": dict(state_block_k=32, state_block_v=32),
-    "c64_stages3": dict(num_stages=3, state_num_stages=3),
-    "c64_bv128_w8_state32x64": dict(block_v=128, num_warps=8, state_block_k=32, state_block_v=64),
+    "c64_dqk32": dict(dqk_block_k=32),
+    "c64_w8": dict(num_warps=8),
+    "c64_bv128": dict(block_v=128),
     "c128_w8": dict(chunk_size=128, num_warps=8),
-    "c128_bv128_w8_state32x64": dict(chunk_size=128, block_v=128, num_warps=8, state_block_k=32),
 }
 
 
@@ -238,16 +242,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="T = 2k only, two settings, fewer repetitions")
     parser.add_argument("--no-sweep", action="store_true", help="only the default setting")
     parser.add_argument("--out", default=None, help="directory for the JSON and plot (default docs/benchmarks)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 2048 8192 32768)")
     args = parser.parse_args(argv)
 
     from kernels import gla
 
     started = time.time()
+    # If a step stalls, print every thread's stack each minute: the log then says where.
+    faulthandler.dump_traceback_later(60, repeat=True)
     env = common.environment()
     ceilings = common.measure_ceilings()
     print(env, ceilings, flush=True)
     rep = 30 if args.quick else 60
-    lengths = (2048,) if args.quick else LENGTHS
+    lengths = tuple(args.lengths) if args.lengths else ((2048,) if args.quick else LENGTHS)
     settings = dict(SWEEP)
     if args.no_sweep:
         settings = {"auto": None}
@@ -259,6 +266,13 @@ def main(argv: list[str]) -> int:
         B = TOKENS // T
         q, k, v, la, do = _inputs(T, B)
         want = _reference_slice(q, k, v, la)
+        print(f"T={T}: reference ready ({time.time() - started:.0f} s)", flush=True)
+        profiles[T] = {}
+        try:  # where the time goes, first: a run cut short still says which kernel to fix
+            profiles[T]["ours_auto_fwdbwd"] = _profile(_ours(q, k, v, la, do, None)[1])
+            print(f"T={T}: profile of ours (auto) {profiles[T]['ours_auto_fwdbwd']}", flush=True)
+        except Exception as err:
+            profiles[T]["ours_auto_fwdbwd"] = {"error": repr(err)[:300]}
         best_name, cfg, found = _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log)
         row = {"T": T, "B": B, "best_setting": best_name}
         if found:
@@ -303,6 +317,7 @@ def main(argv: list[str]) -> int:
             except Exception as err:
                 row[name] = {"error": repr(err)[:300]}
                 continue
+            print(f"T={T} {name}: fwd {ms_f:.3f} ms, fwd+bwd {ms_fb:.3f} ms, peak {mem:.0f} MiB", flush=True)
             row[name] = {
                 "fwd_ms": round(ms_f, 4),
                 "fwdbwd_ms": round(ms_fb, 4),
@@ -322,7 +337,6 @@ def main(argv: list[str]) -> int:
             for peer in [n for n in impls if n != "ours" and "fwd_ms" in row.get(n, {})]:
                 for mode in ("fwd", "fwdbwd"):
                     row["ours"][f"{mode}_speedup_vs_{peer}"] = round(row[peer][f"{mode}_ms"] / row["ours"][f"{mode}_ms"], 3)
-        profiles[T] = {}
         for name in ("ours", "fla_chunk_gla"):
             if name in impls and "fwd_ms" in row.get(name, {}):
                 profiles[T][f"{name}_fwdbwd"] = _profile(impls[name][1])
@@ -330,8 +344,23 @@ def main(argv: list[str]) -> int:
         rows.append(row)
         del q, k, v, la, do, impls
         torch.cuda.empty_cache()
+        # a partial result after every length: a run cut short keeps what it measured
+        common.write_json("gla_partial", _result(env, ceilings, rows, sweep_log, profiles, started, complete=False), args.out)
 
-    result = {
+    faulthandler.cancel_dump_traceback_later()
+    result = _result(env, ceilings, rows, sweep_log, profiles, started, complete=True)
+    name = "gla_quick" if args.quick else "gla"
+    path = common.write_json(name, result, args.out)
+    plot(result, path.with_suffix(".png"))
+    _print_table(result)
+    print(f"wrote {path} and {path.with_suffix('.png')} in {result['wall_s']} s")
+    return 0
+
+
+def _result(env, ceilings, rows, sweep_log, profiles, started, *, complete: bool) -> dict:
+    from kernels import gla
+
+    return {
         "benchmark": "gla",
         "environment": env,
         "ceilings": ceilings,
@@ -341,14 +370,9 @@ def main(argv: list[str]) -> int:
         "rows": rows,
         "sweep": sweep_log,
         "profile_ms": profiles,
+        "complete": complete,
         "wall_s": round(time.time() - started, 1),
     }
-    name = "gla_quick" if args.quick else "gla"
-    path = common.write_json(name, result, args.out)
-    plot(result, path.with_suffix(".png"))
-    _print_table(result)
-    print(f"wrote {path} and {path.with_suffix('.png')} in {result['wall_s']} s")
-    return 0
 
 
 LABELS = {
