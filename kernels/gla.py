@@ -20,24 +20,28 @@ slice of ``V``. The materialised variant splits the work by what it depends on:
    ``[BK, C] × [C, BV]`` product: cheap work, so its latency-bound walk is short. Without a
    ``config`` the state tile shrinks (down to 32 × 32) when ``B·H`` is small, so that there are at
    least two programs per multiprocessor (``B=2, H=16``: 512 instead of 128).
-2. ``_fwd_intra_kernel`` — fully parallel over (chunk, b, h): the intra-chunk matrix
-   ``P`` (``C × C``, computed in fp32, stored in the input dtype that its readers round it to anyway)
-   by *secondary chunking on chip*: sub-chunks of 16; off-diagonal
-   sub-blocks are ``tl.dot`` products of ``Q_u ⊙ e^{b − b_n}`` and ``K_w ⊙ e^{b_n − b}``; diagonal
-   sub-blocks are exact: a 16-step row loop keeps ``E[s, k] = exp(b_jk − b_sk)`` for the current
-   query row ``j`` as a running product ``E ← E · α_j`` (a multiply per element instead of an
-   exponential: the special-function unit does only 16 ``exp`` per clock per SM, the FMA units
-   128 multiplies).
+2. ``_fwd_intra_kernel`` — fully parallel over (chunk, b, h): the intra-chunk matrix ``P``
+   (``C × C``, computed in fp32, stored in the input dtype that its readers round it to anyway) by
+   *secondary chunking on chip*, sub-chunks of 16. Off-diagonal sub-blocks are ``tl.dot`` products
+   of ``Q_u ⊙ e^{b − b_n}`` and ``K_w ⊙ e^{b_n − b}``. Diagonal sub-blocks are exact, by *recursive
+   halving* (``_diagonal_level``): a query ``j`` and a key ``s < j`` of one sub-chunk first split at
+   some level ``L`` (rows grouped in blocks of ``2^(L+1)``, ``j`` in the upper half, ``s`` in the
+   lower); the block's midpoint ``r`` lies between them, so ``e^{b_j − b_s} = e^{b_j − b_r} ·
+   e^{b_r − b_s}`` with both exponents ``≤ 0``, and all pairs of one level form one 16 × 16
+   product. Four levels and the gate-free diagonal ``q_j · k_j`` cover the sub-block on the tensor
+   cores. (The first version walked the 16 rows one at a time with a running product of gates; on
+   the H100 that serial loop made the forward 1.6× slower than fla — ``docs/benchmarks/gla_perf_log.md``.)
 3. ``_fwd_output_kernel`` — fully parallel over (chunk, V tile, b, h): two chunk-sized products
    ``O = P V + (Q ⊙ e^b) S_[i]`` (``M = C`` rows: Hopper's warpgroup MMA shape).
 
 The backward mirrors it: ``_bwd_dstates_kernel`` (the reverse sequential pass,
 ``dS_[i] = Diag(e^{b_C}) dS_[i+1] + (Q ⊙ e^b)ᵀ dO``), ``_bwd_dv_kernel`` (parallel over chunks:
 ``dV = Pᵀ dO + (K ⊙ e^{b_C − b}) dS_[i+1]`` and ``dP = (dO Vᵀ) ⊙ M``), and ``_bwd_dqk_kernel``
-(parallel over chunks: the intra ``dQ, dK`` by secondary chunking — the diagonal sub-blocks share one
-running product for ``dQ`` and ``dK`` — plus the inter terms and ``d log_alpha``: ``∂L/∂b = q ⊙ dq −
-k ⊙ dk`` (plus ``Σ_v S_[i+1] ⊙ dS_[i+1]`` on the chunk's last row), summed backwards *within each
-chunk* only). ``reference.gla.chunked_backward`` is the same algorithm in NumPy/PyTorch.
+(parallel over chunks and tiles of ``K`` — everything in it is separable over key channels: the
+intra ``dQ, dK`` by secondary chunking, the diagonal sub-blocks by the same halving levels, two
+products per level, plus the inter terms and ``d log_alpha``: ``∂L/∂b = q ⊙ dq − k ⊙ dk`` (plus
+``Σ_v S_[i+1] ⊙ dS_[i+1]`` on the chunk's last row), summed backwards *within each chunk* only).
+``reference.gla.chunked_backward`` is the same algorithm in NumPy/PyTorch.
 
 What it costs: the states are the price of parallelism — one ``K × V`` state per chunk written and
 read (in bf16 at ``C = 64``: 512 bytes per token and head, beside 1280 bytes of ``q, k, v, g, o``);

@@ -285,6 +285,49 @@ ax.set(xlim=(0, C_DEMO), ylim=(C_DEMO, 0), xlabel="key s in the chunk", ylabel="
 plt.show()
 
 # %% [markdown]
+# **The diagonal blocks on tensor cores, too.** Element by element, a $16 \times 16$ diagonal block
+# costs $16 \cdot 16 \cdot K$ exponentials, and on a GPU exponentials are scarce (an H100
+# multiprocessor computes 16 per clock against 128 fused multiply-adds). The kernel uses a trick that
+# applies the rescaling idea *recursively*: a query $j$ and a key $s < j$ of one sub-block first
+# differ in some bit $L$ of their row numbers. At that level the rows fall into blocks of $2^{L+1}$,
+# with $j$ in the upper half of a block and $s$ in the lower half of the same block — so the last
+# row $r$ of that lower half lies between them, and
+# $e^{b_j - b_s} = e^{b_j - b_r}\, e^{b_r - b_s}$ with both exponents $\le 0$. All pairs of one
+# level are one small matrix product; four levels (16 = $2^4$) and the gate-free diagonal
+# $q_j \cdot k_j$ give the block exactly:
+
+# %%
+def diagonal_block_by_halving(q_u, k_u, c_u):
+    """The exact 16×16 diagonal block from four masked matrix products (c_u: cumulative gate)."""
+    n = len(q_u)
+    rows = np.arange(n)
+    block = np.diag((q_u * k_u).sum(-1))  # s = j: no gate
+    for level in range(int(np.log2(n))):
+        mid = ((rows >> (level + 1)) << (level + 1)) + (1 << level) - 1  # row r of each row's block
+        upper = (rows >> level) & 1 == 1
+        q_side = np.where(upper[:, None], q_u * np.exp(np.minimum(c_u - c_u[mid], 0)), 0)
+        k_side = np.where(upper[:, None], 0, k_u * np.exp(np.minimum(c_u[mid] - c_u, 0)))
+        pairs = ((rows[:, None] >> (level + 1)) == (rows[None, :] >> (level + 1))) & upper[:, None] & ~upper[None, :]
+        block += np.where(pairs, q_side @ k_side.T, 0)
+    return block
+
+
+qd, kd = rng.standard_normal((2, 16, 8))
+cd = np.cumsum(np.log(rng.uniform(1e-3, 1, (16, 8))), axis=0)  # gates down to 1e-3 per step
+direct = np.einsum("jk,sk,jsk->js", qd, kd, np.exp(np.minimum(cd[:, None] - cd[None], 0))) * np.tri(16)
+print(f"recursive halving vs element-wise: max difference {np.abs(diagonal_block_by_halving(qd, kd, cd) - direct).max():.1e}")
+
+levels = np.full((16, 16), np.nan)
+for j in range(16):
+    for s_ in range(j):
+        levels[j, s_] = (j ^ s_).bit_length() - 1  # the highest bit in which j and s differ
+fig, ax = plt.subplots(figsize=(5, 4))
+im = ax.imshow(levels, cmap="viridis")
+ax.set(xlabel="key s", ylabel="query j", title="the product (level L) that covers\neach pair s < j; blank: s = j or s > j")
+fig.colorbar(im, ax=ax, ticks=range(4))
+plt.show()
+
+# %% [markdown]
 # The reference implements exactly this (`reference.gla.chunked`); the test suite checks it at
 # gates down to $e^{-100}$ per step in float64 — any exponent formed with the wrong sign would
 # overflow even float64 there. Gradients follow the same tiling: `reference.gla.chunked_backward`
@@ -333,9 +376,9 @@ print(f"at K = V = {KV}, C = {C_BENCH}, bf16: the states cost {KV * KV * 2 / C_B
 #
 # `kernels.gla.attention(q, k, v, log_alpha, *, scale, initial_state, output_final_state)` runs the
 # materialised variant in six Triton kernels: the forward's state pass, the intra-chunk matrix by
-# secondary chunking (its diagonal sub-blocks use a running product $E \leftarrow E \cdot \alpha_j$
-# instead of one exponential per element — multiplies are 8× cheaper than exponentials on the GPU),
-# and the output; the backward's reverse state pass, $dV$ with $dP$, and $dQ, dK, d\log\alpha$.
+# secondary chunking (diagonal sub-blocks by the recursive halving above), and the output; the
+# backward's reverse state pass, $dV$ with $dP$, and $dQ, dK, d\log\alpha$ (the same halving levels
+# give the diagonal blocks' $dQ$ and $dK$).
 # Without a GPU the cell below runs it in Triton's interpreter — slow, but the very same code — and
 # compares every output and gradient with the float64 reference.
 
