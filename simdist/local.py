@@ -4,9 +4,9 @@ A rank's chunk ``r`` (``C`` tokens, local index ``j = 1..C``, ``Λ = diag(λ^j)`
 pieces to every linear-attention scheme (ALGORITHMS.md §5–6):
 
 * ``intra(q, k, v)`` — causal Lightning attention *inside* the chunk with a zero initial state,
-  ``[(Q Kᵀ) ⊙ D] V``. The expensive part, and the part that overlaps communication. On CUDA it is
-  ``kernels.lightning.attention`` when that kernel is importable, else a vectorised torch chunked
-  form; on the CPU it is ``reference.lightning.chunked`` (float64 in the tests). Differentiable.
+  ``[(Q Kᵀ) ⊙ D] V``. The expensive part, and the part that overlaps communication. On the CPU it
+  is ``reference.lightning.chunked`` (float64 in the tests); on CUDA ``kernels.lightning.attention``
+  where ``kernel_path`` holds, else a vectorised torch chunked form. Differentiable.
 * ``chunk_state(k, v)`` — the chunk's own decayed state ``M = (λ^C Λ⁻¹ K)ᵀ V`` (row ``j`` of ``K``
   scaled by ``λ^(C-j)``): what the chunk adds to every later chunk's state.
 * ``inter(q, P)`` — what the earlier chunks add to this chunk's output through the incoming state
@@ -345,9 +345,9 @@ def _weights(rates_: tuple, L: int, reverse: bool, scale: float, device: str) ->
 @functools.lru_cache(maxsize=None)
 def _fp32_out_bmm(device: str, dtype: torch.dtype) -> bool:
     """Whether ``torch.bmm(..., out_dtype=torch.float32)`` works here for ``dtype`` operands (CUDA, torch ≥ 2.8)."""
-    try:
-        a = torch.zeros(1, 16, 16, device=device, dtype=dtype)
-        return torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    try:  # the layouts ``gram`` passes: a transposed first operand, a contiguous second
+        a = torch.zeros(2, 64, 16, device=device, dtype=dtype)
+        return torch.bmm(a.transpose(1, 2), a, out_dtype=torch.float32).dtype == torch.float32
     except Exception:
         return False
 
