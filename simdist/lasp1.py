@@ -123,15 +123,17 @@ class _Lasp1Kernel(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         B, H, C, K = q.shape
         V = v.shape[-1]
-        send, P = None, None
+        send = recv = P = None
+        if r > 0:  # posted first: on a GPU a receive queued after M would start only when M is done
+            P = torch.zeros(B, H, K, V, dtype=torch.float32, device=q.device)
+            recv = comm.irecv(P, r - 1, group=group, label="KV")
         if r < W - 1:  # only a rank with a successor needs its own state
             with accounting.span("compute", "M"):
                 M = local.state(k, v, rates)
         if r == 0 and W > 1:  # the head of the chain: its state leaves at once
             send = comm.isend(M, 1, group=group, label="KV")
         elif r > 0:
-            P = torch.zeros(B, H, K, V, dtype=torch.float32, device=q.device)
-            comm.irecv(P, r - 1, group=group, label="KV").wait()
+            recv.wait()
             if r < W - 1:  # pass the state on before the local work
                 with accounting.span("compute", "state"):
                     S = local.advance(P, M, rates, C)
@@ -152,15 +154,17 @@ class _Lasp1Kernel(torch.autograd.Function):
         r, W, group = layout.rank, layout.world_size, layout.group
         C = qd.shape[2]
         do = do.contiguous()
-        send, dS = None, None
+        send = recv = dS = None
+        if r < W - 1:
+            dS = torch.zeros(final.shape, dtype=torch.float32, device=do.device)
+            recv = comm.irecv(dS, r + 1, group=group, label="dKV")
         if r > 0:  # only a rank with a predecessor sends a state gradient
             with accounting.span("compute", "dM"):
                 dP = local.state_grad(qd.detach(), do, rates, scale)
         if r == W - 1 and W > 1:  # the tail of the chain: its dP leaves at once
             send = comm.isend(dP, r - 1, group=group, label="dKV")
         elif r < W - 1:
-            dS = torch.zeros(final.shape, dtype=torch.float32, device=do.device)
-            comm.irecv(dS, r + 1, group=group, label="dKV").wait()
+            recv.wait()
             if r > 0:
                 with accounting.span("compute", "state"):
                     dP = local.advance(dS, dP, rates, C)  # dP_own + λ^C dS
