@@ -56,8 +56,11 @@ print("q, k:", q.shape, " v:", v.shape, " decay:", decay)
 #
 # With a decay the recurrence becomes $S_t = \lambda S_{t-1} + k_t^\top v_t$, $o_t = q_t S_t$. Unrolled,
 #
-# $$ o_t = \sum_{s \le t} \lambda^{t-s}\,(q_t \cdot k_s)\, v_s, \qquad\text{i.e.}\qquad
-#    O = \big[(QK^\top) \odot D\big] V,\quad D_{ts} = \begin{cases}\lambda^{t-s} & t \ge s\\ 0 & t < s.\end{cases} $$
+# $$ o_t = \sum_{s \le t} \lambda^{t-s}\,(q_t \cdot k_s)\, v_s, $$
+#
+# that is
+#
+# $$ O = \big[(QK^\top) \odot D\big] V,\qquad D_{ts} = \begin{cases}\lambda^{t-s} & t \ge s\\ 0 & t < s.\end{cases} $$
 #
 # $D$ is **lower** triangular with ones on the diagonal: a token sees itself and its past, the past
 # fading geometrically. (The summary this project started from printed it upper triangular, which
