@@ -62,6 +62,25 @@ def peak_memory_mb(fn) -> float:
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
+def profile_kernels(fn, *, top: int = 14) -> dict:
+    """CUDA time per kernel name for one call of ``fn`` after a warm-up call, in ms (where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    out = {}
+    for evt in prof.key_averages():
+        t = getattr(evt, "device_time_total", None)  # torch ≥ 2.4; older releases call it cuda_time_total
+        if t is None:
+            t = getattr(evt, "cuda_time_total", 0)
+        if t > 0:
+            out[evt.key[:60]] = round(t / 1e3, 4)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:top])
+
+
 def measure_ceilings() -> dict:
     """The copy bandwidth (bytes read + written per second) and the bf16 matmul rate, measured now."""
     x = torch.empty(2 * 1024**3 // 2, dtype=torch.bfloat16, device="cuda").normal_()

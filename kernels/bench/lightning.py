@@ -132,25 +132,6 @@ def _check(T: int, B: int, decay, q, k, v, impls) -> dict:
     return {k_: round(v_, 5) for k_, v_ in checks.items()}
 
 
-def _profile(fn) -> dict:
-    """CUDA time per kernel name for one call of ``fn`` (where the time goes)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    out = {}
-    for evt in prof.key_averages():
-        t = getattr(evt, "device_time_total", None)
-        if t is None:
-            t = getattr(evt, "cuda_time_total", 0)
-        if t > 0:
-            out[evt.key[:60]] = round(t / 1e3, 4)  # ms
-    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:12])
-
-
 def _segment_options(T: int, B: int):
     """Segment counts worth trying: none, and 2..16 when B·H walks alone would leave SMs idle."""
     options = [1]
@@ -243,9 +224,9 @@ def main(argv: list[str]) -> int:
         for peer in [n for n in impls if n != "ours"]:
             for mode in ("fwd", "fwdbwd"):
                 row["ours"][f"{mode}_speedup_vs_{peer}"] = round(row[peer][f"{mode}_ms"] / row["ours"][f"{mode}_ms"], 3)
-        profiles[T] = {"ours_fwdbwd": _profile(impls["ours"][1])}
+        profiles[T] = {"ours_fwdbwd": common.profile_kernels(impls["ours"][1], top=12)}
         if "fla_chunk_simple_gla" in impls:
-            profiles[T]["fla_fwdbwd"] = _profile(impls["fla_chunk_simple_gla"][1])
+            profiles[T]["fla_fwdbwd"] = common.profile_kernels(impls["fla_chunk_simple_gla"][1], top=12)
         print(row, flush=True)
         rows.append(row)
         del q, k, v, do, impls
