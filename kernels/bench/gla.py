@@ -2,16 +2,24 @@
 
 Shapes: B·T = 65,536 tokens, T ∈ {2k, 8k, 32k}, H = 16, K = V = 128, bf16, gates
 ``logsigmoid(randn) / 16`` (``log α ≤ 0``, per step ``α ≈ 0.96``), scale ``K^-0.5`` for every
-implementation. One run measures: the device's copy bandwidth and bf16 matmul rate; a check of every
-output (ours against a float32 reference and against fla, our gradients against float32 autograd of
-the reference) before any timing; a sweep of our kernel's launch settings (``kernels.gla.Config``),
-each checked and timed; then forward and forward+backward of ours (the best setting of the sweep),
-fla and SDPA with tokens/s, ratios, peak memory and the fraction of the roofline floor; and a
-per-kernel time profile of ours and fla. Results go to ``docs/benchmarks/gla.json`` and ``gla.png``.
+implementation. One run measures: the device's copy bandwidth and bf16 matmul rate; then per length,
+in this order, printing progress as it goes:
 
-Options: ``--quick`` (T = 2k only, two settings, fewer repetitions), ``--no-sweep``, ``--lengths T …``,
-``--out DIR``. A profile of our kernels comes first at every length, and ``gla_partial.json`` is
-written after every length, so a run cut short still reports what it measured.
+1. fla's first call (forward and backward: fla autotunes its kernels on first use, which took
+   minutes on a fresh H100), timed and recorded, so that nothing later waits on it;
+2. a per-kernel time profile of ours (where the time goes, first: a run cut short still says it);
+3. a small sweep of our launch settings (``SWEEP``: at most three), each checked against a float32
+   reference before it is timed;
+4. a check of every output (ours and fla's against the float32 reference, our gradients against
+   float32 autograd of the reference), then forward and forward+backward times of ours (the best
+   setting), fla and SDPA with tokens/s, ratios, peak memory and the fraction of the roofline floor,
+   and fla's per-kernel profile;
+5. ``docs/benchmarks/gla.json`` and ``gla.png`` rewritten (and copied to ``$OUT`` when set) with
+   every length measured so far: ``"complete": false`` and ``"lengths_missing"`` until the last one.
+
+A time budget (``--budget-s``, default 330 s) skips lengths that would not finish inside it, so the
+run ends with a valid JSON whatever happens. Options: ``--quick`` (T = 2k only, default setting),
+``--no-sweep``, ``--lengths T …``, ``--out DIR``, ``--budget-s S``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import dataclasses
 import faulthandler
 import inspect
 import math
+import os
+import shutil
 import time
 
 import torch
@@ -34,62 +44,56 @@ H, K, V = 16, 128, 128
 LENGTHS = (2048, 8192, 32768)
 ELEM = 2  # bf16 bytes
 
-# Launch settings swept in one run (every one is checked against the reference before timing).
-# What each tests (run 1, T = 2k, showed 8 warps and C = 128 far slower with the first design's
-# row-by-row diagonal loops; those loops are gone, so both are measured again): smaller state tiles
-# (more programs for the two sequential walks: T = 32k has only 32 (b, h) pairs), a narrower K tile
-# in the dQ/dK kernel, 8 warps, a V tile of 128 in the output and dV kernels (q and log α read once),
-# and C = 128 (half the states, twice the intra work).
+# Launch settings measured per length (each checked against the reference before timing): the
+# default (config=None: DEFAULT_CONFIG with state tiles sized to the GPU) and two alternatives for the
+# two sequential state passes, whose cost the design cannot call on paper (compiled for sm_90 here:
+# no register spills in any of them): state tiles of 64 × 128 (half the programs, k and log α read
+# once instead of twice; at T = 32k, where B·H = 32, auto shrinks the tiles instead) and a third
+# pipeline stage for their walks (one more chunk's loads in flight).
 SWEEP = {
-    "auto": None,  # config=None: DEFAULT_CONFIG with state tiles sized to the GPU
-    "c64_default": dict(),
-    "c64_state32x32": dict(state_block_k=32, state_block_v=32),
-    "c64_dqk32": dict(dqk_block_k=32),
-    "c64_w8": dict(num_warps=8),
-    "c64_bv128": dict(block_v=128),
-    "c128_w8": dict(chunk_size=128, num_warps=8),
+    "auto": None,
+    "state64x128": dict(state_block_v=128),
+    "state_stages3": dict(state_num_stages=3),
 }
 
 
 def _counts(T: int, B: int, chunk: int) -> dict:
-    """Bytes a perfect implementation moves, and the matrix-product FLOPs of our chunked algorithm.
+    """Bytes a perfect implementation moves, and the matrix-product FLOPs of the chunked algorithm.
 
     Bytes (bf16): forward reads q, k, v, log α and writes o; backward reads q, k, v, log α, dO and
-    writes dq, dk, dv, d log α. FLOPs per token and head (C the chunk, 16 the sub-chunk): the
-    off-diagonal sub-blocks of P, ``2·K·C·(1 − 16/C)/2``; ``P V``, ``2·C·V``; ``(Q ⊙ e^b) S``, ``2KV``;
-    the state update, ``2KV``. Backward: ``dP = dO Vᵀ`` and ``Pᵀ dO`` (``2·2·C·V``), the two intra
-    gradients (``2 · K·C·(1 − 16/C)``), and five ``2KV`` products (dv, dq, dk inter; dS scan).
+    writes dq, dk, dv, d log α. FLOPs per token and head (C the chunk; the off-diagonal part of the
+    intra-chunk matrix, ``K·C``; ``P V``, ``2·C·V``; ``(Q ⊙ e^b) S``, ``2KV``; the state update,
+    ``2KV``. Backward: ``dP = dO Vᵀ`` and ``Pᵀ dO`` (``2·2·C·V``), the two intra gradients
+    (``2 · K·C``), and five ``2KV`` products (dv, dq, dk inter; dS scan). These are the algorithm's
+    FLOPs, not the kernels' (which spend more: one masked ``C × C`` product per halving level).
     """
     th = B * T * H
     fwd_bytes = th * (K + K + V + K + V) * ELEM
     bwd_bytes = th * (K + K + V + K + V) * ELEM + th * (K + K + V + K) * ELEM
-    off = K * chunk * (1 - 16 / chunk)
+    off = K * chunk
     fwd_flops = th * (off + 2 * chunk * V + 4 * K * V)
     bwd_flops = th * (4 * chunk * V + 2 * off + 10 * K * V)
     return {"fwd": (fwd_bytes, fwd_flops), "fwdbwd": (fwd_bytes + bwd_bytes, fwd_flops + bwd_flops)}
 
 
 def _design_bytes(T: int, B: int, cfg) -> dict:
-    """What our six kernels read and write in HBM, kernel by kernel (K = V; caches ignored).
+    """What our four kernels read and write in HBM, kernel by kernel (K = V; re-reads of the same
+    data by programs that run at the same time are counted once: they hit the L2).
 
     ``x``: one ``[B, H, T, 128]`` bf16 tensor; ``s``: one bf16 state per chunk; ``p``: the bf16
-    ``C × C`` matrix ``P`` per chunk, ``dp``: the fp32 ``dP``. Tiles over ``V`` (``K``) re-read ``k, g``
-    (``v``).
+    ``C × C`` matrix ``P`` per chunk.
     """
     th, C = B * T * H, cfg.chunk_size
     x = th * K * ELEM
     s = th / C * K * V * ELEM
-    p, dp = th * C * ELEM, th * C * 4
-    nk, nv, nvo = K // cfg.state_block_k, V // cfg.state_block_v, max(1, V // cfg.block_v)
+    p = th * C * ELEM
     fwd = (
-        (2 * nv * x + nk * x + s)  # states: read k, g per V tile and v per K tile; write S
-        + (3 * x + p)  # intra: read q, k, g; write P
-        + (2 * nvo * x + s + p + x + x)  # output: read q, g per V tile, S, P, v; write o
+        (3 * x + s)  # states: read k, g, v; write S
+        + (4 * x + s + x + p)  # output: read q, k, g, v, S; write o, P
     )
     bwd = (
-        (2 * nv * x + nk * x + s)  # dstates: read q, g, dO; write dS
-        + (p + 4 * x + s + x + dp)  # dv: read P, k, g, dO, v, dS; write dV, dP
-        + (5 * x + 3 * s + dp + 3 * x)  # dqk: read q, k, v, g, dO, S (twice), dS, dP; write dq, dk, dg
+        (3 * x + 2 * s)  # dstates: read q, g, dO, S_[i+1]; write dS
+        + (5 * x + 2 * s + p + 4 * x)  # bwd: read q, k, g, v, dO, S, dS, P; write dq, dk, dv, dg
     )
     return {"fwd": fwd, "fwdbwd": fwd + bwd}
 
@@ -128,7 +132,7 @@ def _ours(q, k, v, la, do, cfg):
 
 
 def _fla(q, k, v, la, do):
-    """fla's chunk_gla in its [B, T, H, D] layout, or None (the reason is printed and recorded)."""
+    """fla's chunk_gla in its [B, T, H, D] layout."""
     from fla.ops.gla import chunk_gla
 
     scale = K**-0.5
@@ -186,41 +190,23 @@ def _grad_check(q, k, v, la, cfg, T_slice: int = 2048) -> dict:
     return {f"d{n}": round(_rel(a.grad, b.grad), 5) for n, a, b in zip(("q", "k", "v", "log_alpha"), ours, r)}
 
 
-def _profile(fn) -> dict:
-    """CUDA time per kernel name for one call of ``fn`` (where the time goes), in ms."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    out = {}
-    for evt in prof.key_averages():
-        t = getattr(evt, "device_time_total", None)
-        if t is None:
-            t = getattr(evt, "cuda_time_total", 0)
-        if t > 0:
-            out[evt.key[:60]] = round(t / 1e3, 4)
-    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:14])
-
-
-def _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log) -> tuple:
-    """Check and time every setting; return (best name, best Config) by forward+backward time."""
+def _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log, log) -> tuple:
+    """Check and time every setting; return (best name, best Config or None, found) by forward+backward time."""
     from kernels import gla
 
-    best = (None, None, math.inf)  # (name, Config or None for auto, ms)
+    best = (None, None, math.inf)
     for name, kw in settings.items():
-        cfg = None if kw is None else gla.Config(**kw)
+        # alternatives change the default as the GPU sizes it (config=None), one field at a time
+        cfg = None if kw is None else dataclasses.replace(gla._auto_config(q.shape[0], H, K, V, q.device), **kw)
         entry = {"T": T, "setting": name, "config": kw}
         t0 = time.time()
         try:
             fwd, fwdbwd, _ = _ours(q, k, v, la, do, cfg)
             o = fwd()
+            fwdbwd()
             torch.cuda.synchronize()
             entry["compile_and_first_call_s"] = round(time.time() - t0, 1)
             entry["o_rel_err_vs_reference_fp32"] = round(_rel(o[:1, :4], want), 5)
-            fwdbwd()
             entry["fwd_ms"] = round(common.time_ms(fwd, rep=rep), 4)
             entry["fwdbwd_ms"] = round(common.time_ms(fwdbwd, rep=rep), 4)
             ok = entry["o_rel_err_vs_reference_fp32"] < 3e-2
@@ -228,69 +214,103 @@ def _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log) -> tuple:
             if ok and entry["fwdbwd_ms"] < best[2]:
                 best = (name, cfg, entry["fwdbwd_ms"])
             if cfg is None:
-                B = q.shape[0]
-                entry["config"] = dataclasses.asdict(gla._auto_config(B, H, K, V, q.device))
+                entry["config"] = dataclasses.asdict(gla._auto_config(q.shape[0], H, K, V, q.device))
         except Exception as err:  # a setting the compiler rejects is a result too
             entry["error"] = repr(err)[:300]
         sweep_log.append(entry)
-        print(entry, flush=True)
+        log(f"T={T} sweep {entry}")
     return best[0], best[1], best[0] is not None
+
+
+def _time_impl(f, fb, rep) -> dict:
+    ms_f = common.time_ms(f, rep=rep)
+    ms_fb = common.time_ms(fb, rep=rep)
+    mem = common.peak_memory_mb(fb)
+    return {
+        "fwd_ms": round(ms_f, 4),
+        "fwdbwd_ms": round(ms_fb, 4),
+        "fwd_Mtok_s": round(TOKENS / ms_f / 1e3, 3),
+        "fwdbwd_Mtok_s": round(TOKENS / ms_fb / 1e3, 3),
+        "fwdbwd_peak_MiB": round(mem, 1),
+    }
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernels.bench gla")
-    parser.add_argument("--quick", action="store_true", help="T = 2k only, two settings, fewer repetitions")
+    parser.add_argument("--quick", action="store_true", help="T = 2k only, the default setting")
     parser.add_argument("--no-sweep", action="store_true", help="only the default setting")
     parser.add_argument("--out", default=None, help="directory for the JSON and plot (default docs/benchmarks)")
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 2048 8192 32768)")
+    parser.add_argument("--budget-s", type=float, default=330.0,
+                        help="skip the lengths that would start after this many seconds (default 330)")  # fmt: skip
     args = parser.parse_args(argv)
 
     from kernels import gla
 
     started = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - started:6.1f} s] {msg}", flush=True)
+
     # If a step stalls, print every thread's stack each minute: the log then says where.
     faulthandler.dump_traceback_later(60, repeat=True)
     env = common.environment()
     ceilings = common.measure_ceilings()
-    print(env, ceilings, flush=True)
+    log(f"{env} {ceilings}")
     rep = 30 if args.quick else 60
     lengths = tuple(args.lengths) if args.lengths else ((2048,) if args.quick else LENGTHS)
-    settings = dict(SWEEP)
-    if args.no_sweep:
-        settings = {"auto": None}
-    elif args.quick:
-        settings = {n: SWEEP[n] for n in ("auto", "c128_w8")}
+    settings = {"auto": None} if (args.no_sweep or args.quick) else dict(SWEEP)
 
-    rows, sweep_log, profiles = [], [], {}
+    rows, sweep_log, profiles, fla_first_call = [], [], {}, {}
+    skipped = []
+    name = "gla_quick" if args.quick else "gla"
     for T in lengths:
+        # a length takes ~1 min once compiled (more with fla's first call): do not start one too late
+        if time.time() - started > args.budget_s - 60:
+            skipped.append(T)
+            log(f"T={T}: skipped (time budget {args.budget_s:.0f} s)")
+            continue
         B = TOKENS // T
         q, k, v, la, do = _inputs(T, B)
         want = _reference_slice(q, k, v, la)
-        print(f"T={T}: reference ready ({time.time() - started:.0f} s)", flush=True)
+        log(f"T={T}: inputs and reference ready")
+        row = {"T": T, "B": B}
         profiles[T] = {}
-        try:  # where the time goes, first: a run cut short still says which kernel to fix
-            profiles[T]["ours_auto_fwdbwd"] = _profile(_ours(q, k, v, la, do, None)[1])
-            print(f"T={T}: profile of ours (auto) {profiles[T]['ours_auto_fwdbwd']}", flush=True)
+
+        # 1. fla's first call (autotuning), before anything else
+        impls = {}
+        try:
+            t0 = time.time()
+            f = _fla(q, k, v, la, do)
+            f[1]()
+            torch.cuda.synchronize()
+            fla_first_call[T] = round(time.time() - t0, 1)
+            impls["fla_chunk_gla"] = f
+            log(f"T={T}: fla first forward+backward (autotuning) took {fla_first_call[T]} s")
+        except Exception as err:  # recorded: the ratios then omit fla
+            row["fla_error"] = repr(err)[:300]
+            log(f"T={T}: fla unavailable: {err!r}")
+
+        # 2. where our time goes
+        try:
+            profiles[T]["ours_auto_fwdbwd"] = common.profile_kernels(_ours(q, k, v, la, do, None)[1])
+            log(f"T={T}: profile of ours (auto) {profiles[T]['ours_auto_fwdbwd']}")
         except Exception as err:
             profiles[T]["ours_auto_fwdbwd"] = {"error": repr(err)[:300]}
-        best_name, cfg, found = _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log)
-        row = {"T": T, "B": B, "best_setting": best_name}
+            log(f"T={T}: ours failed: {err!r}")
+
+        # 3. the sweep
+        best_name, cfg, found = _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log, log)
+        row["best_setting"] = best_name
         if found:
             used = cfg if cfg is not None else gla._auto_config(B, H, K, V, q.device)
             row["best_config"] = dataclasses.asdict(used)
-        impls = {}
-        if found:
-            impls["ours"] = _ours(q, k, v, la, do, cfg)
+            impls = {"ours": _ours(q, k, v, la, do, cfg), **impls}
         else:
-            print(f"T={T}: no setting of ours compiled and passed the check; timing the peers only", flush=True)
-        try:
-            impls["fla_chunk_gla"] = _fla(q, k, v, la, do)
-        except Exception as err:  # recorded: the ratios then omit fla
-            row["fla_error"] = repr(err)[:300]
-            print(f"fla unavailable: {err!r}", flush=True)
+            log(f"T={T}: no setting of ours compiled and passed the check; timing the peers only")
         impls["torch_sdpa_causal"] = _sdpa(q, k, v, do)
 
-        # correctness before timing
+        # 4. correctness, then times
         check = {}
         if "ours" in impls:
             o = impls["ours"][0]().float()
@@ -306,58 +326,67 @@ def main(argv: list[str]) -> int:
                 row["fla_error"] = repr(err)[:300]
                 del impls["fla_chunk_gla"]
         row["check"] = check
-        print(f"T={T} check {check}", flush=True)
+        log(f"T={T}: check {check}")
 
-        counts = _counts(T, B, 64 if cfg is None else cfg.chunk_size)  # (auto uses C = 64)
-        for name, (f, fb, _) in impls.items():
+        counts = _counts(T, B, 64 if cfg is None else cfg.chunk_size)
+        for impl, (f, fb, _) in impls.items():
             try:
-                ms_f = common.time_ms(f, rep=rep)
-                ms_fb = common.time_ms(fb, rep=rep)
-                mem = common.peak_memory_mb(fb)
+                row[impl] = _time_impl(f, fb, rep)
             except Exception as err:
-                row[name] = {"error": repr(err)[:300]}
+                row[impl] = {"error": repr(err)[:300]}
                 continue
-            print(f"T={T} {name}: fwd {ms_f:.3f} ms, fwd+bwd {ms_fb:.3f} ms, peak {mem:.0f} MiB", flush=True)
-            row[name] = {
-                "fwd_ms": round(ms_f, 4),
-                "fwdbwd_ms": round(ms_fb, 4),
-                "fwd_Mtok_s": round(TOKENS / ms_f / 1e3, 3),
-                "fwdbwd_Mtok_s": round(TOKENS / ms_fb / 1e3, 3),
-                "fwdbwd_peak_MiB": round(mem, 1),
-            }
-            if name == "ours":
+            x = row[impl]
+            log(f"T={T} {impl}: fwd {x['fwd_ms']:.3f} ms, fwd+bwd {x['fwdbwd_ms']:.3f} ms, peak {x['fwdbwd_peak_MiB']:.0f} MiB")
+            if impl == "ours":
                 design = _design_bytes(T, B, cfg if cfg is not None else gla._auto_config(B, H, K, V, q.device))
-                for mode, ms in (("fwd", ms_f), ("fwdbwd", ms_fb)):
-                    roof = common.roofline_fraction(ms, bytes_moved=counts[mode][0], flops=counts[mode][1],
-                                                    ceilings=ceilings)  # fmt: skip
+                for mode in ("fwd", "fwdbwd"):
+                    roof = common.roofline_fraction(x[f"{mode}_ms"], bytes_moved=counts[mode][0],
+                                                    flops=counts[mode][1], ceilings=ceilings)  # fmt: skip
                     roof["design_bytes_GB"] = round(design[mode] / 1e9, 3)
                     roof["design_bytes_floor_ms"] = round(design[mode] / (ceilings["copy_TBps"] * 1e12) * 1e3, 4)
-                    row[name][f"roofline_{mode}"] = roof
-        if "ours" in row and "fwd_ms" in row["ours"]:
+                    x[f"roofline_{mode}"] = roof
+        if "fwd_ms" in row.get("ours", {}):
             for peer in [n for n in impls if n != "ours" and "fwd_ms" in row.get(n, {})]:
                 for mode in ("fwd", "fwdbwd"):
                     row["ours"][f"{mode}_speedup_vs_{peer}"] = round(row[peer][f"{mode}_ms"] / row["ours"][f"{mode}_ms"], 3)
-        for name in ("ours", "fla_chunk_gla"):
-            if name in impls and "fwd_ms" in row.get(name, {}):
-                profiles[T][f"{name}_fwdbwd"] = _profile(impls[name][1])
-        print(row, flush=True)
+        if "fla_chunk_gla" in impls and "fwd_ms" in row.get("fla_chunk_gla", {}):
+            try:
+                profiles[T]["fla_chunk_gla_fwdbwd"] = common.profile_kernels(impls["fla_chunk_gla"][1])
+            except Exception as err:
+                profiles[T]["fla_chunk_gla_fwdbwd"] = {"error": repr(err)[:300]}
         rows.append(row)
+        log(f"T={T}: {row}")
         del q, k, v, la, do, impls
         torch.cuda.empty_cache()
-        # a partial result after every length: a run cut short keeps what it measured
-        common.write_json("gla_partial", _result(env, ceilings, rows, sweep_log, profiles, started, complete=False), args.out)
+
+        # 5. the result so far: a run cut short keeps what it measured
+        missing = [t for t in lengths if t not in [r["T"] for r in rows]]
+        result = _result(env, ceilings, rows, sweep_log, profiles, fla_first_call, started, missing)
+        path = _write(name, result, args.out)
+        log(f"T={T}: wrote {path} ({'complete' if not missing else 'partial: missing ' + str(missing)})")
 
     faulthandler.cancel_dump_traceback_later()
-    result = _result(env, ceilings, rows, sweep_log, profiles, started, complete=True)
-    name = "gla_quick" if args.quick else "gla"
-    path = common.write_json(name, result, args.out)
-    plot(result, path.with_suffix(".png"))
+    missing = [t for t in lengths if t not in [r["T"] for r in rows]]
+    result = _result(env, ceilings, rows, sweep_log, profiles, fla_first_call, started, missing)
+    path = _write(name, result, args.out)
     _print_table(result)
-    print(f"wrote {path} and {path.with_suffix('.png')} in {result['wall_s']} s")
+    log(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
 
 
-def _result(env, ceilings, rows, sweep_log, profiles, started, *, complete: bool) -> dict:
+def _write(name: str, result: dict, out_dir):
+    path = common.write_json(name, result, out_dir)
+    try:
+        plot(result, path.with_suffix(".png"))
+        extra = os.environ.get("OUT")
+        if extra:
+            shutil.copy(path.with_suffix(".png"), os.path.join(extra, path.with_suffix(".png").name))
+    except Exception as err:  # the JSON is what matters; a plotting failure must not cost it
+        print(f"plot failed: {err!r}", flush=True)
+    return path
+
+
+def _result(env, ceilings, rows, sweep_log, profiles, fla_first_call, started, missing) -> dict:
     from kernels import gla
 
     return {
@@ -370,7 +399,9 @@ def _result(env, ceilings, rows, sweep_log, profiles, started, *, complete: bool
         "rows": rows,
         "sweep": sweep_log,
         "profile_ms": profiles,
-        "complete": complete,
+        "fla_first_call_s": fla_first_call,
+        "complete": not missing,
+        "lengths_missing": missing,
         "wall_s": round(time.time() - started, 1),
     }
 
@@ -406,8 +437,9 @@ def plot(result: dict, path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     env = result["environment"]
+    note = "" if result.get("complete", True) else f" — partial: {result.get('lengths_missing')} not measured"
     fig.suptitle(f"{env['device']}, bf16, H=16, K=V=128, 64k tokens per step — torch {env['torch']}, "
-                 f"triton {env['triton']}, fla {env.get('fla')}", fontsize=9)  # fmt: skip
+                 f"triton {env['triton']}, fla {env.get('fla')}{note}", fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -434,3 +466,5 @@ def _print_table(result: dict) -> None:
                 roof = f"{x['roofline_fwd']['fraction_of_floor']:.2f}, {x['roofline_fwdbwd']['fraction_of_floor']:.2f}"
             print(f"{r['T']:>6}  {n:<20} {x['fwd_ms']:>7.3f} {x['fwdbwd_ms']:>10.3f} {x['fwdbwd_Mtok_s']:>11.2f}"
                   f"  {fla:>14}  {sd:>12}  {roof:>19}  {x['fwdbwd_peak_MiB']:>8.0f}")  # fmt: skip
+    if not result.get("complete", True):
+        print(f"\npartial result: lengths {result.get('lengths_missing')} were not measured")
