@@ -384,8 +384,9 @@ def _write(name: str, result: dict, out_dir):
     try:
         plot(result, path.with_suffix(".png"))
         extra = os.environ.get("OUT")
-        if extra:
-            shutil.copy(path.with_suffix(".png"), os.path.join(extra, path.with_suffix(".png").name))
+        target = os.path.join(extra, path.with_suffix(".png").name) if extra else None
+        if target and not (os.path.exists(target) and os.path.samefile(target, path.with_suffix(".png"))):
+            shutil.copy(path.with_suffix(".png"), target)
     except Exception as err:  # the JSON is what matters; a plotting failure must not cost it
         print(f"plot failed: {err!r}", flush=True)
     return path
