@@ -32,6 +32,7 @@ from reference._arrays import (
     check_state,
     chunk_bounds,
     device_of,
+    is_torch,
     namespace,
     same_library,
     transpose,
@@ -100,8 +101,19 @@ def tnl_decay(num_heads: int, layer_idx: int = 0, num_layers: int = 1, *, rule: 
     raise ValueError(f"rule must be 'tnl' or 'fla', got {rule!r}")
 
 
+def _precise(xp, like):
+    """The dtype decay powers are formed in: float64 (float32 on a device without float64).
+
+    Rounding λ to a 16-bit input dtype first would change the function: 0.999 is 1.0 in bfloat16,
+    and the error compounds in λ^(t-s). Powers are formed precisely and rounded once, as factors.
+    """
+    if is_torch(like) and like.device.type == "mps":
+        return xp.float32
+    return xp.float64
+
+
 def _check_decay(xp, decay, H: int, like):
-    """Return ``log λ`` as ``[H]`` in ``like``'s namespace, dtype and device.
+    """Return ``log λ`` as ``[H]`` in ``like``'s namespace and device, in float64 (see ``_precise``).
 
     ``decay`` may be a sequence, a NumPy array (converted, so ``tnl_decay``'s output works with
     torch inputs) or an array of ``like``'s own library (kept, so it may carry gradients).
@@ -120,22 +132,24 @@ def _check_decay(xp, decay, H: int, like):
         raise ValueError("decay must lie in (0, 1] for every head")
     if device_of(decay) != device_of(like):  # e.g. rates kept on the host for GPU inputs
         decay = xp.asarray(decay, device=device_of(like))
-    return xp.log(xp.astype(decay, like.dtype))
+    return xp.log(xp.astype(decay, _precise(xp, like)))
 
 
-def _powers(xp, log_decay, exponents):
-    """``λ_h ** e`` for each head and exponent: ``[H, len(e), 1]``, ready to scale rows of ``[B,H,n,·]``."""
-    return xp.exp(log_decay[:, None, None] * exponents[None, :, None])
+def _powers(xp, log_decay, exponents, dtype):
+    """``λ_h ** e`` for each head and exponent: ``[H, len(e), 1]`` in ``dtype``, ready to scale rows."""
+    exponents = xp.astype(exponents, log_decay.dtype)
+    return xp.astype(xp.exp(log_decay[:, None, None] * exponents[None, :, None]), dtype)
 
 
-def _block_mask(xp, log_decay, n: int, device):
-    """``[H, n, n]`` with ``λ^(t-s)`` on and below the diagonal and 0 above it."""
+def _block_mask(xp, log_decay, n: int, device, dtype):
+    """``[H, n, n]`` in ``dtype`` with ``λ^(t-s)`` on and below the diagonal and 0 above it."""
     rows = xp.arange(n, device=device)[:, None]
     cols = xp.arange(n, device=device)[None, :]
     # Clamp before exp: above the diagonal t-s < 0 and λ^(t-s) could overflow even though it is
     # masked away, and an inf there would poison autograd (0 · inf = NaN).
     distance = xp.astype(xp.clip(rows - cols, min=0), log_decay.dtype)
-    return xp.where(rows >= cols, xp.exp(log_decay[:, None, None] * distance[None]), 0.0)
+    mask = xp.where(rows >= cols, xp.exp(log_decay[:, None, None] * distance[None]), 0.0)
+    return xp.astype(mask, dtype)
 
 
 def decay_mask(decay, T: int):
@@ -155,7 +169,7 @@ def decay_mask(decay, T: int):
     if decay.ndim != 1:
         raise ValueError(f"decay must have shape [H], got {tuple(decay.shape)}")
     log_decay = _check_decay(xp, decay, decay.shape[0], like=decay)
-    return _block_mask(xp, log_decay, T, device_of(decay))
+    return _block_mask(xp, log_decay, T, device_of(decay), decay.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +190,7 @@ def recurrent(q, k, v, decay, *, scale: float = 1.0, initial_state=None):
     """
     xp, B, H, T, _, K, V = check_qkv(q, k, v)
     scale = check_scale("scale", scale)
-    lam = xp.exp(_check_decay(xp, decay, H, like=q))[:, None, None]  # [H, 1, 1]
+    lam = xp.astype(xp.exp(_check_decay(xp, decay, H, like=q)), q.dtype)[:, None, None]  # [H, 1, 1]
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     outputs = []
     for t in range(T):
@@ -199,10 +213,10 @@ def parallel(q, k, v, decay, *, scale: float = 1.0):
     scale = check_scale("scale", scale)
     log_decay = _check_decay(xp, decay, H, like=q)
     scores = (q * scale) @ transpose(xp, k)  # [B, H, T, T]
-    return (scores * _block_mask(xp, log_decay, T, device_of(q))) @ v
+    return (scores * _block_mask(xp, log_decay, T, device_of(q), q.dtype)) @ v
 
 
-def _block_factors(xp, log_decay, n: int, device):
+def _block_factors(xp, log_decay, n: int, device, dtype):
     """Per-block decay factors for a block of ``n`` tokens (local index ``j = 1..n``).
 
     Returns ``(q_decay, k_decay, block_decay, mask)``:
@@ -210,10 +224,10 @@ def _block_factors(xp, log_decay, n: int, device):
     scales, ``block_decay = λ^n`` as ``[H, 1, 1]``, and the ``[H, n, n]`` intra-block mask ``D``.
     """
     j = xp.astype(xp.arange(1, n + 1, device=device), log_decay.dtype)
-    q_decay = _powers(xp, log_decay, j)
-    k_decay = _powers(xp, log_decay, n - j)
-    block_decay = xp.exp(log_decay * n)[:, None, None]
-    return q_decay, k_decay, block_decay, _block_mask(xp, log_decay, n, device)
+    q_decay = _powers(xp, log_decay, j, dtype)
+    k_decay = _powers(xp, log_decay, n - j, dtype)
+    block_decay = xp.astype(xp.exp(log_decay * n), dtype)[:, None, None]
+    return q_decay, k_decay, block_decay, _block_mask(xp, log_decay, n, device, dtype)
 
 
 def chunked(q, k, v, decay, *, scale: float = 1.0, chunk_size: int = 64, initial_state=None):
@@ -246,7 +260,7 @@ def chunked(q, k, v, decay, *, scale: float = 1.0, chunk_size: int = 64, initial
     outputs = []
     for start, stop in chunk_bounds(T, chunk_size):
         q_i, k_i, v_i = q[..., start:stop, :], k[..., start:stop, :], v[..., start:stop, :]
-        q_decay, k_decay, block_decay, mask = _block_factors(xp, log_decay, stop - start, dev)
+        q_decay, k_decay, block_decay, mask = _block_factors(xp, log_decay, stop - start, dev, q.dtype)
         o_intra = ((q_i @ transpose(xp, k_i)) * mask) @ v_i
         o_inter = (q_decay * q_i) @ kv
         outputs.append(o_intra + o_inter)
@@ -291,8 +305,10 @@ def chunked_backward(
         ``(dq, dk, dv)`` shaped like ``q, k, v`` (and ``d_initial_state: [B, H, K, V]`` last if asked).
     """
     xp, B, H, T, _, K, V = check_qkv(q, k, v)
-    if not same_library(do, q) or tuple(do.shape) != (B, H, T, V):
-        raise ValueError(f"do must be an array like v with shape [B, H, T, V] = {(B, H, T, V)}, got {tuple(do.shape)}")
+    if not same_library(do, q):
+        raise TypeError(f"do must be an array of the same library as q, k, v, got {type(do).__name__}")
+    if tuple(do.shape) != (B, H, T, V):
+        raise ValueError(f"do must have shape [B, H, T, V] = {(B, H, T, V)}, got {tuple(do.shape)}")
     if do.dtype != q.dtype:
         raise TypeError(f"do must have the dtype of q, k, v ({q.dtype}), got {do.dtype}")
     scale = check_scale("scale", scale)
@@ -303,7 +319,7 @@ def chunked_backward(
     q = q * scale  # the forward used scale·q; the chain rule gives dq = scale · d(scale·q)
     dev = device_of(q)
     blocks = chunk_bounds(T, chunk_size)
-    factors = [_block_factors(xp, log_decay, stop - start, dev) for start, stop in blocks]
+    factors = [_block_factors(xp, log_decay, stop - start, dev, q.dtype) for start, stop in blocks]
 
     dq_blocks = []
     for (start, stop), (q_decay, k_decay, block_decay, mask) in zip(blocks, factors):

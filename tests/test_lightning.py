@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from reference import lightning, linear_attention
 from tests import oracles
-from tests.strategies import BACKENDS, chunk_sizes, decays, dims, qkv, rel_err, states, to_backend, to_numpy
+from tests.strategies import BACKENDS, chunk_sizes, decays, dims, normal, qkv, rel_err, seeds, states, to_backend, to_numpy
 
 TOL = 1e-9
 
@@ -72,7 +73,7 @@ def test_autograd_through_every_form_agrees(data):
     decay = data.draw(decays(d.H))
     chunk = data.draw(chunk_sizes(d.T))
     q, k, v = to_backend("torch", *data.draw(qkv(d)), requires_grad=True)
-    do = torch.randn(d.B, d.H, d.T, d.V, dtype=torch.float64)
+    do = torch.from_numpy(normal(data.draw(seeds()), d.B, d.H, d.T, d.V))
 
     def grads(o):
         q.grad = k.grad = v.grad = None
@@ -108,22 +109,76 @@ def test_decay_mask_is_lower_triangular_powers(H, T, data):
                 assert abs(mask[h, t, s] - expected) <= 1e-15
 
 
-def test_strong_decay_over_a_long_block_stays_finite():
-    """λ = 0.3 over 400 tokens in one block: λ^(n-j) never overflows, gradients stay finite."""
+@pytest.mark.parametrize("form", ["parallel", "chunked"])
+def test_strong_decay_over_a_long_block_stays_finite(form):
+    """λ = 0.3 over 400 tokens in float32: λ^(n-j) formed as λ^n · λ^-j would overflow (0.3^-399 ≈ 1e208).
+
+    Only non-negative exponents keep outputs and gradients finite, and equal to float64.
+    """
     rng = np.random.default_rng(1)
-    q, k, v = (torch.from_numpy(rng.standard_normal((1, 1, 400, 4))).requires_grad_() for _ in range(3))
-    o, s = lightning.chunked(q, k, v, [0.3], chunk_size=400)
+    arrays = [rng.standard_normal((1, 1, 400, 4)) for _ in range(3)]
+    q, k, v = (torch.tensor(a, dtype=torch.float32, requires_grad=True) for a in arrays)
+    run = {"parallel": lambda *x: lightning.parallel(*x, [0.3]),
+           "chunked": lambda *x: lightning.chunked(*x, [0.3], chunk_size=400)[0]}[form]  # fmt: skip
+    o = run(q, k, v)
     o.sum().backward()
-    for t in (o, s, q.grad, k.grad, v.grad):
+    for t in (o, q.grad, k.grad, v.grad):
         assert torch.isfinite(t).all()
+    assert rel_err(o, lightning.parallel(*arrays, [0.3])) < 1e-5
 
 
-def test_decay_may_be_a_tensor_with_gradient():
-    """With torch inputs the decay may be a tensor requiring grad: the parallel form is differentiable in λ."""
+@pytest.mark.parametrize("form", ["parallel", "recurrent", "chunked"])
+def test_decay_may_be_a_tensor_with_gradient(form):
+    """With torch inputs the decay may be a tensor requiring grad: every form is differentiable in λ."""
     rng = np.random.default_rng(2)
-    q, k, v = (torch.from_numpy(rng.standard_normal((1, 2, 6, 3))) for _ in range(3))
+    q, k, v = (torch.from_numpy(rng.standard_normal((1, 2, 7, 3))) for _ in range(3))
     lam = torch.tensor([0.6, 0.9], dtype=torch.float64, requires_grad=True)
-    torch.autograd.gradcheck(lambda lam: lightning.parallel(q, k, v, lam), (lam,))
+    run = {
+        "parallel": lambda lam: lightning.parallel(q, k, v, lam),
+        "recurrent": lambda lam: lightning.recurrent(q, k, v, lam)[0],
+        "chunked": lambda lam: lightning.chunked(q, k, v, lam, chunk_size=3)[0],
+    }[form]
+    torch.autograd.gradcheck(run, (lam,))
+
+
+def test_decay_is_not_rounded_to_a_16_bit_input_dtype():
+    """0.999 is 1.0 in bfloat16: the rates must be powered precisely and rounded once, as factors."""
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal((1, 2, 256, 8)) for _ in range(3)]
+    decay = [0.999, 0.9999]
+    exact = lightning.parallel(*arrays, decay)
+    for dtype, tol in ((torch.bfloat16, 3e-2), (torch.float16, 3e-3)):
+        q, k, v = (torch.tensor(a, dtype=dtype) for a in arrays)
+        for o in (lightning.parallel(q, k, v, decay), lightning.chunked(q, k, v, decay, chunk_size=64)[0]):
+            assert o.dtype == dtype
+            assert rel_err(o, exact) < tol, (dtype, rel_err(o, exact))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_stays_float32(backend):
+    x = np.ones((1, 2, 5, 3), dtype=np.float32)
+    (q,) = to_backend(backend, x)
+    decay = np.array([0.5, 0.9])  # float64 rates must not promote float32 inputs
+    outs = [lightning.parallel(q, q, q, decay), *lightning.recurrent(q, q, q, decay), *lightning.chunked(q, q, q, decay, chunk_size=2)]
+    outs += list(lightning.chunked_backward(q, q, q, decay, q, chunk_size=2))
+    outs.append(lightning.decay_mask(decay.astype(np.float32), 4))
+    for o in outs:
+        assert str(o.dtype).endswith("float32"), o.dtype
+
+
+def test_d_final_state_alone_reaches_the_gradients():
+    """A gradient on the final state only (no output gradient, no initial state) still matches autograd."""
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 2, 9, 3)) for _ in range(3))
+    ds = rng.standard_normal((1, 2, 3, 3))
+    qt, kt, vt = to_backend("torch", q, k, v, requires_grad=True)
+    _, s = lightning.recurrent(qt, kt, vt, [0.5, 0.8])
+    (s * torch.from_numpy(ds)).sum().backward()
+    grads = lightning.chunked_backward(q, k, v, [0.5, 0.8], np.zeros((1, 2, 9, 3)), chunk_size=4, d_final_state=ds)
+    assert len(grads) == 3
+    assert qt.grad is None and np.all(grads[0] == 0)  # the state does not depend on q
+    for got, want in zip(grads[1:], (kt.grad, vt.grad)):
+        assert rel_err(got, want) < TOL
 
 
 def test_tnl_decay_rules():
@@ -135,9 +190,11 @@ def test_tnl_decay_rules():
     s4 = 2.0 ** (-8.0 * np.arange(1, 5) / 4)
     s8 = 2.0 ** (-8.0 * np.arange(1, 9) / 8)
     assert np.allclose(lightning.tnl_decay(6), np.exp(-np.concatenate([s4, s8[0::2][:2]])), atol=1e-15)
-    # Per-layer scaling: the last layer decays almost not at all.
-    last = lightning.tnl_decay(4, layer_idx=3, num_layers=4)
-    assert np.all(last > 0.9999) and np.all(last < 1.0)
+    # Per-layer scaling s_h · (1 - l/(L-1) + 1e-5): exact at the first, a middle and the last layer.
+    s4 = 2.0 ** (-8.0 * np.arange(1, 5) / 4)
+    for layer, factor in ((0, 1 + 1e-5), (2, 1 - 2 / 4 + 1e-5), (4, 1e-5)):
+        got = lightning.tnl_decay(4, layer_idx=layer, num_layers=5)
+        assert np.allclose(got, np.exp(-s4 * factor), rtol=0, atol=1e-15), layer
     # fla's rule: linear in the head index, head 0 undecayed.
     fla = lightning.tnl_decay(4, layer_idx=1, num_layers=2, rule="fla")
     assert np.allclose(np.log(fla), -(8 / 4) * 0.5 * np.arange(4), atol=1e-15)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from reference import linear_attention as la
 from tests import oracles
-from tests.strategies import BACKENDS, chunk_sizes, dims, qkv, rel_err, states, to_backend, to_numpy
+from tests.strategies import BACKENDS, chunk_sizes, dims, normal, qkv, rel_err, seeds, states, to_backend, to_numpy
 
 TOL = 1e-9
 
@@ -39,8 +39,9 @@ def test_every_form_equals_the_oracle(data, backend):
 def test_bidirectional_parallel_equals_the_oracle(data, backend):
     d = data.draw(dims())
     q, k, v = data.draw(qkv(d))
-    o_ref, _ = oracles.decayed_linear_attention(q, k, v, causal=False)
-    out = la.parallel(*to_backend(backend, q, k, v), causal=False)
+    scale = data.draw(st.sampled_from([1.0, 0.5, d.K ** -0.5]))
+    o_ref, _ = oracles.decayed_linear_attention(q, k, v, scale=scale, causal=False)
+    out = la.parallel(*to_backend(backend, q, k, v), scale=scale, causal=False)
     assert rel_err(out, o_ref) < TOL
 
 
@@ -49,7 +50,7 @@ def test_gradients_of_every_form_equal_the_parallel_form(data):
     d = data.draw(dims(max_T=20))
     chunk = data.draw(chunk_sizes(d.T))
     q, k, v = to_backend("torch", *data.draw(qkv(d)), requires_grad=True)
-    do = torch.randn(d.B, d.H, d.T, d.V, dtype=torch.float64)
+    do = torch.from_numpy(normal(data.draw(seeds()), d.B, d.H, d.T, d.V))
 
     def grads(form):
         q.grad = k.grad = v.grad = None
@@ -67,7 +68,7 @@ def test_gradient_reaches_the_initial_state(data):
     """d(loss)/d(S_0) through the chunked form equals the recurrent form's."""
     d = data.draw(dims(max_T=12))
     q, k, v = to_backend("torch", *data.draw(qkv(d)))
-    s0 = torch.randn(d.B, d.H, d.K, d.V, dtype=torch.float64, requires_grad=True)
+    s0 = torch.from_numpy(normal(data.draw(seeds()), d.B, d.H, d.K, d.V)).requires_grad_()
     out = []
     for form in (la.recurrent, lambda *a, **kw: la.chunked(*a, chunk_size=3, **kw)):
         s0.grad = None

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from reference import softmax_attention as sa
 from tests import oracles
-from tests.strategies import BACKENDS, dims, qkv, rel_err, to_backend, to_numpy
+from tests.strategies import BACKENDS, dims, normal, qkv, rel_err, seeds, to_backend, to_numpy
 
 TOL = 1e-9
 
@@ -43,7 +43,7 @@ def test_naive_and_tiled_equal_the_oracle(data, causal, backend):
 def test_tiled_gradients_equal_naive(data, causal):
     d = data.draw(dims(max_T=16))
     q, k, v = to_backend("torch", *data.draw(qkv(d)), requires_grad=True)
-    do = torch.randn(d.B, d.H, d.T, d.V, dtype=torch.float64)
+    do = torch.from_numpy(normal(data.draw(seeds()), d.B, d.H, d.T, d.V))
     grads = []
     for form in (lambda: sa.naive(q, k, v, causal=causal), lambda: sa.tiled(q, k, v, causal=causal, block_q=3, block_k=5)):
         q.grad = k.grad = v.grad = None
@@ -85,3 +85,10 @@ def test_causal_rejects_more_queries_than_keys():
         sa.naive(q, k, v)
     with pytest.raises(ValueError, match="at least as many keys as queries"):
         sa.tiled(q, k, v)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_stays_float32(backend):
+    (x,) = to_backend(backend, np.ones((1, 2, 5, 3), dtype=np.float32))
+    for o in (sa.naive(x, x, x), *sa.tiled(x, x, x, block_q=2, block_k=3, return_lse=True)):
+        assert str(o.dtype).endswith("float32"), o.dtype

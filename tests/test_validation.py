@@ -115,9 +115,18 @@ def test_bad_decay(form, decay, exc, words):
         fn(Q, K, V, decay)
 
 
-def test_lightning_backward_checks_do():
-    with pytest.raises(ValueError, match="do must be"):
-        lightning.chunked_backward(Q, K, V, DECAY, V[:, :, :4])
+@pytest.mark.parametrize(
+    "do, exc, words",
+    [
+        (V[:, :, :4], ValueError, "do must have shape"),
+        (None, TypeError, "do must be an array of the same library"),
+        (V.tolist(), TypeError, "do must be an array of the same library"),
+        (torch.from_numpy(V), TypeError, "do must be an array of the same library"),
+    ],
+)
+def test_lightning_backward_checks_do(do, exc, words):
+    with pytest.raises(exc, match=words):
+        lightning.chunked_backward(Q, K, V, DECAY, do)
 
 
 @pytest.mark.parametrize(
