@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import torch
 import triton
@@ -387,6 +388,14 @@ def _segment_scan_kernel(
 # --------------------------------------------------------------------------------------------
 
 
+def _empty(*shape, device, dtype) -> torch.Tensor:
+    """Every buffer a kernel writes is allocated here, uninitialised (the kernels write every element).
+
+    One place, so the tests can swap it for NaN-filled memory and prove that claim.
+    """
+    return torch.empty(*shape, device=device, dtype=dtype)
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -407,15 +416,15 @@ def _segment_entries(b, c, log2_decay, start, *, seg_len, n_seg, scale_b, revers
     DC = c.shape[-1]
     H = log2_decay.shape[0]
     block_a, block_c = max(16, next_power_of_2(DA)), _column_block(DA, DC)
-    local = torch.empty(BH, n_seg, DA, DC, device=b.device, dtype=torch.float32)
+    local = _empty(BH, n_seg, DA, DC, device=b.device, dtype=torch.float32)
     grid = (triton.cdiv(DC, block_c), n_seg, BH)
     _segment_state_kernel[grid](
         b, c, log2_decay, local, T, H, seg_len, scale_b,
         DA=DA, DC=DC, BLOCK_T=chunk_size, BLOCK_A=block_a, BLOCK_C=block_c,
         REVERSE=reverse, DOT_PRECISION=_dot_precision(b.dtype), num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
     )  # fmt: skip
-    entry = torch.empty_like(local)
-    final = torch.empty(BH, DA, DC, device=b.device, dtype=torch.float32)
+    entry = _empty(*local.shape, device=b.device, dtype=torch.float32)
+    final = _empty(BH, DA, DC, device=b.device, dtype=torch.float32)
     block = min(1024, next_power_of_2(DA * DC))
     _segment_scan_kernel[(triton.cdiv(DA * DC, block), BH)](
         local, start if start is not None else local, entry, final, T, H, n_seg, seg_len, log2_decay,
@@ -431,8 +440,8 @@ def _chunk_scan(a, b, c, log2_decay, entry, *, seg_len, n_seg, scale_a, scale_b,
     DC = c.shape[-1]
     H = log2_decay.shape[0]
     block_a, block_c = max(16, next_power_of_2(DA)), _column_block(DA, DC)
-    out = torch.empty(BH, T, DC, device=a.device, dtype=a.dtype)
-    final = torch.empty(BH, DA, DC, device=a.device, dtype=torch.float32) if store_final else out
+    out = _empty(BH, T, DC, device=a.device, dtype=a.dtype)
+    final = _empty(BH, DA, DC, device=a.device, dtype=torch.float32) if store_final else out
     if entry is not None:
         # entry is [BH, n_seg, rows, cols]; the kernel reads element (bh, s, i, j) with i along DA.
         s_bh, s_seg, s_row, s_col = entry.stride()
@@ -455,9 +464,9 @@ def _dkdv(q, k, v, do, log2_decay, d_entry, *, scale, seg_len, n_seg, chunk_size
     """Launch ``_dkdv_kernel``: ``(dk, dv, gradient of the initial state or None)``."""
     BH, T, DK = q.shape
     DV = v.shape[-1]
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
-    final = torch.empty(BH, DK, DV, device=q.device, dtype=torch.float32) if store_final else dk
+    dk = _empty(*k.shape, device=k.device, dtype=k.dtype)
+    dv = _empty(*v.shape, device=v.device, dtype=v.dtype)
+    final = _empty(BH, DK, DV, device=q.device, dtype=torch.float32) if store_final else dk
     _dkdv_kernel[(1, n_seg, BH)](
         q, k, v, do, dk, dv, log2_decay, d_entry if d_entry is not None else dk, final, T,
         log2_decay.shape[0], seg_len, scale,
@@ -572,7 +581,10 @@ def _log2_decay(decay, H: int, device: torch.device) -> torch.Tensor:
         if not bool(((decay > 0) & (decay <= 1)).all()):
             raise ValueError("decay must lie in (0, 1] for every head")
         return torch.log2(decay).float().to(device).contiguous()
-    values = torch.as_tensor(decay, dtype=torch.float64).detach()
+    try:
+        values = torch.as_tensor(decay, dtype=torch.float64).detach()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"decay must be a sequence or array of H = {H} rates, got {type(decay).__name__}") from err
     if values.shape != (H,):
         raise ValueError(f"decay must have shape [H] = [{H}], got {tuple(values.shape)}")
     if not bool(((values > 0) & (values <= 1)).all()):
@@ -605,7 +617,8 @@ def attention(
     r"""Lightning Attention-2 (causal linear attention with a per-head decay), differentiable.
 
     Args:
-        q: ``[B, H, T, K]`` queries (fp32, fp16 or bf16; CUDA, or CPU under the interpreter).
+        q: ``[B, H, T, K]`` queries (fp32, fp16 or bf16; CUDA, or CPU under the interpreter, where
+            bf16 is computed in fp32 because the interpreter's bf16 arithmetic is wrong).
         k: ``[B, H, T, K]`` keys, same dtype and device.
         v: ``[B, H, T, V]`` values.
         decay: ``[H]`` rates ``λ`` in ``(0, 1]`` (a tensor or a sequence; no gradient flows to it).
@@ -621,7 +634,8 @@ def attention(
     Returns:
         ``o: [B, H, T, V]`` in the dtype of ``q`` — or ``(o, final_state)``.
 
-    Heads of width up to 256 are supported (``K, V ≤ 256``).
+    Heads of width up to 256 are supported (``K, V ≤ 256``), with ``T · max(K, V) < 2^31`` and
+    ``B · H ≤ 65535``.
     """
     for name, x in (("q", q), ("k", k), ("v", v)):
         check_device(name, x)
@@ -642,14 +656,20 @@ def attention(
         raise ValueError(f"the sequence length must be at least 1, got T={T}")
     if not (1 <= K <= 256 and 1 <= V <= 256):
         raise ValueError(f"head widths must lie in 1..256, got K={K} and V={V}")
-    if chunk_size not in (16, 32, 64, 128):
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size not in (16, 32, 64, 128):
         raise ValueError(f"chunk_size must be 16, 32, 64 or 128, got {chunk_size!r}")
+    if T * max(K, V) >= 2**31:
+        raise ValueError(f"T · max(K, V) must stay below 2^31 (32-bit offsets), got T={T}, K={K}, V={V}")
+    if B * H > 65535:
+        raise ValueError(f"B · H must be at most 65535 (a CUDA grid dimension), got B={B}, H={H}")
     if segment_size is not None and (
         not isinstance(segment_size, int) or segment_size < chunk_size or segment_size % chunk_size
     ):
         raise ValueError(f"segment_size must be a positive multiple of chunk_size={chunk_size}, got {segment_size!r}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise TypeError(f"scale must be a finite real number, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number, got {scale!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
 
     log2_decay = _log2_decay(decay, H, q.device)
 
@@ -662,6 +682,13 @@ def attention(
         if not initial_state.is_floating_point():
             raise TypeError(f"initial_state must be a floating tensor, got {initial_state.dtype}")
         initial_state = initial_state.float().contiguous()
+
+    if INTERPRETER and q.dtype == torch.bfloat16:
+        # Triton's CPU interpreter computes bf16 wrongly: run in fp32 and round the results back.
+        out = attention(q.float(), k.float(), v.float(), decay, scale=scale, initial_state=initial_state,
+                        output_final_state=True, chunk_size=chunk_size, segment_size=segment_size)  # fmt: skip
+        o, final = out[0].to(q.dtype), out[1]
+        return (o, final) if output_final_state else o
 
     seg_len = _plan_segments(B, H, T, V, K, chunk_size, segment_size, q.device)
     o, final = _LightningAttention.apply(
