@@ -14,6 +14,17 @@ rows of the one-device output, differentiably:
 ``simdist.launch`` / ``simdist.Pool`` start the ranks; ``simdist.accounting`` counts every message
 and draws the timeline; ``simdist.verify`` checks any of them against one device;
 ``simdist.costmodel`` projects them to many GPUs; ``python -m simdist.bench`` measures them on GPUs.
+
+From a script, start the ranks under ``if __name__ == "__main__":`` — every rank imports the script
+again, and an unguarded ``launch`` would run again inside each rank (see ``simdist.runtime``)::
+
+    import simdist
+
+    def fn(rank, world_size):
+        return rank
+
+    if __name__ == "__main__":
+        print(simdist.launch(fn, 4))  # [0, 1, 2, 3]
 """
 
 from simdist import accounting, comm, lasp1, lasp2, lasp2h, local, ring

@@ -53,8 +53,13 @@ class Layout:
         return sum(self.lengths)
 
 
-def _check_local(name, q, k, v, decay, causal, scale, *, allow_decay: bool, scale_may_be_none: bool):
-    """Validate this rank's own inputs; return the normalised decay (float64 CPU tensor or None)."""
+def _check_local(name, q, k, v, decay, causal, scale, *, allow_decay: bool, scale_may_be_none: bool, options=None):
+    """Validate this rank's own inputs; return the normalised decay (float64 CPU tensor or None).
+
+    ``options(causal, decay)``, if given, is the algorithm's own rule on its options (LASP-1 is causal
+    only; LASP-2 has no decay when bidirectional): it raises ``ValueError`` and runs here, inside the
+    handshake, so a rank that breaks the rule alone is named by the others instead of leaving them
+    waiting in the handshake's collective."""
     for arg, x, layout in (("q", q, "[B, H, C, K]"), ("k", k, "[B, H, C, K]"), ("v", v, "[B, H, C, V]")):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: {arg} must be a torch tensor {layout}, got {type(x).__name__}")
@@ -80,6 +85,8 @@ def _check_local(name, q, k, v, decay, causal, scale, *, allow_decay: bool, scal
             raise TypeError(f"{name}: scale must be a real number, got None")
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
         raise ValueError(f"{name}: scale must be a finite real number, got {scale!r}")
+    if options is not None:
+        options(causal, decay)
     if decay is None:
         return None
     if not allow_decay:
@@ -105,19 +112,28 @@ def _meta_device(group):
     return torch.device("cpu")
 
 
-def handshake(name, algorithm, q, k, v, decay, causal, scale, group, *, lengths=None, allow_decay=True, scale_may_be_none=False):
+def handshake(name, algorithm, q, k, v, decay, causal, scale, group, *, lengths=None, allow_decay=True, scale_may_be_none=False, options=None):
     """Validate locally, agree across ranks, return ``(Layout, decay as float64 CPU tensor or None)``.
 
     Raises the same ``ValueError`` on every rank when the ranks disagree, this rank's own error when
-    its input is bad (the others raise one naming it), never hangs on a bad input.
+    its input is bad (the others raise one naming it), never hangs on a bad input. Every check of an
+    algorithm's arguments belongs here (``options``: its rule on ``causal`` and ``decay``, see
+    ``_check_local``): a check raised before the handshake would fail on its rank alone.
     """
-    rank, W = comm.group_layout(group)
     local_error = None
     lam = None
     try:
-        lam = _check_local(name, q, k, v, decay, causal, scale, allow_decay=allow_decay, scale_may_be_none=scale_may_be_none)
+        lam = _check_local(
+            name, q, k, v, decay, causal, scale, allow_decay=allow_decay, scale_may_be_none=scale_may_be_none, options=options
+        )
     except (TypeError, ValueError) as err:
         local_error = err
+    try:
+        rank, W = comm.group_layout(group)
+    except RuntimeError:  # no process group at all: no peer can be left waiting; bad input first
+        if local_error is not None:
+            raise local_error from None
+        raise
 
     if lengths is not None:  # the caller vouches for the layout: local checks only
         if local_error is not None:

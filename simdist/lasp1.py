@@ -178,6 +178,15 @@ class _Lasp1Kernel(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+def _causal_only(causal, decay):
+    """LASP-1's rule on its options, checked inside the handshake (so every rank hears of a breach)."""
+    if not causal:
+        raise ValueError(
+            "simdist.lasp1.attention: LASP-1 is the causal ring; bidirectional attention needs every chunk's state on "
+            "every rank, which one AllGather gives: use simdist.lasp2.attention(..., causal=False)"
+        )
+
+
 def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, group=None, lengths=None):
     r"""Causal linear attention (Lightning decay optional) of this rank's chunk, by the LASP-1 ring.
 
@@ -197,14 +206,12 @@ def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, g
         ``o: [B, H, C_r, V]``, this chunk's rows of the one-device output; differentiable in q, k, v.
 
     Raises:
-        ValueError: bad or disagreeing input (on every rank), or ``causal=False``.
+        ValueError: bad or disagreeing input, ``causal=False`` included, on every rank (a rank whose
+            own input is bad raises its error; the others raise one naming it).
     """
-    if causal is False:
-        raise ValueError(
-            "simdist.lasp1.attention: LASP-1 is the causal ring; bidirectional attention needs every chunk's state on "
-            "every rank, which one AllGather gives: use simdist.lasp2.attention(..., causal=False)"
-        )
-    layout, lam = _layout.handshake("simdist.lasp1.attention", "lasp1", q, k, v, decay, causal, scale, group, lengths=lengths)
+    layout, lam = _layout.handshake(
+        "simdist.lasp1.attention", "lasp1", q, k, v, decay, causal, scale, group, lengths=lengths, options=_causal_only
+    )
     if local.kernel_path(q):
         return _Lasp1Kernel.apply(q, k, v, local.rates(lam), float(scale), layout)
     log_lam = None if lam is None else lam.log().to(q.device)

@@ -77,9 +77,14 @@ def forward_with_prefix(q, k, v, *, decay=None, scale: float = 1.0, group=None, 
     ``prefix="exclusive"`` is ``attention``'s forward; ``"inclusive"`` uses ``inclusive_prefix`` and
     returns a different, wrong output on every rank (rank 0 included: its own chunk enters its prefix).
     """
-    if prefix not in ("exclusive", "inclusive"):
-        raise ValueError(f"prefix must be 'exclusive' or 'inclusive', got {prefix!r}")
-    layout, lam = _layout.handshake("simdist.lasp2.forward_with_prefix", "lasp2", q, k, v, decay, True, scale, group)
+
+    def known_prefix(causal, decay):  # checked inside the handshake, like every option
+        if prefix not in ("exclusive", "inclusive"):
+            raise ValueError(f"simdist.lasp2.forward_with_prefix: prefix must be 'exclusive' or 'inclusive', got {prefix!r}")
+
+    layout, lam = _layout.handshake(
+        "simdist.lasp2.forward_with_prefix", "lasp2", q, k, v, decay, True, scale, group, options=known_prefix
+    )
     log_lam = None if lam is None else lam.log().to(q.device)
     f = local.factors(log_lam, q.shape[2], local.state_dtype(q.dtype))
     with torch.no_grad():
@@ -250,6 +255,15 @@ class _Lasp2Bidirectional(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
+def _no_bidirectional_decay(causal, decay):
+    """LASP-2's rule on its options, checked inside the handshake (so every rank hears of a breach)."""
+    if not causal and decay is not None:
+        raise ValueError(
+            "simdist.lasp2.attention: bidirectional (causal=False) attention has no decay in LASP-2 (Algorithm 1); "
+            "pass decay=None, or causal=True for Lightning decay"
+        )
+
+
 def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, group=None, lengths=None):
     r"""Linear attention of this rank's chunk by LASP-2: causal with optional decay, or bidirectional.
 
@@ -269,14 +283,12 @@ def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, g
         ``o: [B, H, C_r, V]``, this chunk's rows of the one-device output; differentiable in q, k, v.
 
     Raises:
-        ValueError: bad or disagreeing input (on every rank), or a decay with ``causal=False``.
+        ValueError: bad or disagreeing input, a decay with ``causal=False`` included, on every rank (a
+            rank whose own input is bad raises its error; the others raise one naming it).
     """
-    if causal is False and decay is not None:
-        raise ValueError(
-            "simdist.lasp2.attention: bidirectional (causal=False) attention has no decay in LASP-2 (Algorithm 1); "
-            "pass decay=None, or causal=True for Lightning decay"
-        )
-    layout, lam = _layout.handshake("simdist.lasp2.attention", "lasp2", q, k, v, decay, causal, scale, group, lengths=lengths)
+    layout, lam = _layout.handshake(
+        "simdist.lasp2.attention", "lasp2", q, k, v, decay, causal, scale, group, lengths=lengths, options=_no_bidirectional_decay
+    )
     if not causal:
         return _Lasp2Bidirectional.apply(q, k, v, float(scale), layout)
     if local.kernel_path(q):

@@ -24,6 +24,20 @@ Processes come from a ``forkserver`` that imports torch once, so starting 4 rank
 a second after the first pool (a plain ``spawn`` would re-import torch in every rank, seconds each).
 The function must be picklable: a function defined at module level (not a lambda, not a function
 defined inside a notebook cell; put it in a module).
+
+**From a script, start the ranks under** ``if __name__ == "__main__":``. Every rank imports the
+script again (as ``__mp_main__``, to find the functions defined in it); a call to ``launch`` or
+``Pool`` at the script's top level would then run again inside each rank, which refuses to start
+processes while it is still starting itself and dies. The parent sees its ranks die while starting
+and raises ``LaunchError`` with this hint::
+
+    import simdist
+
+    def fn(rank, world_size):
+        return rank
+
+    if __name__ == "__main__":
+        print(simdist.launch(fn, 4))
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import weakref
@@ -48,6 +63,18 @@ BACKENDS = ("gloo", "nccl")
 
 class LaunchError(RuntimeError):
     """The ranks could not be started or could not join the process group."""
+
+
+#: Added to a ``LaunchError`` when a rank died while starting, the mark of an unguarded script.
+GUARD_HINT = (
+    "if you called launch (or Pool) from a script, put the call under `if __name__ == '__main__':` "
+    "(every rank imports the script again, and an unguarded call runs again inside each rank)"
+)
+
+
+def _main_is_a_file() -> bool:
+    """Whether ``__main__`` is a file the ranks re-import (a script, ``python -m``), not a notebook or a REPL."""
+    return bool(getattr(sys.modules.get("__main__"), "__file__", None))
 
 
 class RankError(RuntimeError):
@@ -201,6 +228,7 @@ class Pool:
         deadline = time.monotonic() + self.start_timeout
         waiting = set(range(self.world_size))
         problems = []
+        died = False  # a rank died before it reported: usually an unguarded script (see GUARD_HINT)
         while waiting and not problems:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -213,12 +241,14 @@ class Pool:
                 if handle is procs[rank].sentinel and not conns[rank].poll():
                     procs[rank].join(0.5)
                     problems.append(f"rank {rank} {_describe_exit(procs[rank].exitcode)} while starting")
+                    died = True
                     waiting.discard(rank)
                     continue
                 try:
                     status, value, text = pickle.loads(conns[rank].recv_bytes())
                 except (EOFError, OSError):
                     problems.append(f"rank {rank} closed its pipe while starting")
+                    died = True
                     waiting.discard(rank)
                     continue
                 waiting.discard(rank)
@@ -228,6 +258,8 @@ class Pool:
             problems.append(f"ranks {sorted(waiting)} did not join the {self.backend} process group within {self.start_timeout:g} s")
         if problems:
             self._teardown()
+            if died and _main_is_a_file():
+                problems.append(GUARD_HINT)
             raise LaunchError("\n".join(problems))
 
     def _teardown(self) -> None:
@@ -486,9 +518,13 @@ def launch(fn, world_size: int, *, backend: str = "gloo", args: tuple = (), time
 
     Raises:
         RankError: a rank raised (its traceback is in the message), died, or hung.
-        LaunchError: the ranks could not start or join the group.
+        LaunchError: the ranks could not start or join the group (from a script: call ``launch``
+            under ``if __name__ == "__main__":``, see the module docstring).
 
-    Every process started is gone when this returns or raises.
+    No rank outlives the call: when it returns or raises, every rank process has exited and been
+    reaped, and the rendezvous directory is removed. Two helper processes of ``multiprocessing`` do
+    stay, idle, as children of this process until it exits: the fork server (so that the next
+    ``launch`` or ``Pool`` starts its ranks in a tenth of a second) and the resource tracker.
     """
     with Pool(world_size, backend=backend, timeout=timeout, start_timeout=max(timeout, 60.0)) as pool:
         return pool.run(fn, *args, timeout=timeout)

@@ -13,6 +13,7 @@ Hypothesis example sends several cases in one call, so the suite stays fast on t
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pytest
@@ -537,6 +538,28 @@ def outside_the_group(rank, W):
     return (*_chunk(), {"group": group})
 
 
+def bidirectional_on_rank_1(rank, W):
+    return (*_chunk(), {"causal": rank != 1})
+
+
+def bidirectional_with_decay_on_rank_1(rank, W):
+    return (*_chunk(), {"causal": rank != 1, "decay": [0.5, 0.9]})
+
+
+def decay_on_rank_1_bidirectional(rank, W):
+    return (*_chunk(), {"causal": False, "decay": [0.5, 0.9] if rank == 1 else None})
+
+
+def prefix_on_rank_1(rank, W):
+    return (*_chunk(), {"prefix": "sideways" if rank == 1 else "exclusive"})
+
+
+def call_prefix(rank, world_size, name, problem):
+    """``lasp2.forward_with_prefix`` on each rank's input from ``problem(rank)`` (``name`` unused)."""
+    q, k, v, kwargs = problem(rank, world_size)
+    return lasp2.forward_with_prefix(q, k, v, **kwargs)
+
+
 @pytest.mark.parametrize("name", ["lasp1", "lasp2"])
 @pytest.mark.parametrize(
     "problem, every_rank_says",
@@ -574,6 +597,38 @@ def test_one_bad_rank_is_named_by_the_others(name):
         own = "decay must lie in (0, 1]" if problem is decay_wrong_on_rank_2 else "v must have shape [B, H, C, V]"
         assert own in str(errors[2])
         assert all("rank [2] rejected its input" in str(errors[r]) for r in (0, 1))
+
+
+REJECTED = r"rank \[1\] rejected its input"
+
+
+@pytest.mark.parametrize(
+    "name, problem, rank_1_says, the_others_say",
+    [
+        ("lasp1", bidirectional_on_rank_1, "LASP-1 is the causal ring", REJECTED),
+        ("lasp2", bidirectional_on_rank_1, *["causal differs across ranks: rank 0: True, rank 1: False, rank 2: True"] * 2),
+        ("lasp2", bidirectional_with_decay_on_rank_1, r"\(causal=False\) attention has no decay", REJECTED),
+        ("lasp2", decay_on_rank_1_bidirectional, r"\(causal=False\) attention has no decay", REJECTED),
+        ("prefix", prefix_on_rank_1, "prefix must be 'exclusive' or 'inclusive', got 'sideways'", REJECTED),
+    ],
+    ids=["lasp1-causal", "lasp2-causal", "lasp2-causal-with-decay", "lasp2-decay-bidirectional", "lasp2-prefix"],
+)
+def test_options_that_differ_on_one_rank_fail_every_rank_at_once(name, problem, rank_1_says, the_others_say):
+    """Rank 1 alone passes ``causal=False`` or a decay LASP-1/LASP-2 cannot take with it, or an unknown
+    prefix: these rules are checked inside the handshake, so every rank raises at once (none waits in
+    a collective for the pool's grace period) and the ranks stay consistent (the pool is kept)."""
+    p = pool(3)
+    restarts = p.restarts
+    t0 = time.monotonic()
+    with pytest.raises(simdist.RankError) as info:
+        p.run(call_prefix if name == "prefix" else call_with, name, problem, timeout=30)
+    assert time.monotonic() - t0 < p.grace, "a rank waited for another that had already raised"
+    errors = info.value.exceptions
+    assert sorted(errors) == [0, 1, 2], "every rank must raise"
+    assert all(isinstance(e, ValueError) for e in errors.values())
+    assert re.search(rank_1_says, str(errors[1])), str(errors[1])
+    assert all(re.search(the_others_say, str(errors[r])) for r in (0, 2)), [str(errors[r]) for r in (0, 2)]
+    assert p.restarts == restarts and p.alive
 
 
 def test_a_rank_outside_the_group_is_told_so():

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,6 +247,58 @@ def test_an_interrupted_run_stops_the_ranks():
             signal.signal(signal.SIGALRM, previous)
         assert_all_gone(pids)
         assert pool.run(pid) != pids and pool.restarts == 1
+
+
+UNGUARDED = textwrap.dedent(
+    """
+    import simdist
+
+    def fn(rank, world_size):
+        return rank
+
+    simdist.launch(fn, 2, timeout=30)  # no `if __name__ == "__main__":` guard
+    """
+)
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (field 6 of /proc/PID/stat), however they were reparented."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_unguarded_script_gets_the_guard_hint(tmp_path):
+    """A script calling launch at top level: every rank re-imports it and dies; the error says why."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(simdist.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert time.monotonic() - t0 < 60
+    assert proc.returncode != 0
+    assert "simdist.runtime.LaunchError: rank " in err, err[-2000:]
+    message = err[err.rindex("simdist.runtime.LaunchError: rank ") :]  # what died, then the hint
+    assert "while starting" in message and "put the call under `if __name__ == '__main__':`" in message, message
+    deadline = time.monotonic() + 5.0  # the script's ranks, fork server and resource tracker: all gone
+    while session_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert session_members(proc.pid) == [], "processes of the unguarded script outlived it"
 
 
 # --------------------------------------------------------------------------------------------
