@@ -16,7 +16,7 @@ own slice of ``V``. The materialised variant splits the work by what it depends 
 1. ``_fwd_states_kernel`` — the only sequential pass of the forward, over ``K × V`` states only:
    one program per ``(BK × BV tile, b, h)`` walks the chunks and writes the state entering every
    chunk (``S_[i]``, input dtype; the final state also in fp32): per chunk one ``[BK, C] × [C, BV]``
-   product. Without a ``config`` the state tile shrinks (down to 32 × 32) when ``B·H`` is small,
+   product. Without a ``config`` the state tile shrinks (down to 16 × 64) when ``B·H`` is small,
    so that there are at least two programs per multiprocessor (``B=2, H=16``: 512 instead of 128).
 2. ``_fwd_output_kernel`` — fully parallel over (V tile, chunk, b, h): the intra-chunk matrix
    ``P`` on chip, then ``O = P V + (Q ⊙ e^b) S_[i]``. ``P`` never round-trips through memory
@@ -126,12 +126,14 @@ def _auto_config(B: int, H: int, K: int, V: int, device: torch.device) -> Config
 
     The two sequential kernels run one program per ``(state tile, b, h)``; each walks every chunk.
     Below about two programs per multiprocessor their walks are latency-bound, so the state tile
-    shrinks (64 × 64 → 32 × 64 → 32 × 32) until there are (e.g. ``B = 2, H = 16``: 128 → 512 programs).
+    shrinks (64 × 64 → 32 × 64 → 16 × 64) until there are (e.g. ``B = 2, H = 16``: 128 → 512 programs).
+    Not 32 × 32: compiled for sm_90 that tile takes 238 registers (two programs per multiprocessor),
+    16 × 64 takes 68–96.
     """
     if device.type != "cuda":
         return DEFAULT_CONFIG
     wanted = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    for bk, bv in ((64, 64), (32, 64), (32, 32)):
+    for bk, bv in ((64, 64), (32, 64), (16, 64)):
         if B * H * triton.cdiv(K, bk) * triton.cdiv(V, bv) >= wanted:
             break
     return replace(DEFAULT_CONFIG, state_block_k=bk, state_block_v=bv)

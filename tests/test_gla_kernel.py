@@ -273,7 +273,7 @@ def _case_id(case):
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
 def test_gpu_large_shapes(case):
-    """config=None: the default, with state tiles sized to the GPU (small B·H here: 32 × 32)."""
+    """config=None: the default, with state tiles sized to the GPU (small B·H here: 16 × 64)."""
     shape, dtype = case
     errs = compare(**shape, dtype=dtype, with_initial=True, with_final_grad=True, scale=shape["K"] ** -0.5)
     assert_close(errs, dtype)

@@ -46,15 +46,15 @@ LENGTHS = (2048, 8192, 32768)
 ELEM = 2  # bf16 bytes
 
 # Launch settings measured per length (each checked against the reference before timing): the
-# default (config=None: DEFAULT_CONFIG with state tiles sized to the GPU) and two alternatives for the
-# two sequential state passes, whose cost the design cannot call on paper (compiled for sm_90 here:
-# no register spills in any of them): state tiles of 64 × 128 (half the programs, k and log α read
-# once instead of twice; at T = 32k, where B·H = 32, auto shrinks the tiles instead) and a third
-# pipeline stage for their walks (one more chunk's loads in flight).
+# default (config=None: DEFAULT_CONFIG with state tiles sized to the GPU: 64 × 64, and 16 × 64 at
+# T = 32k where B·H = 32) and two other state tiles for the two sequential passes, whose cost the
+# design cannot call on paper (compiled for sm_90 here: no register spills in any of them): 64 × 128
+# (half the programs, k and log α read once instead of twice) and 32 × 64 (at T = 32k: 256 walks
+# instead of 512, each twice as wide).
 SWEEP = {
     "auto": None,
-    "state64x128": dict(state_block_v=128),
-    "state_stages3": dict(state_num_stages=3),
+    "state64x128": dict(state_block_k=64, state_block_v=128),
+    "state32x64": dict(state_block_k=32, state_block_v=64),
 }
 
 
