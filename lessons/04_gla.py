@@ -375,24 +375,12 @@ print(f"at K = V = {KV}, C = {C_BENCH}, bf16: the states cost {KV * KV * 2 / C_B
 # ## 5. The Triton kernel
 #
 # `kernels.gla.attention(q, k, v, log_alpha, *, scale, initial_state, output_final_state)` runs the
-# materialised variant in four Triton kernels: the forward's state pass; the output, which builds the
-# intra-chunk matrix on chip; the backward's reverse state pass; and one kernel for $dQ, dK, dV$ and
-# $d\log\alpha$. The kernel takes the halving above one step further: nothing in
-# `diagonal_block_by_halving` needs 16 rows — any power of two works, so the kernel applies it to the
-# *whole* chunk of 64 rows. Six levels, each one $64 \times 64$ product on the tensor cores, give all of
-# $P$ (off-diagonal sub-blocks included), and every row needs one exponential per level:
-
-# %%
-q64, k64 = rng.standard_normal((2, 64, 8))
-c64 = np.cumsum(np.log(rng.uniform(0.2, 1, (64, 8))), axis=0)  # b falls to about -38 over the chunk
-direct64 = np.einsum("jk,sk,jsk->js", q64, k64, np.exp(np.minimum(c64[:, None] - c64[None], 0))) * np.tri(64)
-whole = diagonal_block_by_halving(q64, k64, c64)
-print(f"a whole chunk of 64 by halving ({int(np.log2(64))} levels) vs element-wise: "
-      f"max relative difference {np.abs(whole - direct64).max() / np.abs(direct64).max():.1e}")
-
-# %% [markdown]
-# Without a GPU the cell below runs the kernel in Triton's interpreter — slow, but the very same
-# code — and compares every output and gradient with the float64 reference.
+# materialised variant in six Triton kernels: the forward's state pass, the intra-chunk matrix by
+# secondary chunking (diagonal sub-blocks by the recursive halving above), and the output; the
+# backward's reverse state pass, $dV$ with $dP$, and $dQ, dK, d\log\alpha$ (the same halving levels
+# give the diagonal blocks' $dQ$ and $dK$).
+# Without a GPU the cell below runs it in Triton's interpreter — slow, but the very same code — and
+# compares every output and gradient with the float64 reference.
 
 # %%
 from kernels import gla as gla_kernel  # noqa: E402  (after TRITON_INTERPRET is set)
