@@ -66,7 +66,7 @@ def _counts(T: int, B: int, chunk: int) -> dict:
     intra-chunk matrix, ``K·C``; ``P V``, ``2·C·V``; ``(Q ⊙ e^b) S``, ``2KV``; the state update,
     ``2KV``. Backward: ``dP = dO Vᵀ`` and ``Pᵀ dO`` (``2·2·C·V``), the two intra gradients
     (``2 · K·C``), and five ``2KV`` products (dv, dq, dk inter; dS scan). These are the algorithm's
-    FLOPs, not the kernels' (which spend more: one masked ``C × C`` product per halving level).
+    FLOPs, not the kernels' (which spend more: the diagonal sub-blocks by recursive halving).
     """
     th = B * T * H
     fwd_bytes = th * (K + K + V + K + V) * ELEM
@@ -78,11 +78,11 @@ def _counts(T: int, B: int, chunk: int) -> dict:
 
 
 def _design_bytes(T: int, B: int, cfg) -> dict:
-    """What our four kernels read and write in HBM, kernel by kernel (K = V; re-reads of the same
-    data by programs that run at the same time are counted once: they hit the L2).
+    """What our six kernels read and write in HBM, kernel by kernel, approximately (K = V; re-reads
+    of the same data by programs that run at the same time are counted once: they hit the L2).
 
     ``x``: one ``[B, H, T, 128]`` bf16 tensor; ``s``: one bf16 state per chunk; ``p``: the bf16
-    ``C × C`` matrix ``P`` per chunk.
+    ``C × C`` matrix ``P`` per chunk (``dP`` is fp32: ``2p``).
     """
     th, C = B * T * H, cfg.chunk_size
     x = th * K * ELEM
@@ -90,11 +90,13 @@ def _design_bytes(T: int, B: int, cfg) -> dict:
     p = th * C * ELEM
     fwd = (
         (3 * x + s)  # states: read k, g, v; write S
-        + (4 * x + s + x + p)  # output: read q, k, g, v, S; write o, P
+        + (3 * x + p)  # intra: read q, k, g; write P
+        + (3 * x + s + p + x)  # output: read q, g, v, S, P; write o
     )
     bwd = (
-        (3 * x + 2 * s)  # dstates: read q, g, dO, S_[i+1]; write dS
-        + (5 * x + 2 * s + p + 4 * x)  # bwd: read q, k, g, v, dO, S, dS, P; write dq, dk, dv, dg
+        (3 * x + 2 * s)  # dstates: read q, g, dO; read S, write dS
+        + (4 * x + p + s + x + 2 * p)  # dv: read k, g, v, dO, P, dS; write dv, dP
+        + (5 * x + 2 * p + 2 * s + 3 * x)  # dq/dk: read q, k, g, v, dO, dP, S, dS; write dq, dk, dg
     )
     return {"fwd": fwd, "fwdbwd": fwd + bwd}
 
