@@ -301,24 +301,13 @@ for name, leaf, ref_grad in zip(("dQ", "dK", "dV"), (tq, tk, tv), manual):
 # command.
 
 # %%
-from kernels.bench.common import RESULTS_DIR, load_json  # noqa: E402
+from kernels.bench import lightning as lightning_bench  # noqa: E402
+from kernels.bench.common import RESULTS_DIR, load_json, plot_throughput  # noqa: E402
 
 if (RESULTS_DIR / "lightning.json").exists():
     result = load_json("lightning")
     rows = result["rows"]
-    names = {"ours": "this package", "fla_chunk_simple_gla": "fla chunk_simple_gla", "torch_sdpa_causal": "torch SDPA causal"}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, mode, title in zip(axes, ("fwd", "fwdbwd"), ("forward", "forward + backward")):
-        width = 0.27
-        for i, (key, label) in enumerate(names.items()):
-            ax.bar([x + i * width for x in range(len(rows))], [r[key][f"{mode}_Mtok_s"] for r in rows], width, label=label)
-        ax.set_xticks([x + width for x in range(len(rows))], [f"T={r['T'] // 1024}k" for r in rows])
-        ax.set_ylabel("million tokens / s")
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    env = result["environment"]
-    fig.suptitle(f"{env['device']} · torch {env['torch']} · triton {env['triton']} · fla {env['fla']} · {env['date'][:10]}")
+    plot_throughput(result, lightning_bench.LABELS, algorithm="Lightning Attention-2")
     plt.show()
     for r in rows:
         o = r["ours"]

@@ -425,26 +425,13 @@ for name, a, b in zip(("dq", "dk", "dv", "d log_alpha", "d initial_state"), k_le
 # its environment block records the device, versions, date and command.
 
 # %%
-from kernels.bench.common import RESULTS_DIR, load_json  # noqa: E402
+from kernels.bench import gla as gla_bench  # noqa: E402
+from kernels.bench.common import RESULTS_DIR, load_json, plot_throughput  # noqa: E402
 
 if (RESULTS_DIR / "gla.json").exists():
     result = load_json("gla")
     rows = result["rows"]
-    names = {"ours": "this package", "fla_chunk_gla": "fla chunk_gla", "torch_sdpa_causal": "torch SDPA causal"}
-    names = {key: label for key, label in names.items() if any("fwd_ms" in r.get(key, {}) for r in rows)}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    width = 0.8 / len(names)
-    for ax, mode, title in zip(axes, ("fwd", "fwdbwd"), ("forward", "forward + backward")):
-        for i, (key, label) in enumerate(names.items()):
-            heights = [r.get(key, {}).get(f"{mode}_Mtok_s", 0.0) for r in rows]
-            ax.bar([x + i * width for x in range(len(rows))], heights, width, label=label)
-        ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(rows))], [f"T={r['T'] // 1024}k" for r in rows])
-        ax.set_ylabel("million tokens / s")
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    env = result["environment"]
-    fig.suptitle(f"{env['device']} · torch {env['torch']} · triton {env['triton']} · fla {env['fla']} · {env['date'][:10]}")
+    plot_throughput(result, gla_bench.LABELS, algorithm="Gated Linear Attention")
     plt.show()
     for r in rows:
         o = r.get("ours", {})

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import numbers
 
-import torch
 from torch import nn
 
 from reference._arrays import (

@@ -13,9 +13,7 @@ Triton kernels run them in the interpreter.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,18 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIME_LIMIT_S = 60.0
 
 
-def _load_pipeline():
-    """docs/hooks/lessons.py (the mkdocs hook is a file, not a package), imported once per session."""
-    name = "atlas_lessons"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "hooks" / "lessons.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-lessons = _load_pipeline()
+from tests.lesson_pipeline import lessons  # noqa: E402  (docs/hooks/lessons.py, loaded by path)
 LESSONS = lessons.lesson_sources()
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import os
 import re
 import shutil
@@ -57,18 +56,7 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _load_pipeline():
-    """docs/hooks/lessons.py (the mkdocs hook is a file, not a package), imported once per session."""
-    name = "atlas_lessons"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "hooks" / "lessons.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-lessons = _load_pipeline()
+from tests.lesson_pipeline import lessons  # noqa: E402  (docs/hooks/lessons.py, loaded by path)
 
 
 # --------------------------------------------------------------------------------------------

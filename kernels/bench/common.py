@@ -124,3 +124,35 @@ def write_json(name: str, payload: dict, out_dir: Path | None = None) -> Path:
 def load_json(name: str) -> dict:
     """A committed result, for lessons and docs pages."""
     return json.loads((RESULTS_DIR / f"{name}.json").read_text())
+
+
+def plot_throughput(result: dict, labels: dict, *, algorithm: str):
+    """Two bar charts (forward, forward+backward) of million tokens/s per implementation and length.
+
+    ``result`` is a benchmark JSON (``rows`` with ``T``, ``B`` and, per implementation key of
+    ``labels``, ``fwd_Mtok_s`` and ``fwdbwd_Mtok_s``); implementations absent from every row are
+    left out. Returns the matplotlib figure (the benchmarks save it, the lessons show it).
+    """
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    names = [n for n in labels if any("fwd_Mtok_s" in r.get(n, {}) for r in rows)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(1, len(names))
+    for ax, mode, title in zip(axes, ("fwd", "fwdbwd"), ("forward", "forward + backward")):
+        for i, n in enumerate(names):
+            xs = [j + i * width for j in range(len(rows))]
+            bars = ax.bar(xs, [r.get(n, {}).get(f"{mode}_Mtok_s", 0.0) for r in rows], width, label=labels[n])
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(rows))])
+        ax.set_xticklabels([f"T={r['T'] // 1024}k\nB={r['B']}" for r in rows])
+        ax.set_ylabel("million tokens / s")
+        ax.set_title(f"{algorithm}, {title}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    env = result["environment"]
+    note = "" if result.get("complete", True) else f" — partial: {result.get('lengths_missing')} not measured"
+    fig.suptitle(f"{env['device']}, bf16, H=16, K=V=128, 64k tokens per step — torch {env['torch']}, "
+                 f"triton {env['triton']}, fla {env.get('fla')}, {env['date'][:10]}{note}", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return fig

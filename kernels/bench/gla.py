@@ -428,27 +428,7 @@ def plot(result: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
-    names = [n for n in LABELS if any("fwd_ms" in r.get(n, {}) for r in rows)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / max(1, len(names))
-    for ax, mode, title in zip(axes, ("fwd", "fwdbwd"), ("forward", "forward + backward")):
-        for i, n in enumerate(names):
-            xs = [j + i * width for j in range(len(rows))]
-            ys = [r.get(n, {}).get(f"{mode}_Mtok_s", 0.0) for r in rows]
-            bars = ax.bar(xs, ys, width, label=LABELS[n])
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(rows))])
-        ax.set_xticklabels([f"T={r['T'] // 1024}k\nB={r['B']}" for r in rows])
-        ax.set_ylabel("million tokens / s")
-        ax.set_title(f"Gated Linear Attention, {title}")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    env = result["environment"]
-    note = "" if result.get("complete", True) else f" — partial: {result.get('lengths_missing')} not measured"
-    fig.suptitle(f"{env['device']}, bf16, H=16, K=V=128, 64k tokens per step — torch {env['torch']}, "
-                 f"triton {env['triton']}, fla {env.get('fla')}{note}", fontsize=9)  # fmt: skip
-    fig.tight_layout()
+    fig = common.plot_throughput(result, LABELS, algorithm="Gated Linear Attention")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -177,7 +177,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="directory for the JSON and plot (default docs/benchmarks)")
     args = parser.parse_args(argv)
 
-    from kernels import lightning
     from reference.lightning import tnl_decay
 
     # If a step stalls, print every thread's stack each minute: the log then says where.
@@ -250,6 +249,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+#: Implementation keys of the JSON, and how the figures name them.
+LABELS = {"ours": "this package (Triton)", "fla_chunk_simple_gla": "fla chunk_simple_gla",
+          "torch_sdpa_causal": "torch SDPA (causal softmax)"}  # fmt: skip
+
+
 def plot(result: dict, path) -> None:
     """Bar chart of tokens/s per implementation, forward and forward+backward, per length."""
     import matplotlib
@@ -257,26 +261,7 @@ def plot(result: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
-    names = [n for n in ("ours", "fla_chunk_simple_gla", "torch_sdpa_causal") if n in rows[0]]
-    labels = {"ours": "this package (Triton)", "fla_chunk_simple_gla": "fla chunk_simple_gla",
-              "torch_sdpa_causal": "torch SDPA (causal softmax)"}  # fmt: skip
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
-    width = 0.8 / len(names)
-    for ax, mode, title in zip(axes, ("fwd", "fwdbwd"), ("forward", "forward + backward")):
-        for i, n in enumerate(names):
-            xs = [j + i * width for j in range(len(rows))]
-            ax.bar(xs, [r[n][f"{mode}_Mtok_s"] for r in rows], width, label=labels[n])
-        ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(rows))])
-        ax.set_xticklabels([f"T={r['T'] // 1024}k\nB={r['B']}" for r in rows])
-        ax.set_ylabel("million tokens / s")
-        ax.set_title(f"Lightning Attention-2, {title}")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    env = result["environment"]
-    fig.suptitle(f"{env['device']}, bf16, H=16, K=V=128, 64k tokens per step — torch {env['torch']}, triton {env['triton']}",
-                 fontsize=9)  # fmt: skip
-    fig.tight_layout()
+    fig = common.plot_throughput(result, LABELS, algorithm="Lightning Attention-2")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
