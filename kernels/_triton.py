@@ -34,3 +34,32 @@ def check_dtype(name: str, x: torch.Tensor) -> None:
 
 def next_power_of_2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def check_qkv(q, k, v, *extra) -> tuple[int, int, int, int, int]:
+    """Check head-first ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]`` for a kernel; ``(B, H, T, K, V)``.
+
+    ``extra`` are further ``(name, tensor)`` inputs that must share the device (gates, say).
+    """
+    for name, x in (("q", q), ("k", k), ("v", v), *extra):
+        check_device(name, x)
+        check_dtype(name, x)
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have 4 dimensions [B, H, T, D], got shape {tuple(x.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    devices = [x.device for x in (q, k, v)] + [x.device for _, x in extra]
+    if len(set(devices)) != 1:
+        names = ", ".join(["q", "k", "v"] + [name for name, _ in extra])
+        raise ValueError(f"{names} must be on one device, got {', '.join(map(str, devices))}")
+    B, H, T, K = q.shape
+    V = v.shape[-1]
+    if tuple(k.shape) != (B, H, T, K):
+        raise ValueError(f"k must have the shape of q {(B, H, T, K)}, got {tuple(k.shape)}")
+    if tuple(v.shape[:3]) != (B, H, T):
+        raise ValueError(f"v must have batch, heads and length {(B, H, T)} like q, got {tuple(v.shape[:3])}")
+    if T < 1:
+        raise ValueError(f"the sequence length must be at least 1, got T={T}")
+    if not (1 <= K <= 256 and 1 <= V <= 256):
+        raise ValueError(f"head widths must lie in 1..256, got K={K} and V={V}")
+    return B, H, T, K, V

@@ -67,7 +67,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton import INTERPRETER, check_device, check_dtype, next_power_of_2
+from kernels._triton import INTERPRETER, check_device, check_qkv, next_power_of_2
 
 __all__ = ["attention", "Config", "DEFAULT_CONFIG"]
 
@@ -900,29 +900,9 @@ def attention(
     Returns:
         ``o: [B, H, T, V]`` in the dtype of ``v`` — or ``(o, final_state)``.
     """
-    for name, x in (("q", q), ("k", k), ("v", v), ("log_alpha", log_alpha)):
-        check_device(name, x)
-        check_dtype(name, x)
-        if x.ndim != 4:
-            raise ValueError(f"{name} must have 4 dimensions [B, H, T, D], got shape {tuple(x.shape)}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
-    if not (q.device == k.device == v.device == log_alpha.device):
-        raise ValueError(
-            f"q, k, v and log_alpha must be on one device, got {q.device}, {k.device}, {v.device} and {log_alpha.device}"
-        )
-    B, H, T, K = q.shape
-    V = v.shape[-1]
-    if tuple(k.shape) != (B, H, T, K):
-        raise ValueError(f"k must have the shape of q {(B, H, T, K)}, got {tuple(k.shape)}")
-    if tuple(v.shape[:3]) != (B, H, T):
-        raise ValueError(f"v must have batch, heads and length {(B, H, T)} like q, got {tuple(v.shape[:3])}")
+    B, H, T, K, V = check_qkv(q, k, v, ("log_alpha", log_alpha))
     if tuple(log_alpha.shape) != (B, H, T, K):
         raise ValueError(f"log_alpha must have the shape of q {(B, H, T, K)}, got {tuple(log_alpha.shape)}")
-    if T < 1:
-        raise ValueError(f"the sequence length must be at least 1, got T={T}")
-    if not (1 <= K <= 256 and 1 <= V <= 256):
-        raise ValueError(f"head widths must lie in 1..256, got K={K} and V={V}")
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number, got {scale!r}")
     if not math.isfinite(scale):

@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton import INTERPRETER, check_device, check_dtype, next_power_of_2
+from kernels._triton import INTERPRETER, check_device, check_qkv, next_power_of_2
 
 __all__ = ["attention"]
 
@@ -637,25 +637,7 @@ def attention(
     Heads of width up to 256 are supported (``K, V ≤ 256``), with ``T · max(K, V) < 2^31`` and
     ``B · H ≤ 65535``.
     """
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        check_device(name, x)
-        check_dtype(name, x)
-        if x.ndim != 4:
-            raise ValueError(f"{name} must have 4 dimensions [B, H, T, D], got shape {tuple(x.shape)}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
-    B, H, T, K = q.shape
-    V = v.shape[-1]
-    if tuple(k.shape) != (B, H, T, K):
-        raise ValueError(f"k must have the shape of q {(B, H, T, K)}, got {tuple(k.shape)}")
-    if tuple(v.shape[:3]) != (B, H, T):
-        raise ValueError(f"v must have batch, heads and length {(B, H, T)} like q, got {tuple(v.shape[:3])}")
-    if T < 1:
-        raise ValueError(f"the sequence length must be at least 1, got T={T}")
-    if not (1 <= K <= 256 and 1 <= V <= 256):
-        raise ValueError(f"head widths must lie in 1..256, got K={K} and V={V}")
+    B, H, T, K, V = check_qkv(q, k, v)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size not in (16, 32, 64, 128):
         raise ValueError(f"chunk_size must be 16, 32, 64 or 128, got {chunk_size!r}")
     if T * max(K, V) >= 2**31:
