@@ -132,6 +132,15 @@ class _Once:
             self._done = True
 
 
+def _complete(work, event, result, async_op: bool):
+    """A collective's ending: ``(pending, result)`` when asynchronous, else wait and return ``result``."""
+    pending = Pending(work, event)
+    if async_op:
+        return pending, result
+    pending.wait()
+    return result
+
+
 def all_gather(tensor: torch.Tensor, *, group=None, label: str = "", kind: str = "data", async_op: bool = False):
     """Every rank's ``tensor`` (same shape everywhere), as a list in group-rank order.
 
@@ -148,11 +157,7 @@ def all_gather(tensor: torch.Tensor, *, group=None, label: str = "", kind: str =
         work = None
     else:
         work = dist.all_gather(outputs, tensor, group=group, async_op=True)
-    pending = Pending(work, event)
-    if async_op:
-        return pending, outputs
-    pending.wait()
-    return outputs
+    return _complete(work, event, outputs, async_op)
 
 
 def reduce_scatter(inputs: list, *, group=None, label: str = "", kind: str = "data", async_op: bool = False):
@@ -172,8 +177,4 @@ def reduce_scatter(inputs: list, *, group=None, label: str = "", kind: str = "da
         work = None
     else:
         work = dist.reduce_scatter(output, inputs, group=group, async_op=True)
-    pending = Pending(work, event)
-    if async_op:
-        return pending, output
-    pending.wait()
-    return output
+    return _complete(work, event, output, async_op)

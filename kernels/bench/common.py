@@ -156,3 +156,15 @@ def plot_throughput(result: dict, labels: dict, *, algorithm: str):
                  f"triton {env['triton']}, fla {env.get('fla')}, {env['date'][:10]}{note}", fontsize=9)  # fmt: skip
     fig.tight_layout()
     return fig
+
+
+def save_throughput_plot(result: dict, labels: dict, *, algorithm: str, path) -> None:
+    """``plot_throughput`` written to ``path`` (PNG), off-screen, for the benchmark commands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plot_throughput(result, labels, algorithm=algorithm)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -384,7 +384,7 @@ def main(argv: list[str]) -> int:
 def _write(name: str, result: dict, out_dir):
     path = common.write_json(name, result, out_dir)
     try:
-        plot(result, path.with_suffix(".png"))
+        common.save_throughput_plot(result, LABELS, algorithm="Gated Linear Attention", path=path.with_suffix(".png"))
         extra = os.environ.get("OUT")
         target = os.path.join(extra, path.with_suffix(".png").name) if extra else None
         if target and not (os.path.exists(target) and os.path.samefile(target, path.with_suffix(".png"))):
@@ -419,18 +419,6 @@ LABELS = {
     "fla_chunk_gla": "fla chunk_gla",
     "torch_sdpa_causal": "torch SDPA (causal softmax)",
 }
-
-
-def plot(result: dict, path) -> None:
-    """Bar charts of tokens/s per implementation, forward and forward+backward, per length."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = common.plot_throughput(result, LABELS, algorithm="Gated Linear Attention")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _print_table(result: dict) -> None:

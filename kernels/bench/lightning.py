@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
     faulthandler.cancel_dump_traceback_later()
     name = "lightning_quick" if args.quick else "lightning"
     path = common.write_json(name, result, args.out)
-    plot(result, path.with_suffix(".png"))
+    common.save_throughput_plot(result, LABELS, algorithm="Lightning Attention-2", path=path.with_suffix(".png"))
     _print_table(result)
     return 0
 
@@ -252,18 +252,6 @@ def main(argv: list[str]) -> int:
 #: Implementation keys of the JSON, and how the figures name them.
 LABELS = {"ours": "this package (Triton)", "fla_chunk_simple_gla": "fla chunk_simple_gla",
           "torch_sdpa_causal": "torch SDPA (causal softmax)"}  # fmt: skip
-
-
-def plot(result: dict, path) -> None:
-    """Bar chart of tokens/s per implementation, forward and forward+backward, per length."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = common.plot_throughput(result, LABELS, algorithm="Lightning Attention-2")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _print_table(result: dict) -> None:
