@@ -9,48 +9,62 @@ Design (for the H100; what the benchmark measures)
 --------------------------------------------------
 *Which FlashLinearAttention variant: the materialised one.* The non-materialised variant keeps the
 ``K × V`` state on chip and walks the chunks of one (batch, head) in order; its parallelism is
-``B·H·(V/BV)`` programs. At ``B=2, H=16, T=32k`` that is 32 (b, h) pairs — 128 programs with
-``BV = 32``, each 512 chunks long — and every one of them must also rebuild the whole intra-chunk
-matrix (a ``C × C × K`` computation with per-channel gates, the expensive part of GLA) for its own
-slice of ``V``. The materialised variant splits the work by what it depends on:
+``B·H·(V/BV)`` programs. At ``B=2, H=16, T=32k`` that is 32 (b, h) pairs, each 512 chunks long, and
+every walker must also rebuild the intra-chunk matrix (the gated ``C × C × K`` part of GLA) for its
+own slice of ``V``. The materialised variant splits the work by what it depends on — five kernels:
 
-1. ``_fwd_states_kernel`` — the only sequential pass, over ``K × V`` states only: one program per
-   ``(BK × BV tile, b, h)`` walks the chunks and writes the state entering every chunk
-   (``S_[i]``, in the input dtype; the final state also in fp32). Per chunk it does one
-   ``[BK, C] × [C, BV]`` product: cheap work, so its latency-bound walk is short. Without a
-   ``config`` the state tile shrinks (down to 32 × 32) when ``B·H`` is small, so that there are at
-   least two programs per multiprocessor (``B=2, H=16``: 512 instead of 128).
-2. ``_fwd_intra_kernel`` — fully parallel over (chunk, b, h): the intra-chunk matrix ``P``
-   (``C × C``, computed in fp32, stored in the input dtype that its readers round it to anyway) by
-   *secondary chunking on chip*, sub-chunks of 16. Off-diagonal sub-blocks are ``tl.dot`` products
-   of ``Q_u ⊙ e^{b − b_n}`` and ``K_w ⊙ e^{b_n − b}``. Diagonal sub-blocks are exact, by *recursive
-   halving* (``_diagonal_level``): a query ``j`` and a key ``s < j`` of one sub-chunk first split at
-   some level ``L`` (rows grouped in blocks of ``2^(L+1)``, ``j`` in the upper half, ``s`` in the
-   lower); the block's midpoint ``r`` lies between them, so ``e^{b_j − b_s} = e^{b_j − b_r} ·
-   e^{b_r − b_s}`` with both exponents ``≤ 0``, and all pairs of one level form one 16 × 16
-   product. Four levels and the gate-free diagonal ``q_j · k_j`` cover the sub-block on the tensor
-   cores. (The first version walked the 16 rows one at a time with a running product of gates; on
-   the H100 that serial loop made the forward 1.6× slower than fla — ``docs/benchmarks/gla_perf_log.md``.)
-3. ``_fwd_output_kernel`` — fully parallel over (chunk, V tile, b, h): two chunk-sized products
-   ``O = P V + (Q ⊙ e^b) S_[i]`` (``M = C`` rows: Hopper's warpgroup MMA shape).
+1. ``_fwd_states_kernel`` — the only sequential pass of the forward, over ``K × V`` states only:
+   one program per ``(BK × BV tile, b, h)`` walks the chunks and writes the state entering every
+   chunk (``S_[i]``, input dtype; the final state also in fp32): per chunk one ``[BK, C] × [C, BV]``
+   product. Without a ``config`` the state tile shrinks (down to 16 × 64) when ``B·H`` is small,
+   so that there are at least two programs per multiprocessor (``B=2, H=16``: 512 instead of 128).
+2. ``_fwd_output_kernel`` — fully parallel over (V tile, chunk, b, h): the intra-chunk matrix
+   ``P`` on chip, then ``O = P V + (Q ⊙ e^b) S_[i]``. ``P`` never round-trips through memory
+   inside the forward; it is stored once (input dtype, 128 bytes per token and head at ``C = 64``)
+   for the backward.
+3. ``_bwd_dstates_kernel`` — the reverse sequential pass, ``dS_[i] = Diag(e^{b_C}) dS_[i+1] +
+   (Q ⊙ e^b)ᵀ dO``, plus the chunk's ``Σ_v S_[i+1] ⊙ dS_[i+1]`` (the gradient of ``b_C``).
+4. ``_bwd_dv_kernel`` — parallel over (chunk, b, h): ``dV = Pᵀ dO + (K ⊙ e^{b_C − b}) dS_[i+1]``,
+   and ``dP = (dO Vᵀ) ⊙ M`` stored (input dtype, like ``P``) for the next kernel.
+5. ``_bwd_kernel`` — fully parallel over (chunk, K tile, b, h): the K tile's ``dQ, dK`` (inter
+   terms, the gate-free diagonal, and the halving levels below, each level reading ``dP`` with its
+   pairs as the load mask) and ``d log_alpha = `` the within-chunk reverse cumulative sum of
+   ``q ⊙ dq − k ⊙ dk`` plus the ``b_C`` term. Everything but ``dV`` is separable over key channels.
 
-The backward mirrors it: ``_bwd_dstates_kernel`` (the reverse sequential pass,
-``dS_[i] = Diag(e^{b_C}) dS_[i+1] + (Q ⊙ e^b)ᵀ dO``), ``_bwd_dv_kernel`` (parallel over chunks:
-``dV = Pᵀ dO + (K ⊙ e^{b_C − b}) dS_[i+1]`` and ``dP = (dO Vᵀ) ⊙ M``), and ``_bwd_dqk_kernel``
-(parallel over chunks and tiles of ``K`` — everything in it is separable over key channels: the
-intra ``dQ, dK`` by secondary chunking, the diagonal sub-blocks by the same halving levels, two
-products per level, plus the inter terms and ``d log_alpha``: ``∂L/∂b = q ⊙ dq − k ⊙ dk`` (plus
-``Σ_v S_[i+1] ⊙ dS_[i+1]`` on the chunk's last row), summed backwards *within each chunk* only).
-``reference.gla.chunked_backward`` is the same algorithm in NumPy/PyTorch.
+*The intra-chunk matrix by recursive halving over the whole chunk.* A query ``j`` and a key
+``s < j`` of one chunk first differ in some bit ``L`` of their row numbers: at that *level* the rows
+fall into blocks of ``2^(L+1)``, ``j`` in the upper half of a block and ``s`` in the lower half, and
+the block's midpoint row ``r`` lies between them, so ``e^{b_j − b_s} = e^{b_j − b_r} · e^{b_r − b_s}``
+with both exponents ``≤ 0``. All pairs of one level are one ``C × C`` tensor-core product of
+``Q ⊙ e^{b − b_r}`` (upper-half rows) and ``K ⊙ e^{b_r − b}`` (lower-half rows), kept on its own
+blocks; ``log2 C`` levels and the gate-free diagonal ``q_j · k_j`` give ``P`` exactly (6 levels at
+``C = 64``). Each row is in exactly one half per level, so a level costs *one* exponential per row
+and key channel, and its exponents are a product of the chunk's gates with a constant 0/1 matrix
+(``_level_table``): sums of gates on the tensor cores, never the difference of two cumulative sums.
+The backward runs the same levels, two products each: ``dQ += E ⊙ (dP_L (K ⊙ E))``,
+``dK += E ⊙ (dP_Lᵀ (Q ⊙ E))``. Loops over levels are real loops (not unrolled): unrolled, the
+compiler overlapped several levels' live tensors and spilled registers. (History: the first
+version built the 16-row diagonal sub-blocks row by row; the second by halving within 16-row
+sub-blocks plus one product per off-diagonal sub-block; the third kept ``dP`` in registers, which
+Triton 3.6 miscompiled on the H100 — ``docs/benchmarks/gla_perf_log.md``.)
+
+*Written around a compiler bug.* On the H100 with Triton 3.6, three forms in the backward came out
+wrong at some tile widths and addressed shared memory out of range at others (found with
+``compute-sanitizer``; entry 4 of the log): ``dP`` held in registers across the level loop as a
+product's left operand, ``tl.trans`` of it, and ``K ⊙ e^{b_C − b}`` as the left operand of the dV
+sum. Here ``dP`` is loaded per level (its transpose included: a transposed view of shared memory),
+and ``dV`` is computed transposed, ``dVᵀ = dOᵀ P + dSᵀ (K ⊙ e^{b_C − b})ᵀ``, so the gated keys are
+the right operand, and stored through transposed addresses. The GPU tests cover the widths that
+failed.
 
 What it costs: the states are the price of parallelism — one ``K × V`` state per chunk written and
-read (in bf16 at ``C = 64``: 512 bytes per token and head, beside 1280 bytes of ``q, k, v, g, o``);
-``C = 128`` halves that and doubles the intra work, so the benchmark sweeps both. Every exponent in
-every kernel is ``≤ 0`` (differences of the running sum of ``log α`` inside one chunk), so nothing
+read (in bf16 at ``C = 64``: 512 bytes per token and head, beside 1280 bytes of ``q, k, v, g, o``).
+Every exponent in every kernel is ``≤ 0`` (a sum of ``log α`` inside one chunk), so nothing
 overflows however small the gates. Inputs are fp32, fp16 or bf16 (``log_alpha`` may have its own
-dtype); all products accumulate in fp32; the running states are fp32 on chip. fp32 inputs use IEEE
-fp32 products on the GPU (``input_precision="ieee"``, no tf32); fp16/bf16 products take operands in
-the input dtype.
+dtype); all products accumulate in fp32; the running states are fp32 on chip. fp16/bf16 products
+take operands in the input dtype (the level operands ``Q ⊙ E``, ``K ⊙ E`` are formed in it, with
+``E`` rounded to it); fp32 inputs use three-pass tf32 products on the GPU (``tf32x3``, about fp32's
+accuracy); exponentials are ``ex2.approx.ftz`` on the GPU.
 
 Shapes: ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``log_alpha: [B, H, T, K]`` (``≤ 0``; not
 checked on the device, which would cost a synchronisation), states ``[B, H, K, V]``; ``K, V ≤ 256``.
@@ -71,22 +85,26 @@ from kernels._triton import INTERPRETER, check_device, check_qkv, next_power_of_
 
 __all__ = ["attention", "Config", "DEFAULT_CONFIG"]
 
-SUB = 16  # the secondary chunk: the smallest tile tl.dot accepts on the GPU
-LEVELS = 4  # log2(SUB): the halving levels of an exact diagonal sub-block
-
+#: ``ex2.approx.ftz`` exponentials on the GPU (``_exp``); the interpreter has no inline assembly.
+_FAST = not INTERPRETER
 
 @dataclass(frozen=True)
 class Config:
     """Launch settings (the benchmark sweeps them; results do not depend on them beyond rounding).
 
     Attributes:
-        chunk_size: ``C``, tokens per chunk: 16, 32, 64 or 128.
+        chunk_size: ``C``, tokens per chunk: 16, 32, 64 or 128 (``log2 C`` halving levels).
         state_block_k, state_block_v: the ``BK × BV`` state tile of the two sequential kernels
             (smaller tiles: more programs in parallel when ``B·H`` is small).
-        block_k, block_v: tiles over ``K`` and ``V`` in the parallel kernels (narrowed where their
-            operands would not fit in shared memory: fp32 inputs, ``C = 128``, ``K = 256``).
-        dqk_block_k: the key columns per program of the dQ/dK kernel (it splits ``K``).
-        num_warps, num_stages: for the parallel kernels.
+        block_k: the tile of key channels in the two chunk-parallel kernels (narrowed where their
+            operands would not fit in shared memory: fp32 inputs, ``C = 128``, wide heads).
+        block_v: the tile of ``V`` in the forward output kernel (``P`` is recomputed per tile, so
+            the default covers ``V = 128`` in one); the backward always takes all of ``V``.
+        bwd_block_k: the tile of key channels per program of the backward kernel (it splits ``K``).
+        num_warps: for the forward output kernel; bwd_num_warps: for the backward kernel (chunks of
+            128 get at least 8).
+        num_stages: for the chunk-parallel kernels (2: each level loop prefetches the next level's
+            0/1 matrix while the current one computes).
         state_num_warps, state_num_stages: for the sequential kernels.
     """
 
@@ -94,9 +112,10 @@ class Config:
     state_block_k: int = 64
     state_block_v: int = 64
     block_k: int = 64
-    block_v: int = 64
-    dqk_block_k: int = 64
+    block_v: int = 128
+    bwd_block_k: int = 64
     num_warps: int = 4
+    bwd_num_warps: int = 4
     num_stages: int = 2
     state_num_warps: int = 4
     state_num_stages: int = 2
@@ -110,7 +129,7 @@ class Config:
             state_block_v=min(self.state_block_v, pv),
             block_k=min(self.block_k, pk),
             block_v=min(self.block_v, pv),
-            dqk_block_k=min(self.dqk_block_k, pk),
+            bwd_block_k=min(self.bwd_block_k, pk),
         )
 
 
@@ -122,15 +141,87 @@ def _auto_config(B: int, H: int, K: int, V: int, device: torch.device) -> Config
 
     The two sequential kernels run one program per ``(state tile, b, h)``; each walks every chunk.
     Below about two programs per multiprocessor their walks are latency-bound, so the state tile
-    shrinks (64 × 64 → 32 × 64 → 32 × 32) until there are (e.g. ``B = 2, H = 16``: 128 → 512 programs).
+    shrinks (64 × 64 → 32 × 64 → 16 × 64) until there are (e.g. ``B = 2, H = 16``: 128 → 512 programs).
+    Not 32 × 32: compiled for sm_90 that tile takes 238 registers (two programs per multiprocessor),
+    16 × 64 takes 68–96.
     """
     if device.type != "cuda":
         return DEFAULT_CONFIG
     wanted = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    for bk, bv in ((64, 64), (32, 64), (32, 32)):
+    for bk, bv in ((64, 64), (32, 64), (16, 64)):
         if B * H * triton.cdiv(K, bk) * triton.cdiv(V, bv) >= wanted:
             break
     return replace(DEFAULT_CONFIG, state_block_k=bk, state_block_v=bv)
+
+
+# --------------------------------------------------------------------------------------------
+# The halving levels of one chunk
+# --------------------------------------------------------------------------------------------
+
+
+def _level_table(C: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """The 0/1 matrices whose products with a chunk's gates ``g [C, ·]`` give every exponent the kernels use.
+
+    ``table[L]`` for a halving level ``L < log2 C`` (see ``_level``), then ``table[log2 C] = [i ≤ j]``
+    (``(table @ g)[j] = b_j``, the cumulative gate) and ``table[log2 C + 1] = [i > j]``
+    (``b_C − b_j``). Every entry of every product is a *sum of gates* (``≤ 0`` exactly: no
+    difference of two cumulative sums), computed on the tensor cores; 0 and 1 are exact in every
+    dtype. Loaded by the kernels (a few KiB, cache-resident) rather than built from index
+    arithmetic, which would hold dozens of registers of row and column indices.
+    """
+    key = (C, dtype, str(device))
+    table = _TABLES.get(key)
+    if table is None:
+        o = torch.arange(C)
+        j, i = o[:, None], o[None, :]
+        mats = []
+        for L in range(C.bit_length() - 1):
+            upper = ((j >> L) & 1) == 1
+            same_half = (j >> L) == (i >> L)
+            mats.append(same_half & torch.where(upper, i <= j, i > j))
+        mats += [i <= j, i > j]
+        table = torch.stack(mats).to(dtype).to(device).contiguous()
+        if table.device.type != "meta":
+            _TABLES[key] = table
+    return table
+
+
+_TABLES: dict = {}
+
+
+@triton.jit
+def _level(L, C: tl.constexpr):
+    """Level ``L`` of a chunk of ``C`` rows: the (query, key) pairs whose row indices first differ in bit ``L``.
+
+    Rows are grouped in blocks of ``2^(L+1)``. A query ``j`` in the upper half of a block and a key
+    ``s`` in its lower half are separated by the block's midpoint ``r`` (the last row of the lower
+    half), so ``e^{b_j − b_s} = e^{b_j − b_r} · e^{b_r − b_s}`` with both exponents ``≤ 0``. Every row
+    is in the upper half of its block or in the lower half, never both, so *one* exponent per row
+    and key channel serves the level:
+
+        upper row j:  b_j − b_r = Σ_{r < i ≤ j} g_i        lower row s:  b_r − b_s = Σ_{s < i ≤ r} g_i
+
+    — the product of ``_level_table``'s matrix ``L`` with the gates. Returns ``(upper, block)``:
+    ``upper [C]`` marks upper-half rows; ``block [C, C]`` marks pairs in one block. The product of
+    upper-row queries and lower-row keys, restricted to one block, is exactly the level's pairs;
+    levels ``0 … log2(C) − 1`` cover every ``s < j`` once.
+    """
+    o = tl.arange(0, C)
+    upper = ((o >> L) & 1) == 1
+    block = (o >> (L + 1))[:, None] == (o >> (L + 1))[None, :]
+    return upper, block
+
+
+@triton.jit
+def _exp(x, FAST: tl.constexpr):
+    """``e^x`` for ``x ≤ 0``: on the GPU one ``ex2.approx.ftz`` (results below 2^-126 flush to 0,
+    which is what they are worth here) instead of the denormal-safe sequence ``tl.exp`` emits."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=r,r", [x * 1.4426950408889634], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return tl.exp(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,8 +246,16 @@ def _fwd_states_kernel(
     BV: tl.constexpr,
     HAS_H0: tl.constexpr,
     PRECISION: tl.constexpr,
+    G_PRECISION: tl.constexpr,
+    FAST: tl.constexpr,
 ):
-    """S_[i+1] = Diag(e^{b_C}) S_[i] + (K_i ⊙ e^{b_C − b})ᵀ V_i, one BK × BV tile, chunks in order."""
+    """S_[i+1] = Diag(e^{b_C}) S_[i] + (K_i ⊙ e^{b_C − b})ᵀ V_i, one BK × BV tile, chunks in order.
+
+    Keys and gates are read transposed (``[BK, C]``), so that ``K̂ᵀ`` is the left operand of the
+    state product straight from the product that made its exponents: ``(Gᵀ L)[k, s] = Σ_{i > s} g_ik
+    = b_Ck − b_sk`` with the 0/1 matrix ``L[i, s] = [i > s]`` (a cumulative sum on the tensor cores,
+    exact sums of gates, never a difference).
+    """
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_t = tl.arange(0, C)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -169,6 +268,7 @@ def _fwd_states_kernel(
     v_base = v_ptr + i_bh * T * V
     h_base = h_ptr + i_bh * (NT + 1) * K * V
     dt = v_ptr.dtype.element_ty
+    later = (o_t[:, None] > o_t[None, :]).to(g_ptr.dtype.element_ty)  # [i, s]: 1 where i > s
 
     state = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
@@ -176,134 +276,28 @@ def _fwd_states_kernel(
     for i_t in range(NT):
         tl.store(h_base + i_t * K * V + kv_off, state.to(h_ptr.dtype.element_ty), mask=m_kv)
         rows = i_t * C + o_t
-        m_t = rows < T
-        # keys and gates transposed: [BK, C]
-        m_kt = m_k[:, None] & m_t[None, :]
-        k_t = tl.load(k_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0).to(tl.float32)
-        g_t = tl.load(g_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0).to(tl.float32)
-        v_c = tl.load(v_base + rows[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b = tl.cumsum(g_t, axis=1)  # padded rows have g = 0: b stays at the last real value
-        b_last = tl.sum(tl.where(o_t[None, :] == C - 1, b, 0.0), axis=1)  # [BK]
-        k_hat = (k_t * tl.exp(tl.minimum(b_last[:, None] - b, 0.0))).to(dt)
-        state = state * tl.exp(b_last)[:, None] + tl.dot(k_hat, v_c, input_precision=PRECISION)
+        m_kt = m_k[:, None] & (rows < T)[None, :]
+        k_t = tl.load(k_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0)
+        g_t = tl.load(g_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0)
+        v_c = tl.load(v_base + rows[:, None] * V + o_v[None, :], mask=(rows < T)[:, None] & m_v[None, :], other=0.0)
+        # padded rows have g = 0: b stays at the last real row's value
+        decay_to_end = _exp(tl.dot(g_t, later, input_precision=G_PRECISION), FAST)  # e^{b_C − b}: [BK, C]
+        k_hat = (k_t.to(tl.float32) * decay_to_end).to(dt)
+        total = tl.sum(g_t.to(tl.float32), axis=1)  # b_C: [BK]
+        state = tl.dot(k_hat, v_c, state * _exp(total, FAST)[:, None], input_precision=PRECISION)
     tl.store(h_base + NT * K * V + kv_off, state.to(h_ptr.dtype.element_ty), mask=m_kv)
     tl.store(ht_ptr + i_bh * K * V + kv_off, state, mask=m_kv)
 
 
 @triton.jit
-def _diagonal_level(c, L, SUB: tl.constexpr):
-    """Level ``L`` of the exact diagonal sub-block: pairs that first split at block size ``2^(L+1)``.
-
-    ``c`` is the cumulative gate inside one sub-chunk, ``[SUB, BK]`` fp32. Rows are grouped in blocks
-    of ``2^(L+1)``; a query ``j`` in the upper half of a block and a key ``s`` in the lower half of
-    the *same* block are separated by the block's midpoint ``r`` (the last row of the lower half), so
-
-        e^{c_j − c_s} = e^{c_j − c_r} · e^{c_r − c_s}        both exponents ≤ 0
-
-    and all such pairs of one level are one matrix product. Levels 0..log2(SUB)-1 cover every pair
-    ``s < j`` exactly once (the level is the highest bit in which ``j`` and ``s`` differ); the pairs
-    ``s = j`` need no gate. ``c_r`` is gathered by a product with a 0/1 selection matrix in IEEE fp32
-    (one 1.0 per row: exact). Returns ``(eq, ek, pairs)``: ``eq = e^{c − c_r}`` on upper-half rows
-    and 0 elsewhere, ``ek = e^{c_r − c}`` on lower-half rows and 0 elsewhere, and the ``[SUB, SUB]``
-    mask of this level's (query, key) pairs.
-    """
-    o_s = tl.arange(0, SUB)
-    ref = ((o_s >> (L + 1)) << (L + 1)) + (1 << L) - 1  # the midpoint row of each row's block
-    select = (o_s[None, :] == ref[:, None]).to(tl.float32)
-    c_ref = tl.dot(select, c, input_precision="ieee")
-    upper = ((o_s >> L) & 1) == 1
-    eq = tl.where(upper[:, None], tl.exp(tl.minimum(c - c_ref, 0.0)), 0.0)
-    ek = tl.where(upper[:, None], 0.0, tl.exp(tl.minimum(c_ref - c, 0.0)))
-    same_block = (o_s[:, None] >> (L + 1)) == (o_s[None, :] >> (L + 1))
-    pairs = same_block & upper[:, None] & (((o_s >> L) & 1) == 0)[None, :]
-    return eq, ek, pairs
-
-
-@triton.jit
-def _fwd_intra_kernel(
-    q_ptr,  # [BH, T, K]
-    k_ptr,  # [BH, T, K]
-    g_ptr,  # [BH, T, K]
-    A_ptr,  # [BH, NT, C, C] out, input dtype: P of every chunk (zeros above the diagonal)
-    scale,
-    T,
-    NT,
-    K: tl.constexpr,
-    C: tl.constexpr,
-    SUB: tl.constexpr,
-    LEVELS: tl.constexpr,
-    BK: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """P_js = Σ_k q_jk k_sk e^{b_jk − b_sk} (s ≤ j) for one chunk, by secondary chunking.
-
-    Off-diagonal sub-blocks: products after rescaling by b_n (first row of the query sub-chunk).
-    Diagonal sub-blocks: exact, by ``LEVELS`` products of the recursive halving in
-    ``_diagonal_level`` plus the gate-free diagonal ``q_j · k_j``. Every exponent is ≤ 0.
-    """
-    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    NC: tl.constexpr = C // SUB
-    o_s = tl.arange(0, SUB)
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    base = i_bh * T * K
-    A_base = A_ptr + (i_bh * NT + i_t) * C * C
-    a_dt = A_ptr.dtype.element_ty
-    dt = q_ptr.dtype.element_ty
-    c0 = i_t * C
-    eye = o_s[:, None] == o_s[None, :]
-
-    carry_u = tl.zeros([BK], dtype=tl.float32)  # cumulative gate before sub-chunk u
-    for u in range(NC):
-        rows_u = c0 + u * SUB + o_s
-        m_u = (rows_u < T)[:, None] & m_k[None, :]
-        off_u = base + rows_u[:, None] * K + o_k[None, :]
-        q_u = tl.load(q_ptr + off_u, mask=m_u, other=0.0).to(tl.float32) * scale
-        k_u = tl.load(k_ptr + off_u, mask=m_u, other=0.0).to(tl.float32)
-        g_u = tl.load(g_ptr + off_u, mask=m_u, other=0.0).to(tl.float32)
-        c_u = tl.cumsum(g_u, axis=0)
-        # b_n: the cumulative gate at the first row of u (that row's gate, loaded on its own)
-        first = c0 + u * SUB
-        g_first = tl.load(g_ptr + base + first * K + o_k, mask=m_k & (o_k * 0 + first < T), other=0.0)
-        b_n = carry_u + g_first.to(tl.float32)
-        q_hat = (q_u * tl.exp(tl.minimum(c_u - g_first.to(tl.float32)[None, :], 0.0))).to(dt)
-
-        # off-diagonal sub-blocks: products after rescaling by b_n
-        carry_w = tl.zeros([BK], dtype=tl.float32)
-        for w in range(0, u):
-            rows_w = c0 + w * SUB + o_s
-            off_w = base + rows_w[:, None] * K + o_k[None, :]
-            m_w = (rows_w < T)[:, None] & m_k[None, :]
-            k_w = tl.load(k_ptr + off_w, mask=m_w, other=0.0).to(tl.float32)
-            g_w = tl.load(g_ptr + off_w, mask=m_w, other=0.0).to(tl.float32)
-            b_w = carry_w[None, :] + tl.cumsum(g_w, axis=0)
-            k_hat = (k_w * tl.exp(tl.minimum(b_n[None, :] - b_w, 0.0))).to(dt)
-            a_uw = tl.dot(q_hat, tl.trans(k_hat), input_precision=PRECISION)
-            tl.store(A_base + (u * SUB + o_s)[:, None] * C + (w * SUB + o_s)[None, :], a_uw.to(a_dt))
-            carry_w += tl.sum(g_w, axis=0)
-
-        # diagonal sub-block, exact: q_j · k_j on the diagonal, then the halving levels
-        a_uu = tl.where(eye, tl.sum(q_u * k_u, axis=1)[:, None], 0.0)
-        for L in range(LEVELS):
-            eq, ek, pairs = _diagonal_level(c_u, L, SUB)
-            q_l = (q_u * eq).to(dt)
-            k_l = (k_u * ek).to(dt)
-            a_uu += tl.where(pairs, tl.dot(q_l, tl.trans(k_l), input_precision=PRECISION), 0.0)
-        tl.store(A_base + (u * SUB + o_s)[:, None] * C + (u * SUB + o_s)[None, :], a_uu.to(a_dt))
-
-        # zeros above the diagonal, so that P is fully defined
-        for w in range(u + 1, NC):
-            tl.store(A_base + (u * SUB + o_s)[:, None] * C + (w * SUB + o_s)[None, :], tl.zeros([SUB, SUB], dtype=a_dt))
-        carry_u += tl.sum(g_u, axis=0)
-
-
-@triton.jit
 def _fwd_output_kernel(
     q_ptr,  # [BH, T, K]
+    k_ptr,  # [BH, T, K]
     v_ptr,  # [BH, T, V]
     g_ptr,  # [BH, T, K]
     h_ptr,  # [BH, NT + 1, K, V]
-    A_ptr,  # [BH, NT, C, C] input dtype
+    tab_ptr,  # [LOG2C + 2, C, C] gate dtype: _level_table
+    A_ptr,  # [BH, NT, C, C] out, input dtype: P of every chunk (for the backward)
     o_ptr,  # [BH, T, V] out
     scale,
     T,
@@ -311,38 +305,73 @@ def _fwd_output_kernel(
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
+    LOG2C: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
     PRECISION: tl.constexpr,
+    G_PRECISION: tl.constexpr,
+    FAST: tl.constexpr,
 ):
-    """O = P V + (Q ⊙ e^b) S_[i] for one chunk and one BV tile of V."""
+    """O = P V + (Q ⊙ e^b) S_[i] for one chunk and one BV tile of V; P never leaves the chip.
+
+    P_js = Σ_k q_jk k_sk e^{b_jk − b_sk} (s ≤ j): the gate-free diagonal ``q_j · k_j``, then one
+    ``C × C`` product per halving level (``_level``), all exponents ``≤ 0``, summed over tiles of
+    ``K`` (everything in P is separable over key channels). The levels run from the finest to the
+    coarsest through one accumulator: after level ``L``'s product, entries outside level ``L``'s
+    blocks (cross-block products, which no level wants) are zeroed; the blocks nest, so that also
+    keeps every finer level's pairs. Operands stay in the input dtype; ``scale`` is applied to the
+    fp32 results. The program of the first V tile also stores P (input dtype) for the backward.
+    """
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    NK: tl.constexpr = (K + BK - 1) // BK
     o_t = tl.arange(0, C)
     rows = i_t * C + o_t
     m_t = rows < T
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
-    dt = v_ptr.dtype.element_ty
-    h_base = h_ptr + (i_bh * (NT + 1) + i_t) * K * V
+    dt = q_ptr.dtype.element_ty
+    cc = o_t[:, None] * C + o_t[None, :]
 
-    acc = tl.zeros([C, BV], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(K, BK)):
+    P = tl.zeros([C, C], dtype=tl.float32)
+    for i_k in tl.static_range(NK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        off = i_bh * T * K + rows[:, None] * K + o_k[None, :]
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        q_c = tl.load(q_ptr + off, mask=m_tk, other=0.0)
+        k_c = tl.load(k_ptr + off, mask=m_tk, other=0.0)
+        g_c = tl.load(g_ptr + off, mask=m_tk, other=0.0)
+        qk = tl.sum(q_c.to(tl.float32) * k_c.to(tl.float32), axis=1)
+        acc = tl.where(o_t[:, None] == o_t[None, :], qk[:, None], 0.0)  # the gate-free diagonal
+        for L in range(LOG2C):  # a loop, not unrolled: the compiler must not overlap the levels' live values
+            upper, block = _level(L, C)
+            e = _exp(tl.dot(tl.load(tab_ptr + L * C * C + cc), g_c, input_precision=G_PRECISION), FAST)
+            q_l = q_c * tl.where(upper[:, None], e, 0.0).to(dt)
+            k_l = k_c * tl.where(upper[:, None], 0.0, e).to(dt)
+            acc = tl.dot(q_l, tl.trans(k_l), acc, input_precision=PRECISION)
+            acc = tl.where(block, acc, 0.0)  # (the top level's block is the whole chunk)
+        P += acc
+    P = P * scale
+    if i_v == 0:
+        tl.store(A_ptr + (i_bh * NT + i_t) * C * C + cc, P.to(A_ptr.dtype.element_ty))
+
+    m_tv = m_t[:, None] & m_v[None, :]
+    v_c = tl.load(v_ptr + i_bh * T * V + rows[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+    out = tl.dot(P.to(dt), v_c, input_precision=PRECISION)
+    inter = tl.zeros([C, BV], dtype=tl.float32)
+    h_base = h_ptr + (i_bh * (NT + 1) + i_t) * K * V
+    for i_k in tl.static_range(NK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         off = i_bh * T * K + rows[:, None] * K + o_k[None, :]
         m_tk = m_t[:, None] & m_k[None, :]
-        q_c = tl.load(q_ptr + off, mask=m_tk, other=0.0).to(tl.float32) * scale
-        g_c = tl.load(g_ptr + off, mask=m_tk, other=0.0).to(tl.float32)
-        q_hat = (q_c * tl.exp(tl.cumsum(g_c, axis=0))).to(dt)
-        h_c = tl.load(h_base + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        acc += tl.dot(q_hat, h_c.to(dt), input_precision=PRECISION)
-    A_base = A_ptr + (i_bh * NT + i_t) * C * C
-    P = tl.load(A_base + o_t[:, None] * C + o_t[None, :])
-    P = tl.where(o_t[:, None] >= o_t[None, :], P, 0.0).to(dt)
-    m_tv = m_t[:, None] & m_v[None, :]
-    v_c = tl.load(v_ptr + i_bh * T * V + rows[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
-    acc += tl.dot(P, v_c, input_precision=PRECISION)
-    tl.store(o_ptr + i_bh * T * V + rows[:, None] * V + o_v[None, :], acc.to(o_ptr.dtype.element_ty), mask=m_tv)
+        q_c = tl.load(q_ptr + off, mask=m_tk, other=0.0)
+        g_c = tl.load(g_ptr + off, mask=m_tk, other=0.0)
+        b = tl.dot(tl.load(tab_ptr + LOG2C * C * C + cc), g_c, input_precision=G_PRECISION)  # b_j
+        q_hat = q_c * _exp(b, FAST).to(dt)
+        s_c = tl.load(h_base + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        inter = tl.dot(q_hat, s_c.to(dt), inter, input_precision=PRECISION)
+    out += inter * scale
+    tl.store(o_ptr + i_bh * T * V + rows[:, None] * V + o_v[None, :], out.to(o_ptr.dtype.element_ty), mask=m_tv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,9 +384,11 @@ def _bwd_dstates_kernel(
     q_ptr,  # [BH, T, K]
     g_ptr,  # [BH, T, K]
     do_ptr,  # [BH, T, V]
+    h_ptr,  # [BH, NT + 1, K, V]: the forward's states
     dht_ptr,  # [BH, K, V] fp32 gradient of the final state (if HAS_DHT)
     dh_ptr,  # [BH, NT, K, V] out: gradient w.r.t. the state after chunk i
     dh0_ptr,  # [BH, K, V] fp32 out: gradient w.r.t. the initial state (if HAS_H0)
+    last_ptr,  # [BH, NT, cdiv(V, BV), K] fp32 out: Σ_v S_[i+1] ⊙ dS_[i+1] over this tile's v
     scale,
     T,
     NT,
@@ -369,9 +400,16 @@ def _bwd_dstates_kernel(
     HAS_DHT: tl.constexpr,
     HAS_H0: tl.constexpr,
     PRECISION: tl.constexpr,
+    G_PRECISION: tl.constexpr,
+    FAST: tl.constexpr,
 ):
-    """dS_[i] = Diag(e^{b_C}) dS_[i+1] + (Q_i ⊙ e^b)ᵀ dO_i, chunks from the last to the first."""
+    """dS_[i] = Diag(e^{b_C}) dS_[i+1] + (Q_i ⊙ e^b)ᵀ dO_i, chunks from the last to the first.
+
+    Also the chunk's last-row term of d log_alpha, ``Σ_v S_[i+1] ⊙ dS_[i+1]`` (the gradient of
+    ``b_C``, which every gate of the chunk enters), as one partial sum per tile of V.
+    """
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    NVT = tl.num_programs(1)
     o_t = tl.arange(0, C)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -383,6 +421,7 @@ def _bwd_dstates_kernel(
     do_base = do_ptr + i_bh * T * V
     dh_base = dh_ptr + i_bh * NT * K * V
     dt = do_ptr.dtype.element_ty
+    upto = (o_t[:, None] <= o_t[None, :]).to(g_ptr.dtype.element_ty)  # [i, s]: 1 where i ≤ s
 
     dstate = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
@@ -390,16 +429,17 @@ def _bwd_dstates_kernel(
     for i in range(NT):
         i_t = NT - 1 - i
         tl.store(dh_base + i_t * K * V + kv_off, dstate.to(dh_ptr.dtype.element_ty), mask=m_kv)
+        s_next = tl.load(h_ptr + (i_bh * (NT + 1) + i_t + 1) * K * V + kv_off, mask=m_kv, other=0.0)
+        tl.store(last_ptr + ((i_bh * NT + i_t) * NVT + i_v) * K + o_k, tl.sum(s_next.to(tl.float32) * dstate, axis=1),
+                 mask=m_k)  # fmt: skip
         rows = i_t * C + o_t
-        m_t = rows < T
-        m_kt = m_k[:, None] & m_t[None, :]
+        m_kt = m_k[:, None] & (rows < T)[None, :]
         q_t = tl.load(q_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0).to(tl.float32) * scale
-        g_t = tl.load(g_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0).to(tl.float32)
-        do_c = tl.load(do_base + rows[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b = tl.cumsum(g_t, axis=1)
-        b_last = tl.sum(tl.where(o_t[None, :] == C - 1, b, 0.0), axis=1)
-        q_hat = (q_t * tl.exp(b)).to(dt)
-        dstate = dstate * tl.exp(b_last)[:, None] + tl.dot(q_hat, do_c, input_precision=PRECISION)
+        g_t = tl.load(g_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0)
+        do_c = tl.load(do_base + rows[:, None] * V + o_v[None, :], mask=(rows < T)[:, None] & m_v[None, :], other=0.0)
+        q_hat = (q_t * _exp(tl.dot(g_t, upto, input_precision=G_PRECISION), FAST)).to(dt)  # Q ⊙ e^b, transposed
+        total = tl.sum(g_t.to(tl.float32), axis=1)
+        dstate = tl.dot(q_hat, do_c, dstate * _exp(total, FAST)[:, None], input_precision=PRECISION)
     if HAS_H0:
         tl.store(dh0_ptr + i_bh * K * V + kv_off, dstate, mask=m_kv)
 
@@ -409,67 +449,81 @@ def _bwd_dv_kernel(
     k_ptr,  # [BH, T, K]
     v_ptr,  # [BH, T, V]
     g_ptr,  # [BH, T, K]
-    A_ptr,  # [BH, NT, C, C] input dtype (from the forward)
+    tab_ptr,  # [LOG2C + 2, C, C] gate dtype: _level_table
+    A_ptr,  # [BH, NT, C, C] input dtype: P of every chunk (from the forward, scale included)
     do_ptr,  # [BH, T, V]
-    dh_ptr,  # [BH, NT, K, V]
+    dh_ptr,  # [BH, NT, K, V]: gradient w.r.t. S_[i+1]
+    dA_ptr,  # [BH, NT, C, C] out, input dtype: dP = scale · (dO Vᵀ) ⊙ [s ≤ j]
     dv_ptr,  # [BH, T, V] out
-    dA_ptr,  # [BH, NT, C, C] fp32 out: (dO Vᵀ) ⊙ M
+    scale,
     T,
     NT,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
+    LOG2C: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
     PRECISION: tl.constexpr,
+    G_PRECISION: tl.constexpr,
+    FAST: tl.constexpr,
 ):
-    """dV = Pᵀ dO + (K ⊙ e^{b_C − b}) dS_[i+1] and dP = (dO Vᵀ) ⊙ M for one chunk."""
+    """dV = Pᵀ dO + (K ⊙ e^{b_C − b}) dS_[i+1] and dP = scale · (dO Vᵀ) ⊙ M of one chunk (all of V).
+
+    dP is stored (input dtype, like P) for ``_bwd_kernel``, which reads it once per halving level
+    with the level's pairs as the load mask.
+    """
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    NK: tl.constexpr = (K + BK - 1) // BK
     o_t = tl.arange(0, C)
     rows = i_t * C + o_t
     m_t = rows < T
-    causal = o_t[:, None] >= o_t[None, :]
-    dt = v_ptr.dtype.element_ty
-    A_off = (i_bh * NT + i_t) * C * C + o_t[:, None] * C + o_t[None, :]
-    dh_base = dh_ptr + (i_bh * NT + i_t) * K * V
-    P = tl.where(causal, tl.load(A_ptr + A_off), 0.0).to(dt)
+    o_v = tl.arange(0, BV)
+    m_v = o_v < V
+    dt = k_ptr.dtype.element_ty
+    cc = o_t[:, None] * C + o_t[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    off_v = i_bh * T * V + rows[:, None] * V + o_v[None, :]
+    do_c = tl.load(do_ptr + off_v, mask=m_tv, other=0.0)
+    v_c = tl.load(v_ptr + off_v, mask=m_tv, other=0.0)
+    dP = tl.dot(do_c, tl.trans(v_c), input_precision=PRECISION) * scale
+    dP = tl.where(o_t[:, None] >= o_t[None, :], dP, 0.0)
+    tl.store(dA_ptr + (i_bh * NT + i_t) * C * C + cc, dP.to(dA_ptr.dtype.element_ty))
 
-    dP = tl.zeros([C, C], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
-        m_tv = m_t[:, None] & m_v[None, :]
-        off_v = i_bh * T * V + rows[:, None] * V + o_v[None, :]
-        do_c = tl.load(do_ptr + off_v, mask=m_tv, other=0.0)
-        v_c = tl.load(v_ptr + off_v, mask=m_tv, other=0.0)
-        dP += tl.dot(do_c, tl.trans(v_c), input_precision=PRECISION)
-        dv = tl.dot(tl.trans(P), do_c, input_precision=PRECISION)
-        for i_k in range(0, tl.cdiv(K, BK)):
-            o_k = i_k * BK + tl.arange(0, BK)
-            m_k = o_k < K
-            off_k = i_bh * T * K + rows[:, None] * K + o_k[None, :]
-            m_tk = m_t[:, None] & m_k[None, :]
-            k_c = tl.load(k_ptr + off_k, mask=m_tk, other=0.0).to(tl.float32)
-            g_c = tl.load(g_ptr + off_k, mask=m_tk, other=0.0).to(tl.float32)
-            b = tl.cumsum(g_c, axis=0)
-            b_last = tl.sum(tl.where(o_t[:, None] == C - 1, b, 0.0), axis=0)
-            k_hat = (k_c * tl.exp(tl.minimum(b_last[None, :] - b, 0.0))).to(dt)
-            dh_c = tl.load(dh_base + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-            dv += tl.dot(k_hat, dh_c.to(dt), input_precision=PRECISION)
-        tl.store(dv_ptr + off_v, dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    tl.store(dA_ptr + A_off, tl.where(causal, dP, 0.0))
+    # dV is computed transposed, dVᵀ = dOᵀ P + dSᵀ (K ⊙ e^{b_C − b})ᵀ, and stored through transposed
+    # addresses: so the gated keys are the right operand of their product (taken from shared memory).
+    # As the left operand, formed in registers, Triton 3.6 miscompiled this product on the H100.
+    P = tl.load(A_ptr + (i_bh * NT + i_t) * C * C + cc)
+    dv_t = tl.dot(tl.trans(do_c), P, input_precision=PRECISION)  # [BV, C]
+    dh_base = dh_ptr + (i_bh * NT + i_t) * K * V
+    # table LOG2C + 1 read transposed: later[i, s] = [i > s], so (Gᵀ later)[k, s] = b_C − b_s
+    later = tl.load(tab_ptr + (LOG2C + 1) * C * C + o_t[None, :] * C + o_t[:, None])
+    for i_k in tl.static_range(NK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        off_t = i_bh * T * K + rows[None, :] * K + o_k[:, None]  # [BK, C]: keys and gates transposed
+        m_kt = m_k[:, None] & m_t[None, :]
+        k_t = tl.load(k_ptr + off_t, mask=m_kt, other=0.0)
+        g_t = tl.load(g_ptr + off_t, mask=m_kt, other=0.0)
+        to_end = _exp(tl.dot(g_t, later, input_precision=G_PRECISION), FAST)
+        ds_c = tl.load(dh_base + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        dv_t = tl.dot(tl.trans(ds_c.to(dt)), (k_t * to_end).to(dt), dv_t, input_precision=PRECISION)
+    off_vt = i_bh * T * V + rows[None, :] * V + o_v[:, None]
+    tl.store(dv_ptr + off_vt, dv_t.to(dv_ptr.dtype.element_ty), mask=m_v[:, None] & m_t[None, :])
 
 
 @triton.jit
-def _bwd_dqk_kernel(
+def _bwd_kernel(
     q_ptr,  # [BH, T, K]
     k_ptr,  # [BH, T, K]
     v_ptr,  # [BH, T, V]
     g_ptr,  # [BH, T, K]
     h_ptr,  # [BH, NT + 1, K, V]
+    tab_ptr,  # [LOG2C + 2, C, C] gate dtype: _level_table
+    dA_ptr,  # [BH, NT, C, C] input dtype: dP of every chunk (_bwd_dv_kernel)
     do_ptr,  # [BH, T, V]
-    dh_ptr,  # [BH, NT, K, V]
-    dA_ptr,  # [BH, NT, C, C] fp32
+    dh_ptr,  # [BH, NT, K, V]: gradient w.r.t. S_[i+1]
+    last_ptr,  # [BH, NT, NVT, K] fp32: partial sums of Σ_v S_[i+1] ⊙ dS_[i+1] (_bwd_dstates_kernel)
     dq_ptr,  # [BH, T, K] out
     dk_ptr,  # [BH, T, K] out
     dg_ptr,  # [BH, T, K] out
@@ -479,131 +533,85 @@ def _bwd_dqk_kernel(
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
-    SUB: tl.constexpr,
-    LEVELS: tl.constexpr,
+    LOG2C: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
     PRECISION: tl.constexpr,
+    G_PRECISION: tl.constexpr,
+    FAST: tl.constexpr,
+    NVT: tl.constexpr,
 ):
-    """dQ, dK (intra by secondary chunking + inter) and d log_alpha for one chunk and BK key columns.
+    """dQ, dK and d log_alpha of one chunk for one tile of BK key channels (all of V in one BV tile).
 
-    Every quantity here is separable over the key channels, so programs split K; each holds its
-    ``BK × V`` slices of S_[i] and dS_[i+1] for the whole chunk. Sub-chunks are visited from the
-    last to the first so that d log_alpha, a reverse cumulative sum of ∂L/∂b inside the chunk, is
-    finished sub-chunk by sub-chunk.
+    The inter terms ``scale · e^b ⊙ (dO S_[i]ᵀ)`` and ``e^{b_C − b} ⊙ (V dS_[i+1]ᵀ)``, the gate-free
+    diagonal ``dP_jj``, and per halving level two products with ``dP`` restricted to the level's
+    pairs: ``dQ += E ⊙ (dP_L (K ⊙ E))`` and ``dK += E ⊙ (dP_Lᵀ (Q ⊙ E))`` (``E`` the level's
+    exponentials; the pairs select upper-half rows for dQ and lower-half rows for dK). ``dP_L`` is
+    *loaded* with the level's pairs as the mask, so both products take it from shared memory (its
+    transpose included). Then ``∂L/∂b = q ⊙ dq − k ⊙ dk`` summed backwards inside the chunk, plus on
+    every row ``Σ_v S_[i+1] ⊙ dS_[i+1]`` (summed by the reverse state pass, one partial per V tile).
+
+    Why loaded and not kept on chip: holding ``dP`` in registers as a product operand (and its
+    transpose) was what Triton 3.6 miscompiled on the H100 (wrong dQ/dK at some tile widths, an
+    out-of-range shared-memory access at others; ``docs/benchmarks/gla_perf_log.md``, entry 4).
     """
     i_t, i_kt, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    NC: tl.constexpr = C // SUB
-    o_s = tl.arange(0, SUB)
-    o_k = i_kt * BK + tl.arange(0, BK)
-    m_k = o_k < K
+    o_t = tl.arange(0, C)
+    rows = i_t * C + o_t
+    m_t = rows < T
     o_v = tl.arange(0, BV)
     m_v = o_v < V
-    base_k = i_bh * T * K
-    base_v = i_bh * T * V
-    c0 = i_t * C
     dt = q_ptr.dtype.element_ty
-    eye = o_s[:, None] == o_s[None, :]
+    cc = o_t[:, None] * C + o_t[None, :]
     dA_base = dA_ptr + (i_bh * NT + i_t) * C * C
+    h_base = h_ptr + (i_bh * (NT + 1) + i_t) * K * V
+    dh_base = dh_ptr + (i_bh * NT + i_t) * K * V
 
-    # this program's slices of S_[i], S_[i+1] and dS_[i+1]: [BK, V]
+    m_tv = m_t[:, None] & m_v[None, :]
+    off_v = i_bh * T * V + rows[:, None] * V + o_v[None, :]
+    do_c = tl.load(do_ptr + off_v, mask=m_tv, other=0.0)
+    v_c = tl.load(v_ptr + off_v, mask=m_tv, other=0.0)
+    o_k = i_kt * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    off = i_bh * T * K + rows[:, None] * K + o_k[None, :]
+    m_tk = m_t[:, None] & m_k[None, :]
+    q_c = tl.load(q_ptr + off, mask=m_tk, other=0.0)
+    k_c = tl.load(k_ptr + off, mask=m_tk, other=0.0)
+    g_c = tl.load(g_ptr + off, mask=m_tk, other=0.0)
     kv = o_k[:, None] * V + o_v[None, :]
     m_kv = m_k[:, None] & m_v[None, :]
-    h_base = h_ptr + (i_bh * (NT + 1) + i_t) * K * V
-    s_i = tl.load(h_base + kv, mask=m_kv, other=0.0).to(dt)
-    ds_i = tl.load(dh_ptr + (i_bh * NT + i_t) * K * V + kv, mask=m_kv, other=0.0)
-    s_next = tl.load(h_base + K * V + kv, mask=m_kv, other=0.0).to(tl.float32)
-    last_row = tl.sum(s_next * ds_i.to(tl.float32), axis=1)  # Σ_v S_[i+1] ⊙ dS_[i+1]
-    ds_i = ds_i.to(dt)
+    s_c = tl.load(h_base + kv, mask=m_kv, other=0.0).to(dt)
+    ds_c = tl.load(dh_base + kv, mask=m_kv, other=0.0).to(dt)
 
-    # b_C, the chunk's total gate
-    rows_c = c0 + tl.arange(0, C)
-    m_c = (rows_c < T)[:, None] & m_k[None, :]
-    total = tl.sum(tl.load(g_ptr + base_k + rows_c[:, None] * K + o_k[None, :], mask=m_c, other=0.0).to(tl.float32), 0)
+    # inter-chunk terms
+    e_b = _exp(tl.dot(tl.load(tab_ptr + LOG2C * C * C + cc), g_c, input_precision=G_PRECISION), FAST)
+    dq = tl.dot(do_c, tl.trans(s_c), input_precision=PRECISION) * (e_b * scale)
+    to_end = _exp(tl.dot(tl.load(tab_ptr + (LOG2C + 1) * C * C + cc), g_c, input_precision=G_PRECISION), FAST)
+    dk = tl.dot(v_c, tl.trans(ds_c), input_precision=PRECISION) * to_end  # (V dS_[i+1]ᵀ) ⊙ e^{b_C − b}
 
-    dg_carry = last_row  # Σ of ∂L/∂b over the rows after the current sub-chunk (and the last-row term)
-    after = tl.zeros([BK], dtype=tl.float32)  # Σ of the gates of the sub-chunks after u
-    for uu in range(NC):
-        u = NC - 1 - uu  # from the last sub-chunk to the first
-        rows_u = c0 + u * SUB + o_s
-        m_u = (rows_u < T)[:, None] & m_k[None, :]
-        off_u = base_k + rows_u[:, None] * K + o_k[None, :]
-        q_u = tl.load(q_ptr + off_u, mask=m_u, other=0.0).to(tl.float32) * scale
-        k_u = tl.load(k_ptr + off_u, mask=m_u, other=0.0).to(tl.float32)
-        g_u = tl.load(g_ptr + off_u, mask=m_u, other=0.0).to(tl.float32)
-        g_sum = tl.sum(g_u, axis=0)
-        before = total - after - g_sum  # cumulative gate before sub-chunk u
-        c_u = tl.cumsum(g_u, axis=0)
-        b_u = before[None, :] + c_u
-        first = c0 + u * SUB
-        g_first = tl.load(g_ptr + base_k + first * K + o_k, mask=m_k & (o_k * 0 + first < T), other=0.0)
-        b_n = before + g_first.to(tl.float32)
+    # intra: the gate-free diagonal, then the levels (each level's pairs are its load mask)
+    dp_diag = tl.load(dA_base + cc, mask=o_t[:, None] == o_t[None, :], other=0.0)
+    dq = tl.dot(dp_diag, k_c, dq, input_precision=PRECISION)
+    dk = tl.dot(dp_diag, q_c, dk, input_precision=PRECISION)  # the diagonal is its own transpose
+    for L in range(LOG2C):  # a loop, not unrolled: the compiler must not overlap the levels' live values
+        upper, block = _level(L, C)
+        pairs = block & upper[:, None] & (upper == 0)[None, :]  # (query j upper, key s lower, one block)
+        dp_l = tl.load(dA_base + cc, mask=pairs, other=0.0)
+        e = _exp(tl.dot(tl.load(tab_ptr + L * C * C + cc), g_c, input_precision=G_PRECISION), FAST)
+        e_q = tl.where(upper[:, None], e, 0.0)
+        e_k = tl.where(upper[:, None], 0.0, e)
+        dq += e_q * tl.dot(dp_l, k_c * e_k.to(dt), input_precision=PRECISION)
+        dk += e_k * tl.dot(tl.trans(dp_l), q_c * e_q.to(dt), input_precision=PRECISION)
 
-        # inter-chunk terms: e^b ⊙ (dO S_[i]ᵀ) and e^{b_C − b} ⊙ (V dS_[i+1]ᵀ)
-        m_uv = (rows_u < T)[:, None] & m_v[None, :]
-        off_uv = base_v + rows_u[:, None] * V + o_v[None, :]
-        do_u = tl.load(do_ptr + off_uv, mask=m_uv, other=0.0)
-        v_u = tl.load(v_ptr + off_uv, mask=m_uv, other=0.0)
-        dq = tl.dot(do_u, tl.trans(s_i), input_precision=PRECISION) * tl.exp(b_u)
-        dk = tl.dot(v_u, tl.trans(ds_i), input_precision=PRECISION) * tl.exp(tl.minimum(total[None, :] - b_u, 0.0))
-
-        # off-diagonal, queries u against earlier keys w: dQ_u += (dP_uw (K_w ⊙ e^{b_n − b_w})) ⊙ e^{b_u − b_n}
-        dq_off = tl.zeros([SUB, BK], dtype=tl.float32)
-        b_prev = before
-        for ww in range(0, u):
-            w_prev = u - 1 - ww
-            rows_w = c0 + w_prev * SUB + o_s
-            off_w = base_k + rows_w[:, None] * K + o_k[None, :]
-            m_w = (rows_w < T)[:, None] & m_k[None, :]
-            k_w = tl.load(k_ptr + off_w, mask=m_w, other=0.0).to(tl.float32)
-            g_w = tl.load(g_ptr + off_w, mask=m_w, other=0.0).to(tl.float32)
-            b_prev -= tl.sum(g_w, axis=0)
-            b_w = b_prev[None, :] + tl.cumsum(g_w, axis=0)
-            k_hat = (k_w * tl.exp(tl.minimum(b_n[None, :] - b_w, 0.0))).to(dt)
-            dP_uw = tl.load(dA_base + (u * SUB + o_s)[:, None] * C + (w_prev * SUB + o_s)[None, :]).to(dt)
-            dq_off += tl.dot(dP_uw, k_hat, input_precision=PRECISION)
-        dq += dq_off * tl.exp(tl.minimum(c_u - g_first.to(tl.float32)[None, :], 0.0))
-
-        # off-diagonal, keys u against later queries w: dK_u += (dP_wuᵀ (Q_w ⊙ e^{b_w − b_n(w)})) ⊙ e^{b_n(w) − b_u}
-        b_next = before + g_sum
-        for w in range(u + 1, NC):
-            rows_w = c0 + w * SUB + o_s
-            off_w = base_k + rows_w[:, None] * K + o_k[None, :]
-            m_w = (rows_w < T)[:, None] & m_k[None, :]
-            q_w = tl.load(q_ptr + off_w, mask=m_w, other=0.0).to(tl.float32) * scale
-            g_w = tl.load(g_ptr + off_w, mask=m_w, other=0.0).to(tl.float32)
-            c_w = tl.cumsum(g_w, axis=0)
-            first_w = c0 + w * SUB
-            g_first_w = tl.load(g_ptr + base_k + first_w * K + o_k, mask=m_k & (o_k * 0 + first_w < T), other=0.0)
-            g_first_w = g_first_w.to(tl.float32)
-            q_hat = (q_w * tl.exp(tl.minimum(c_w - g_first_w[None, :], 0.0))).to(dt)
-            b_nw = b_next + g_first_w
-            dP_wu = tl.load(dA_base + (w * SUB + o_s)[:, None] * C + (u * SUB + o_s)[None, :]).to(dt)
-            dk_part = tl.dot(tl.trans(dP_wu), q_hat, input_precision=PRECISION)
-            dk += dk_part * tl.exp(tl.minimum(b_nw[None, :] - b_u, 0.0))
-            b_next += tl.sum(g_w, axis=0)
-
-        # diagonal sub-block, exact: the gate-free diagonal, then the halving levels
-        dP_uu = tl.load(dA_base + (u * SUB + o_s)[:, None] * C + (u * SUB + o_s)[None, :])
-        dP_diag = tl.sum(tl.where(eye, dP_uu, 0.0), axis=1)
-        dq += dP_diag[:, None] * k_u
-        dk += dP_diag[:, None] * q_u
-        for L in range(LEVELS):
-            eq, ek, pairs = _diagonal_level(c_u, L, SUB)
-            dP_l = tl.where(pairs, dP_uu, 0.0).to(dt)
-            dq += tl.dot(dP_l, (k_u * ek).to(dt), input_precision=PRECISION) * eq
-            dk += tl.dot(tl.trans(dP_l), (q_u * eq).to(dt), input_precision=PRECISION) * ek
-
-        # d log_alpha: ∂L/∂b = q ⊙ dq − k ⊙ dk, summed from the end of the chunk backwards
-        db = q_u * dq - k_u * dk
-        db_sum = tl.sum(db, axis=0)
-        dg = dg_carry[None, :] + db_sum[None, :] - tl.cumsum(db, axis=0) + db
-        dg_carry += db_sum
-        after += g_sum
-
-        tl.store(dq_ptr + off_u, (dq * scale).to(dq_ptr.dtype.element_ty), mask=m_u)
-        tl.store(dk_ptr + off_u, dk.to(dk_ptr.dtype.element_ty), mask=m_u)
-        tl.store(dg_ptr + off_u, dg.to(dg_ptr.dtype.element_ty), mask=m_u)
+    # d log_alpha: ∂L/∂b = q ⊙ dq − k ⊙ dk, summed from the end of the chunk backwards
+    db = q_c.to(tl.float32) * dq - k_c.to(tl.float32) * dk
+    last = tl.zeros([BK], dtype=tl.float32)
+    for i_v in tl.static_range(NVT):
+        last += tl.load(last_ptr + ((i_bh * NT + i_t) * NVT + i_v) * K + o_k, mask=m_k, other=0.0)
+    dg = (last + tl.sum(db, axis=0))[None, :] - tl.cumsum(db, axis=0) + db
+    tl.store(dq_ptr + off, dq.to(dq_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dk_ptr + off, dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dg_ptr + off, dg.to(dg_ptr.dtype.element_ty), mask=m_tk)
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,48 +637,51 @@ def _launch(kernel, grid, *args, **kwargs):
 
 
 def _precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """fp32 operands: three tf32 tensor-core passes (``tf32x3``: big·big + big·small + small·big, about
+    fp32's accuracy; plain ``ieee`` products run on the CUDA cores, and spill at these tile sizes).
+    Ignored by ``tl.dot`` for 16-bit operands."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _launch_kw(cfg: Config, *, state: bool) -> dict:
+def _launch_kw(cfg: Config, kind: str) -> dict:
+    """Warps and stages; chunks of 128 rows get at least 8 warps (two warpgroups of 64 rows each:
+    with four, every ``C × C`` tile would hold 128 fp32 values per thread and spill)."""
     if INTERPRETER:
         return {}
-    if state:
-        return dict(num_warps=cfg.state_num_warps, num_stages=cfg.state_num_stages)
-    return dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    least = max(1, cfg.chunk_size // 16)
+    if kind == "state":
+        return dict(num_warps=max(least, cfg.state_num_warps), num_stages=cfg.state_num_stages)
+    warps = cfg.bwd_num_warps if kind == "bwd" else cfg.num_warps
+    return dict(num_warps=max(least, warps), num_stages=cfg.num_stages)
 
 
 #: Shared memory one program may plan for (an H100 block may have up to 227 KiB; the estimates
-#: below are rough, so they keep a margin). Tiles that would not fit are narrowed, V first.
+#: below are rough, so they keep a margin). Tiles that would not fit are narrowed.
 _SMEM_BUDGET = 160 * 1024
 
 
-def _fit(bk: int, bv: int, need) -> tuple[int, int]:
-    """Halve ``bv`` (then ``bk``) down to 16 until ``need(bk, bv)`` bytes fit the budget."""
-    while need(bk, bv) > _SMEM_BUDGET and (bv > 16 or bk > 16):
+def _tiles(cfg: Config, K: int, V: int, dtype: torch.dtype) -> dict:
+    """Tiles of the two chunk-parallel kernels: the requested ones, narrowed where they would not fit on chip.
+
+    Estimates of the buffers the compiler stages in shared memory (``e`` bytes per element): the
+    output kernel, per K tile, the gates and one level's key operand (``C × BK`` each) beside ``P``,
+    a ``C × BV`` tile of ``v`` and a ``BK × BV`` state tile; the backward kernel ``dO`` and ``v`` for
+    all of ``V``, ``P`` and ``dP``, two state tiles ``BK × V`` and three ``C × BK`` operands. The
+    output kernel narrows ``BV`` first (``P`` is then recomputed per V tile), the backward ``BK``.
+    """
+    e = torch.finfo(dtype).bits // 8
+    C = cfg.chunk_size
+    v_full = max(16, next_power_of_2(V))
+    bk, bv = cfg.block_k, cfg.block_v
+    while e * (C * C + 2 * C * bk + C * bv + bk * bv) > _SMEM_BUDGET and (bv > 16 or bk > 16):
         if bv > 16:
             bv //= 2
         else:
             bk //= 2
-    return bk, bv
-
-
-def _tiles(cfg: Config, K: int, V: int, dtype: torch.dtype) -> dict:
-    """Per-kernel tiles: the requested ones, narrowed where their operands would not fit on chip.
-
-    Estimates of the operand buffers (``e`` bytes per element, ``st`` pipeline stages): the output
-    kernel holds ``P``, a ``C × BV`` tile of ``v`` and, per stage, ``C × BK`` of ``q`` and ``BK × BV`` of
-    ``S``; the dV kernel holds ``P``, per stage ``C × BV`` of ``dO`` and ``v`` and ``C × BK + BK × BV``; the
-    dQ/dK kernel holds ``BK × V`` slices of two states (and reads a third) for the whole chunk.
-    """
-    e = torch.finfo(dtype).bits // 8
-    C, st = cfg.chunk_size, max(1, cfg.num_stages)
-    bk_full = max(16, next_power_of_2(K))
-    out = _fit(cfg.block_k, cfg.block_v, lambda bk, bv: e * (C * C + C * bv + st * (C * bk + bk * bv)))
-    dv = _fit(cfg.block_k, cfg.block_v, lambda bk, bv: e * (C * C + st * (2 * C * bv + C * bk + bk * bv)))
-    v_full = max(16, next_power_of_2(V))
-    bk_dqk, _ = _fit(cfg.dqk_block_k, 16, lambda bk, _: e * (3 * bk * v_full + 2 * SUB * v_full))
-    return {"out": out, "dv": dv, "dqk_bk": bk_dqk, "k_full": bk_full}
+    bk_bwd = cfg.bwd_block_k
+    while e * (2 * C * C + 2 * C * v_full + 2 * bk_bwd * v_full + 3 * C * bk_bwd) > _SMEM_BUDGET and bk_bwd > 16:
+        bk_bwd //= 2
+    return {"out": (bk, bv), "bwd": (bk_bwd, v_full)}
 
 
 def _forward(q, k, v, g, h0, scale: float, cfg: Config):
@@ -680,29 +691,25 @@ def _forward(q, k, v, g, h0, scale: float, cfg: Config):
     C = cfg.chunk_size
     NT = triton.cdiv(T, C)
     dev = q.device
-    prec = _precision(q.dtype)
+    prec, g_prec = _precision(q.dtype), _precision(g.dtype)
     h = _empty(BH, NT + 1, K, V, device=dev, dtype=q.dtype)
     final = _empty(BH, K, V, device=dev, dtype=torch.float32)
-    # P is stored in the input dtype: both of its readers round it to that dtype for tl.dot anyway.
+    # P is kept for the backward in the input dtype: its readers round it to that dtype for tl.dot anyway.
     A = _empty(BH, NT, C, C, device=dev, dtype=q.dtype)
     o = _empty(BH, T, V, device=dev, dtype=v.dtype)
     sbk, sbv = cfg.state_block_k, cfg.state_block_v
     _launch(
         _fwd_states_kernel, (triton.cdiv(K, sbk), triton.cdiv(V, sbv), BH),
         k, v, g, h0 if h0 is not None else final, h, final, T, NT,
-        K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_H0=h0 is not None, PRECISION=prec, **_launch_kw(cfg, state=True),
+        K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_H0=h0 is not None, PRECISION=prec, G_PRECISION=g_prec, FAST=_FAST,
+        **_launch_kw(cfg, "state"),
     )  # fmt: skip
-    tiles = _tiles(cfg, K, V, q.dtype)
-    _launch(
-        _fwd_intra_kernel, (NT, BH),
-        q, k, g, A, scale, T, NT,
-        K=K, C=C, SUB=SUB, LEVELS=LEVELS, BK=tiles["k_full"], PRECISION=prec, **_launch_kw(cfg, state=False),
-    )  # fmt: skip
-    bk, bv = tiles["out"]
+    bk, bv = _tiles(cfg, K, V, q.dtype)["out"]
     _launch(
         _fwd_output_kernel, (triton.cdiv(V, bv), NT, BH),
-        q, v, g, h, A, o, scale, T, NT,
-        K=K, V=V, C=C, BK=bk, BV=bv, PRECISION=prec, **_launch_kw(cfg, state=False),
+        q, k, v, g, h, _level_table(C, g.dtype, dev), A, o, scale, T, NT,
+        K=K, V=V, C=C, LOG2C=C.bit_length() - 1, BK=bk, BV=bv, PRECISION=prec, G_PRECISION=g_prec, FAST=_FAST,
+        **_launch_kw(cfg, "fwd"),
     )  # fmt: skip
     return o, h, A, final
 
@@ -714,10 +721,11 @@ def _backward(q, k, v, g, h, A, do, dht, has_h0: bool, scale: float, cfg: Config
     C = cfg.chunk_size
     NT = triton.cdiv(T, C)
     dev = q.device
-    prec = _precision(q.dtype)
+    prec, g_prec = _precision(q.dtype), _precision(g.dtype)
     dh = _empty(BH, NT, K, V, device=dev, dtype=q.dtype)
+    nvt = triton.cdiv(V, cfg.state_block_v)
+    last = _empty(BH, NT, nvt, K, device=dev, dtype=torch.float32)
     dh0 = _empty(BH, K, V, device=dev, dtype=torch.float32) if has_h0 else None
-    dA = _empty(BH, NT, C, C, device=dev, dtype=torch.float32)
     dq = _empty(*q.shape, device=dev, dtype=q.dtype)
     dk = _empty(*k.shape, device=dev, dtype=k.dtype)
     dv = _empty(*v.shape, device=dev, dtype=v.dtype)
@@ -725,30 +733,30 @@ def _backward(q, k, v, g, h, A, do, dht, has_h0: bool, scale: float, cfg: Config
     sbk, sbv = cfg.state_block_k, cfg.state_block_v
     _launch(
         _bwd_dstates_kernel, (triton.cdiv(K, sbk), triton.cdiv(V, sbv), BH),
-        q, g, do, dht if dht is not None else dA, dh, dh0 if dh0 is not None else dA, scale, T, NT,
+        q, g, do, h, dht if dht is not None else dh, dh, dh0 if dh0 is not None else dh, last, scale, T, NT,
         K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_DHT=dht is not None, HAS_H0=has_h0, PRECISION=prec,
-        **_launch_kw(cfg, state=True),
+        G_PRECISION=g_prec, FAST=_FAST, **_launch_kw(cfg, "state"),
     )  # fmt: skip
-    tiles = _tiles(cfg, K, V, q.dtype)
-    bk, bv = tiles["dv"]
+    bk, bv = _tiles(cfg, K, V, q.dtype)["bwd"]
+    tab = _level_table(C, g.dtype, dev)
+    dA = _empty(BH, NT, C, C, device=dev, dtype=q.dtype)
     _launch(
         _bwd_dv_kernel, (NT, BH),
-        k, v, g, A, do, dh, dv, dA, T, NT,
-        K=K, V=V, C=C, BK=bk, BV=bv, PRECISION=prec, **_launch_kw(cfg, state=False),
+        k, v, g, tab, A, do, dh, dA, dv, scale, T, NT,
+        K=K, V=V, C=C, LOG2C=C.bit_length() - 1, BK=bk, BV=bv, PRECISION=prec, G_PRECISION=g_prec, FAST=_FAST,
+        **_launch_kw(cfg, "bwd"),
     )  # fmt: skip
-    bk = tiles["dqk_bk"]
     _launch(
-        _bwd_dqk_kernel, (NT, triton.cdiv(K, bk), BH),
-        q, k, v, g, h, do, dh, dA, dq, dk, dg, scale, T, NT,
-        K=K, V=V, C=C, SUB=SUB, LEVELS=LEVELS, BK=bk, BV=max(16, next_power_of_2(V)), PRECISION=prec,
-        **_launch_kw(cfg, state=False),
+        _bwd_kernel, (NT, triton.cdiv(K, bk), BH),
+        q, k, v, g, h, tab, dA, do, dh, last, dq, dk, dg, scale, T, NT,
+        K=K, V=V, C=C, LOG2C=C.bit_length() - 1, BK=bk, BV=bv, PRECISION=prec, G_PRECISION=g_prec, FAST=_FAST,
+        NVT=nvt, **_launch_kw(cfg, "bwd"),
     )  # fmt: skip
     return dq, dk, dv, dg, dh0
 
-
 def _compile_for_gpu(dtype: torch.dtype = torch.bfloat16, K: int = 128, V: int = 128, config: Config | None = None,
                      *, arch: int = 90, T: int = 4096) -> dict:  # fmt: skip
-    """Compile all six kernels for an NVIDIA GPU (``sm_<arch>``, default the H100's 90) without one.
+    """Compile all five kernels for an NVIDIA GPU (``sm_<arch>``, default the H100's 90) without one.
 
     The forward and backward launchers run on ``meta`` tensors with launches recorded instead of
     run, and each recorded launch — the very arguments, tiles and warps a real call would use — is
@@ -914,7 +922,7 @@ def attention(
         raise TypeError(f"config must be a kernels.gla.Config, got {type(cfg).__name__}")
     if cfg.chunk_size not in (16, 32, 64, 128):
         raise ValueError(f"config.chunk_size must be 16, 32, 64 or 128, got {cfg.chunk_size!r}")
-    for field in ("state_block_k", "state_block_v", "block_k", "block_v", "dqk_block_k"):
+    for field in ("state_block_k", "state_block_v", "block_k", "block_v", "bwd_block_k"):
         size = getattr(cfg, field)
         if not isinstance(size, int) or size < 16 or size & (size - 1):
             raise ValueError(f"config.{field} must be a power of two ≥ 16, got {size!r}")
@@ -942,3 +950,4 @@ def attention(
         q.contiguous(), k.contiguous(), v.contiguous(), log_alpha.contiguous(), initial_state, float(scale), cfg
     )
     return (o, final) if output_final_state else o
+

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from reference import lightning as ref
 from tests.conftest import HAS_GPU, PROFILE
+from tests.interpreter_bounds import bounds_checked
 from tests.strategies import decays, rel_err
 
 pytest.importorskip("triton", reason="Triton is installed on Linux only (pyproject.toml)")
@@ -229,6 +230,19 @@ def test_every_output_element_is_written(segment_size, fused, monkeypatch):
     monkeypatch.setattr(lightning, "_FUSED_DKDV", fused)
     errs = compare(2, 2, 100, 20, 12, [0.5, 0.9], dtype=torch.float32, chunk_size=16, segment_size=segment_size,
                    with_initial=True, with_final_grad=True)  # fmt: skip
+    assert_close(errs, torch.float32)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the interpreter's loads and stores")
+@pytest.mark.parametrize("segment_size", [None, 32])
+@pytest.mark.parametrize("fused", [False, True], ids=["two-walks", "fused-dkdv"])
+def test_every_load_and_store_stays_inside_its_tensors(segment_size, fused, monkeypatch):
+    """No kernel addresses memory outside the tensors it is given (``tests/interpreter_bounds.py``):
+    on a GPU such an access faults or silently reads a neighbour's memory. K > V, a ragged last block."""
+    monkeypatch.setattr(lightning, "_FUSED_DKDV", fused)
+    with bounds_checked():
+        errs = compare(1, 2, 100, 40, 24, [0.5, 0.9], dtype=torch.float32, chunk_size=16, segment_size=segment_size,
+                       with_initial=True, with_final_grad=True)  # fmt: skip
     assert_close(errs, torch.float32)
 
 

@@ -47,14 +47,14 @@ ELEM = 2  # bf16 bytes
 
 # Launch settings measured per length (each checked against the reference before timing): the
 # default (config=None: DEFAULT_CONFIG with state tiles sized to the GPU: 64 × 64, and 16 × 64 at
-# T = 32k where B·H = 32) and two other state tiles for the two sequential passes, whose cost the
-# design cannot call on paper (compiled for sm_90 here: no register spills in any of them): 64 × 128
-# (half the programs, k and log α read once instead of twice) and 32 × 64 (at T = 32k: 256 walks
-# instead of 512, each twice as wide).
+# T = 32k where B·H = 32), and two alternatives for the backward's dQ/dK kernel, the largest: key
+# tiles of 32 (compiled for sm_90, no register spills; the default's 64 spill 32–40 bytes but measured
+# faster in the tuning run, perf log entry 4) and 8 warps (64-wide tiles without spills, one program
+# per multiprocessor).
 SWEEP = {
     "auto": None,
-    "state64x128": dict(state_block_k=64, state_block_v=128),
-    "state32x64": dict(state_block_k=32, state_block_v=64),
+    "bwd_k32": dict(bwd_block_k=32),
+    "bwd_8warps": dict(bwd_num_warps=8),
 }
 
 
@@ -66,7 +66,7 @@ def _counts(T: int, B: int, chunk: int) -> dict:
     intra-chunk matrix, ``K·C``; ``P V``, ``2·C·V``; ``(Q ⊙ e^b) S``, ``2KV``; the state update,
     ``2KV``. Backward: ``dP = dO Vᵀ`` and ``Pᵀ dO`` (``2·2·C·V``), the two intra gradients
     (``2 · K·C``), and five ``2KV`` products (dv, dq, dk inter; dS scan). These are the algorithm's
-    FLOPs, not the kernels' (which spend more: the diagonal sub-blocks by recursive halving).
+    FLOPs, not the kernels' (which spend more: one masked ``C × C`` product per halving level).
     """
     th = B * T * H
     fwd_bytes = th * (K + K + V + K + V) * ELEM
@@ -78,11 +78,11 @@ def _counts(T: int, B: int, chunk: int) -> dict:
 
 
 def _design_bytes(T: int, B: int, cfg) -> dict:
-    """What our six kernels read and write in HBM, kernel by kernel, approximately (K = V; re-reads
-    of the same data by programs that run at the same time are counted once: they hit the L2).
+    """What our five kernels read and write in HBM, kernel by kernel (K = V; re-reads of the same
+    data by programs that run at the same time are counted once: they hit the L2).
 
     ``x``: one ``[B, H, T, 128]`` bf16 tensor; ``s``: one bf16 state per chunk; ``p``: the bf16
-    ``C × C`` matrix ``P`` per chunk (``dP`` is fp32: ``2p``).
+    ``C × C`` matrix ``P`` (or ``dP``) per chunk.
     """
     th, C = B * T * H, cfg.chunk_size
     x = th * K * ELEM
@@ -90,13 +90,12 @@ def _design_bytes(T: int, B: int, cfg) -> dict:
     p = th * C * ELEM
     fwd = (
         (3 * x + s)  # states: read k, g, v; write S
-        + (3 * x + p)  # intra: read q, k, g; write P
-        + (3 * x + s + p + x)  # output: read q, g, v, S, P; write o
+        + (4 * x + s + x + p)  # output: read q, k, g, v, S; write o, P
     )
     bwd = (
-        (3 * x + 2 * s)  # dstates: read q, g, dO; read S, write dS
-        + (4 * x + p + s + x + 2 * p)  # dv: read k, g, v, dO, P, dS; write dv, dP
-        + (5 * x + 2 * p + 2 * s + 3 * x)  # dq/dk: read q, k, g, v, dO, dP, S, dS; write dq, dk, dg
+        (3 * x + 2 * s)  # dstates: read q, g, dO, S_[i+1]; write dS
+        + (4 * x + p + s + x + p)  # dv: read k, g, v, dO, P, dS; write dv, dP
+        + (5 * x + 2 * s + p + 3 * x)  # bwd: read q, k, g, v, dO, S, dS, dP; write dq, dk, dg
     )
     return {"fwd": fwd, "fwdbwd": fwd + bwd}
 
