@@ -375,10 +375,10 @@ print(f"at K = V = {KV}, C = {C_BENCH}, bf16: the states cost {KV * KV * 2 / C_B
 # ## 5. The Triton kernel
 #
 # `kernels.gla.attention(q, k, v, log_alpha, *, scale, initial_state, output_final_state)` runs the
-# materialised variant in six Triton kernels: the forward's state pass, the intra-chunk matrix by
-# secondary chunking (diagonal sub-blocks by the recursive halving above), and the output; the
-# backward's reverse state pass, $dV$ with $dP$, and $dQ, dK, d\log\alpha$ (the same halving levels
-# give the diagonal blocks' $dQ$ and $dK$).
+# materialised variant in five Triton kernels: the forward's state pass, and the output — with
+# the intra-chunk matrix built on chip by the recursive halving above, applied to the whole chunk
+# of 64 rows (six levels, each one $64 \times 64$ tensor-core product) instead of 16-row blocks;
+# the backward's reverse state pass, $dV$ with $dP$, and $dQ, dK, d\log\alpha$ by the same levels.
 # Without a GPU the cell below runs it in Triton's interpreter — slow, but the very same code — and
 # compares every output and gradient with the float64 reference.
 
