@@ -45,6 +45,32 @@ def environment() -> dict:
     return env
 
 
+def start_stack_dumps(interval_s: float = 60.0):
+    """Print every thread's Python stack every ``interval_s`` seconds until ``.set()`` is called on
+    the returned event: a step that stalls (a compiler, an autotuner) then says where it is.
+
+    A Python thread that takes the interpreter lock to read the frames — not
+    ``faulthandler.dump_traceback_later``, which reads other threads' frames without the lock and
+    once killed a benchmark in the middle of a dump (``docs/benchmarks/logs/lightning_run6.log``).
+    """
+    import threading
+    import traceback
+
+    stop = threading.Event()
+
+    def watch():
+        while not stop.wait(interval_s):
+            me = threading.get_ident()
+            lines = [f"--- stacks after another {interval_s:g} s ---"]
+            for ident, frame in sys._current_frames().items():
+                if ident != me:
+                    lines.append(f"thread {ident}:\n" + "".join(traceback.format_stack(frame)[-12:]))
+            print("\n".join(lines), file=sys.stderr, flush=True)
+
+    threading.Thread(target=watch, name="stack-dumps", daemon=True).start()
+    return stop
+
+
 def time_ms(fn, *, warmup: int = 25, rep: int = 100) -> float:
     """Median milliseconds of ``fn()`` on the GPU (CUDA events, after warm-up)."""
     from triton.testing import do_bench

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import faulthandler
 import inspect
 import math
 import os
@@ -255,7 +254,7 @@ def main(argv: list[str]) -> int:
         print(f"[{time.time() - started:6.1f} s] {msg}", flush=True)
 
     # If a step stalls, print every thread's stack each minute: the log then says where.
-    faulthandler.dump_traceback_later(60, repeat=True)
+    stack_dumps = common.start_stack_dumps(60)
     env = common.environment()
     ceilings = common.measure_ceilings()
     log(f"{env} {ceilings}")
@@ -371,7 +370,7 @@ def main(argv: list[str]) -> int:
         path = _write(name, result, args.out)
         log(f"T={T}: wrote {path} ({'complete' if not missing else 'partial: missing ' + str(missing)})")
 
-    faulthandler.cancel_dump_traceback_later()
+    stack_dumps.set()
     missing = [t for t in lengths if t not in [r["T"] for r in rows]]
     result = _result(env, ceilings, rows, sweep_log, profiles, fla_first_call, started, missing)
     path = _write(name, result, args.out)

@@ -12,7 +12,6 @@ Options: ``--quick`` (T = 2k only, fewer repetitions), ``--no-sweep``, ``--out D
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import itertools
 import math
 
@@ -180,7 +179,7 @@ def main(argv: list[str]) -> int:
     from reference.lightning import tnl_decay
 
     # If a step stalls, print every thread's stack each minute: the log then says where.
-    faulthandler.dump_traceback_later(60, repeat=True)
+    stack_dumps = common.start_stack_dumps(60)
     env = common.environment()
     ceilings = common.measure_ceilings()
     print(env, ceilings, flush=True)
@@ -241,7 +240,7 @@ def main(argv: list[str]) -> int:
         "sweep": sweep,
         "profile_ms": profiles,
     }
-    faulthandler.cancel_dump_traceback_later()
+    stack_dumps.set()
     name = "lightning_quick" if args.quick else "lightning"
     path = common.write_json(name, result, args.out)
     common.save_throughput_plot(result, LABELS, algorithm="Lightning Attention-2", path=path.with_suffix(".png"))
