@@ -59,6 +59,7 @@ __all__ = [
     "paper_comparison",
     "implied_step_latency",
     "fit",
+    "measured_against_model",
     "plot_projection",
     "plot_throughput",
     "main",
@@ -259,6 +260,31 @@ def fit(path=None, *, base: Hardware = H100_NVLINK) -> Hardware:
     return dataclasses.replace(base, name=f"fitted: {env.get('device', '?')}", source=f"fitted on {path.name} ({env.get('date', '?')}, {env.get('command', '?')})", **changes)
 
 
+def measured_against_model(payload: dict, hw: Hardware) -> list:
+    """Per ``(W, method, chunk)`` of a ``simdist.bench`` payload: what the schemes cost beyond the local
+    kernel, measured, beside the communication the model charges for one layer.
+
+    ``measured_overhead_ms`` is the scheme's forward+backward time minus the ``local`` row's at the
+    same chunk (same run, same GPUs); ``model_comm_ms`` is ``iteration_time``'s exposed
+    communication for one layer of the benchmark's shape with nothing hidden (``overlap=False``: on
+    GPUs the schemes run state-first, see ``simdist.lasp1``). Their ratio says how much of the real
+    cost the model's ``α + bytes/β`` per message accounts for.
+    """
+    cfg = payload.get("config", {})
+    layer = Model(name="one benchmark layer", layers=1, heads=cfg.get("H", 16), head_dim=cfg.get("K", 128), params=0.0)
+    ok = [r for r in payload["results"] if str(r.get("status", "")).startswith("ok") and r.get("ms") is not None]
+    local = {(r["W"], r["chunk"]): r["ms"] for r in ok if r["method"] == "local"}
+    rows = []
+    for r in ok:
+        if r["method"] not in ("lasp1", "lasp2") or r["W"] < 2 or (r["W"], r["chunk"]) not in local:
+            continue
+        model_ms = 1e3 * iteration_time(r["method"], hw, layer, r["chunk"] * r["W"], r["W"], overlap=False)["comm"]
+        measured = r["ms"] - local[(r["W"], r["chunk"])]
+        rows.append({"W": r["W"], "method": r["method"], "chunk": r["chunk"], "measured_overhead_ms": round(measured, 4),
+                     "model_comm_ms": round(model_ms, 4), "measured_over_model": round(measured / model_ms, 2)})  # fmt: skip
+    return sorted(rows, key=lambda x: (x["W"], x["method"], x["chunk"]))
+
+
 def plot_projection(hw: Hardware = H100_NVLINK, model: Model = LINEAR_LLAMA3_1B, *, seq_lens=(512 * 1024, 2048 * 1024), world_sizes=(8, 16, 32, 64, 128), ax=None, overlap: bool = True):
     """LASP-2's projected gain over LASP-1 and Ring Attention against W, with the paper's points."""
     import matplotlib.pyplot as plt
@@ -337,6 +363,7 @@ def main(argv=None) -> int:
         "model": dataclasses.asdict(LINEAR_LLAMA3_1B),
         "projection": project(hw),
         "paper_comparison": paper_comparison(A100_PAPER, overlap=False),
+        "measured_vs_model": measured_against_model(json.loads(measured.read_text()), hw) if measured.is_file() else [],
         "implied_step_latency_s": {"2048K": implied_step_latency(PAPER[2048 * 1024]["over_lasp1"]), "512K": implied_step_latency(PAPER[512 * 1024]["over_lasp1"], N=512 * 1024)},
     }
     (out / "simdist_costmodel.json").write_text(json.dumps(payload, indent=1) + "\n")

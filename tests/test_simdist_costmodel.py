@@ -95,6 +95,31 @@ def test_fit_reads_a_benchmark_json(tmp_path):
     assert hw.beta_inter == HW.beta_inter and "simdist_nccl.json" in hw.source
 
 
+def test_measured_overhead_is_set_beside_the_models_communication():
+    hw = dataclasses.replace(HW, alpha_p2p=1e-5, alpha_coll=2e-5, beta_intra=1e11)
+    payload = {
+        "config": {"H": 16, "K": 128},
+        "results": [
+            {"W": 4, "method": "local", "status": "ok", "chunk": 16384, "ms": 2.0},
+            {"W": 4, "method": "lasp1", "status": "ok", "chunk": 16384, "ms": 3.5},
+            {"W": 4, "method": "lasp2", "status": "ok", "chunk": 16384, "ms": 2.5},
+            {"W": 4, "method": "lasp2", "status": "ok", "chunk": 32768, "ms": 9.0},  # no local row: left out
+            {"W": 4, "method": "ring", "status": "ok", "chunk": 16384, "ms": 90.0},  # not a linear scheme
+            {"W": 1, "method": "lasp1", "status": "ok", "chunk": 16384, "ms": 2.0},
+            {"W": 4, "method": "lasp1", "status": "oom", "chunk": 65536},
+        ],
+    }
+    rows = cm.measured_against_model(payload, hw)
+    assert [(r["W"], r["method"], r["chunk"]) for r in rows] == [(4, "lasp1", 16384), (4, "lasp2", 16384)]
+    state = 16 * 128 * 128 * 4
+    lasp1_chain = 3 * (1e-5 + state / 1e11)  # W-1 hops, nothing hidden, forward and backward
+    lasp2_gather = 2e-5 + 3 * state / 1e11
+    assert math.isclose(rows[0]["model_comm_ms"], round(2e3 * lasp1_chain, 4))
+    assert math.isclose(rows[1]["model_comm_ms"], round(2e3 * lasp2_gather, 4))
+    assert (rows[0]["measured_overhead_ms"], rows[1]["measured_overhead_ms"]) == (1.5, 0.5)
+    assert math.isclose(rows[0]["measured_over_model"], 1.5 / rows[0]["model_comm_ms"], rel_tol=1e-2)
+
+
 def test_projection_plot_draws():
     import matplotlib
 
