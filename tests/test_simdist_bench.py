@@ -22,3 +22,17 @@ def test_bench_runs_records_and_plots_on_cpu_ranks(tmp_path):
     assert json.loads(paths[0].read_text())["environment"]["backend"] == "gloo" and paths[1].stat().st_size > 0
     fitted = costmodel.fit(paths[0])  # the refit reads what the benchmark writes
     assert fitted.alpha_p2p == payload["probes"]["2"]["p2p_latency_s"] and fitted.linear_tokens_per_s > 0
+
+
+def test_timeline_refuses_without_two_gpus(capsys):
+    """``python -m simdist.bench.timeline`` profiles NCCL ranks; without GPUs it says so and stops."""
+    import pytest
+    import torch
+
+    from simdist.bench import timeline
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("GPUs are here: the timeline would run")
+    with pytest.raises(SystemExit) as stopped:
+        timeline.main([])
+    assert stopped.value.code == 2 and "needs at least 2 GPUs" in capsys.readouterr().err
