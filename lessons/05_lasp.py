@@ -275,7 +275,12 @@ for N, gain in ((2048 * 1024, 0.152), (512 * 1024, 0.073)):
 # (its LASP-1 implementation's synchronisation and scheduling), not from bytes or step counts
 # alone. The model's Ring Attention, which moves keys and values ($\propto C$) through the network,
 # is far slower than the paper's; its baseline evidently moved much less. Measure before you
-# believe either: the benchmark below is the measurement.
+# believe either: the benchmark below is the measurement. It found one such cost in this package's
+# own LASP-1: on 4 GPUs, each rank's send was queued beside its attention kernel, waited for free
+# multiprocessors, and so every hop of the chain cost part of a kernel — LASP-2 came out 26–31 %
+# faster at 128k–256k tokens per GPU, a gain that *grew* with the chunk, as the paper's does. Sending
+# before launching the kernel removed it (`docs/sequence_parallel.md`, "A chain that waited for the
+# kernel").
 #
 # ## 6. The GPU benchmark
 #
