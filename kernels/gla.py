@@ -34,7 +34,7 @@ own slice of ``V``. The materialised variant splits the work by what it depends 
 *The intra-chunk matrix by recursive halving over the whole chunk.* A query ``j`` and a key
 ``s < j`` of one chunk first differ in some bit ``L`` of their row numbers: at that *level* the rows
 fall into blocks of ``2^(L+1)``, ``j`` in the upper half of a block and ``s`` in the lower half, and
-the block's midpoint row ``r`` lies between them, so ``e^{b_j − b_s} = e^{b_j − b_r} · e^{b_r − b_s}``
+the last row ``r`` of the lower half lies between them, so ``e^{b_j − b_s} = e^{b_j − b_r} · e^{b_r − b_s}``
 with both exponents ``≤ 0``. All pairs of one level are one ``C × C`` tensor-core product of
 ``Q ⊙ e^{b − b_r}`` (upper-half rows) and ``K ⊙ e^{b_r − b}`` (lower-half rows), kept on its own
 blocks; ``log2 C`` levels and the gate-free diagonal ``q_j · k_j`` give ``P`` exactly (6 levels at

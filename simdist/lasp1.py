@@ -35,7 +35,7 @@ the split form's extra passes (``inter``, ``dQ += Λ dO Pᵀ``, the ``M`` path o
 write whole chunks, which costs more than the ~40 µs message they would hide. A rank also lets its
 state *leave* before it launches the kernel (it waits for the send on the stream): launched beside
 a kernel that fills every multiprocessor, NCCL's send kernel waited for free SMs, and each hop cost
-a fraction of a kernel instead of a message (measured on 4 H200s: 0.5–0.7 ms per hop at 256k tokens
+a fraction of a kernel instead of a message (measured on 4 H200s: 0.5–1.5 ms per hop at 256k tokens
 per GPU). So on GPUs a hop costs a message plus one tiny ``λ^C P + M``, and the local work costs
 the kernel plus one state product per direction.
 """
@@ -143,7 +143,7 @@ class _Lasp1Kernel(torch.autograd.Function):
                 send = comm.isend(S, r + 1, group=group, label="KV")
         if send is not None:
             # The state must be on its way before the kernel takes every multiprocessor: queued
-            # beside it, NCCL's send kernel waited for free SMs (0.5–0.7 ms per hop at 256k tokens,
+            # beside it, NCCL's send kernel waited for free SMs (0.5–1.5 ms per hop at 256k tokens,
             # measured on 4 H200s). On a GPU this wait holds back the stream, not the host.
             send.wait()
         with accounting.span("compute", "kernel"), torch.enable_grad():
