@@ -146,16 +146,13 @@ class _Lasp1Kernel(torch.autograd.Function):
             # beside it, NCCL's send kernel waited for free SMs (0.5–1.5 ms per hop at 256k tokens,
             # measured on 4 H200s). On a GPU this wait holds back the stream, not the host.
             send.wait()
-        with accounting.span("compute", "kernel"), torch.enable_grad():
-            qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
-            o, final = local.attention(qd, kd, vd, rates, scale, initial_state=P, output_final_state=True)
-        ctx.graph = (qd, kd, vd, o, final)
+        o, ctx.graph = local.kernel_forward(q, k, v, rates, scale, P)
         ctx.rates, ctx.scale, ctx.layout = rates, scale, layout
-        return o.detach()
+        return o
 
     @staticmethod
     def backward(ctx, do):
-        qd, kd, vd, o, final = ctx.graph
+        qd, _, _, _, final = ctx.graph  # (q, k, v, o, final state) of local.kernel_forward
         rates, scale, layout = ctx.rates, ctx.scale, ctx.layout
         r, W, group = layout.rank, layout.world_size, layout.group
         C = qd.shape[2]
@@ -177,9 +174,7 @@ class _Lasp1Kernel(torch.autograd.Function):
                 send = comm.isend(dP, r - 1, group=group, label="dKV")
         if send is not None:
             send.wait()  # as in the forward: the state gradient leaves before the kernel fills the GPU
-        with accounting.span("compute", "kernel backward"):
-            outputs, grads = ((o, final), (do, dS)) if dS is not None else ((o,), (do,))
-            dq, dk, dv = torch.autograd.grad(outputs, (qd, kd, vd), grads)
+        dq, dk, dv = local.kernel_backward(ctx.graph, do, dS)
         ctx.graph = None
         return dq, dk, dv, None, None, None
 

@@ -181,16 +181,13 @@ class _Lasp2Kernel(torch.autograd.Function):
             if r > 0:
                 with accounting.span("compute", "prefix"):
                     P = _scan(states, lengths, range(r), rates)
-        with accounting.span("compute", "kernel"), torch.enable_grad():
-            qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
-            o, final = local.attention(qd, kd, vd, rates, scale, initial_state=P, output_final_state=True)
-        ctx.graph = (qd, kd, vd, o, final)
+        o, ctx.graph = local.kernel_forward(q, k, v, rates, scale, P)
         ctx.rates, ctx.scale, ctx.layout = rates, scale, layout
-        return o.detach()
+        return o
 
     @staticmethod
     def backward(ctx, do):
-        qd, kd, vd, o, final = ctx.graph
+        qd, _, _, _, final = ctx.graph  # (q, k, v, o, final state) of local.kernel_forward
         rates, scale, layout = ctx.rates, ctx.scale, ctx.layout
         r, W, group, lengths = layout.rank, layout.world_size, layout.group, layout.lengths
         do = do.contiguous()
@@ -205,9 +202,7 @@ class _Lasp2Kernel(torch.autograd.Function):
             if r < W - 1:
                 with accounting.span("compute", "suffix"):
                     G = _scan(grads, lengths, range(W - 1, r, -1), rates)
-        with accounting.span("compute", "kernel backward"):
-            outputs, grad_outputs = ((o, final), (do, G)) if G is not None else ((o,), (do,))
-            dq, dk, dv = torch.autograd.grad(outputs, (qd, kd, vd), grad_outputs)
+        dq, dk, dv = local.kernel_backward(ctx.graph, do, G)
         ctx.graph = None
         return dq, dk, dv, None, None, None
 

@@ -49,6 +49,8 @@ import math
 
 import torch
 
+from simdist import accounting
+
 __all__ = [
     "state_dtype",
     "log_decay",
@@ -67,6 +69,8 @@ __all__ = [
     "kernel_path",
     "rates",
     "attention",
+    "kernel_forward",
+    "kernel_backward",
     "horizon",
     "gram",
     "state",
@@ -312,6 +316,27 @@ def attention(q, k, v, rates_, scale: float, *, initial_state=None, output_final
     H = q.shape[1]
     decay = rates_ if rates_ is not None else (1.0,) * H
     return kernel(q, k, v, decay, scale=scale, initial_state=initial_state, output_final_state=output_final_state)
+
+
+def kernel_forward(q, k, v, rates_, scale: float, initial_state):
+    """The kernel path's local work inside a scheme's forward: ``(o, graph)``.
+
+    Runs ``attention`` with the incoming state and the final state as outputs, under autograd, and
+    returns the detached output with the graph that ``kernel_backward`` differentiates later.
+    """
+    with accounting.span("compute", "kernel"), torch.enable_grad():
+        qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
+        o, final = attention(qd, kd, vd, rates_, scale, initial_state=initial_state, output_final_state=True)
+    return o.detach(), (qd, kd, vd, o, final)
+
+
+def kernel_backward(graph, do, d_final):
+    """``(dq, dk, dv)`` of ``kernel_forward``'s graph, given ``dO`` and the gradient of the final
+    state (``None`` where no later chunk reads it)."""
+    qd, kd, vd, o, final = graph
+    with accounting.span("compute", "kernel backward"):
+        outputs, grads = ((o, final), (do, d_final)) if d_final is not None else ((o,), (do,))
+        return torch.autograd.grad(outputs, (qd, kd, vd), grads)
 
 
 def horizon(rates_, C: int) -> int:

@@ -42,3 +42,13 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     return f"hypothesis profile: {PROFILE}; GPU: {torch.cuda.get_device_name() if HAS_GPU else 'none (Triton interpreter)'}"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: with tiny tensors, intra-op threads only add synchronisation
+    (10-20x slower on 2 cores). Modules that want it: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

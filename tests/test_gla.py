@@ -26,13 +26,7 @@ from tests.strategies import (
 TOL = 1e-9
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tensors are tiny: torch's intra-op threads only add synchronisation (10-20x slower on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @given(data=st.data(), backend=st.sampled_from(BACKENDS))

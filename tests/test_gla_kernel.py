@@ -47,13 +47,7 @@ TOL_DLOG_ALPHA = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 5e-2
 EXAMPLES = {"dev": 4, "ci": 8, "thorough": 60}[PROFILE]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tensors are tiny: torch's intra-op threads only add synchronisation (10-20x slower on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def compare(B, H, T, K, V, *, dtype, config=None, min_gate=1e-3, with_initial=False, with_final_grad=False,
