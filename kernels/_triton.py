@@ -63,3 +63,60 @@ def check_qkv(q, k, v, *extra) -> tuple[int, int, int, int, int]:
     if not (1 <= K <= 256 and 1 <= V <= 256):
         raise ValueError(f"head widths must lie in 1..256, got K={K} and V={V}")
     return B, H, T, K, V
+
+
+# --------------------------------------------------------------------------------------------
+# The entry checks and the allocation point every kernel module shares (see the package docstring).
+# --------------------------------------------------------------------------------------------
+
+_POISON_OUTPUTS = False
+
+
+def empty(*shape: int, device, dtype: torch.dtype) -> torch.Tensor:
+    """Every buffer a kernel writes is allocated here, uninitialised: the kernels claim to write
+    every element. Inside ``poisoned_outputs()`` the buffers come NaN-filled instead, so a test
+    proves the claim (a forgotten store shows up as NaN)."""
+    if _POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(*shape, device=device, dtype=dtype)
+
+
+class poisoned_outputs:
+    """Context manager for tests: every ``empty`` buffer is NaN-filled while it is active."""
+
+    def __enter__(self):
+        global _POISON_OUTPUTS
+        self._before, _POISON_OUTPUTS = _POISON_OUTPUTS, True
+        return self
+
+    def __exit__(self, *exc):
+        global _POISON_OUTPUTS
+        _POISON_OUTPUTS = self._before
+        return False
+
+
+def check_scale(scale, *, default: float | None = None) -> float:
+    """``scale`` as a finite Python float (``None`` means ``default`` where one is given)."""
+    import math
+    import numbers
+
+    if scale is None and default is not None:
+        return float(default)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number, got {scale!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
+
+
+def check_flag(name: str, value) -> bool:
+    """Options that are booleans must be booleans (``"no"`` is truthy, so it is refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def interpreter_upcasts(dtype: torch.dtype) -> bool:
+    """True where the kernel must run in fp32 and round back: Triton's CPU interpreter computes
+    bf16 wrongly, so bf16 inputs are upcast there (on a GPU, never)."""
+    return INTERPRETER and dtype == torch.bfloat16
