@@ -1,7 +1,7 @@
 r"""Gated Linear Attention in Triton: forward and backward (``d log_alpha`` included), any length.
 
 ``attention(q, k, v, log_alpha, *, scale=1.0)`` computes the same function as
-``reference.gla.chunked`` (ALGORITHMS.md §3)::
+``reference.gla.chunked`` (``docs/gla.md``; arXiv 2312.06635)::
 
     S_t = Diag(α_t) S_{t-1} + k_tᵀ v_t,    o_t = scale · q_t S_t,    α_t = exp(log_alpha_t) ∈ (0, 1]^K
 

@@ -1,7 +1,7 @@
 r"""Lightning Attention-2 in Triton: forward and backward, any length, optional states.
 
 ``attention(q, k, v, decay, *, scale=1.0)`` computes the same function as
-``reference.lightning.chunked`` (ALGORITHMS.md §2): ``o_t = Σ_{s≤t} λ^(t-s) (scale·q_t·k_s) v_s``,
+``reference.lightning.chunked`` (``docs/lightning.md``; arXiv 2401.04658): ``o_t = Σ_{s≤t} λ^(t-s) (scale·q_t·k_s) v_s``,
 plus ``λ^(t+1) scale·q_t S_0`` when an initial state is given.
 
 Design (for the H100; what the benchmark measures)

@@ -63,8 +63,8 @@ print("q, k:", q.shape, " v:", v.shape, " decay:", decay)
 # $$ O = \big[(QK^\top) \odot D\big] V,\qquad D_{ts} = \begin{cases}\lambda^{t-s} & t \ge s\\ 0 & t < s.\end{cases} $$
 #
 # $D$ is **lower** triangular with ones on the diagonal: a token sees itself and its past, the past
-# fading geometrically. (The summary this project started from printed it upper triangular, which
-# would let every token read the future — erratum 1; `tests/test_lightning.py` pins the right one.)
+# fading geometrically. (Drawn upper triangular, as it easily is, it would let every token read the
+# future — erratum 1; `tests/test_lightning.py` pins the right one.)
 
 # %%
 mask = lightning.decay_mask(decay, 24)

@@ -158,11 +158,12 @@ for case, got in zip(cases, results):
 # ## 3. LASP-2 and the exclusive prefix (an erratum)
 #
 # After the AllGather, rank $r$ holds $M_0, \dots, M_{W-1}$ and forms
-# $P_r = \sum_{s<r} \lambda^{C_{s+1} + \dots + C_{r-1}} M_s$ by the scan above. The summary this
-# project started from writes chunk $t$'s output as $O_t = Q_t M_{1:t} + O_{t,\text{intra}}$ — an
+# $P_r = \sum_{s<r} \lambda^{C_{s+1} + \dots + C_{r-1}} M_s$ by the scan above. A quick reading of
+# the paper's worked example writes chunk $t$'s output as $O_t = Q_t M_{1:t} + O_{t,\text{intra}}$ — an
 # **inclusive** prefix. That counts the chunk's own tokens twice (once in the intra term, once
 # through $M_t$) and lets every token see the later tokens of its chunk. The released LASP-2
-# kernels have related problems (ALGORITHMS.md §6). `simdist.lasp2.forward_with_prefix` lets you
+# kernels (Linear-MoE) are not exact either: "with mask" lets a token see later tokens of its
+# 64-token sub-block, and lengths not divisible by 256 leave memory uninitialised. `simdist.lasp2.forward_with_prefix` lets you
 # choose:
 
 # %%

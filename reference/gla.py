@@ -1,4 +1,4 @@
-r"""Gated Linear Attention (GLA, arXiv 2312.06635; ALGORITHMS.md §3).
+r"""Gated Linear Attention (GLA, arXiv 2312.06635; ``docs/gla.md``).
 
 Shapes (head-first): ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``o: [B, H, T, V]``, the state
 ``S: [B, H, K, V]`` and the log-space gates ``log_alpha: [B, H, T, K]`` with every entry ``≤ 0``.

@@ -1,4 +1,4 @@
-r"""Lightning Attention-2: linear attention with a scalar decay per head (ALGORITHMS.md §2).
+r"""Lightning Attention-2: linear attention with a scalar decay per head (arXiv 2401.04658; ``docs/lightning.md``).
 
 Shapes (head-first): ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``o: [B, H, T, V]``, the state
 ``S: [B, H, K, V]`` and ``decay: [H]`` with every ``λ`` in ``(0, 1]``. ``scale`` multiplies ``q``.
@@ -155,8 +155,8 @@ def _block_mask(xp, log_decay, n: int, device, dtype):
 def decay_mask(decay, T: int):
     r"""The decay mask ``D: [H, T, T]``, ``D_ts = λ^(t-s)`` for ``t ≥ s`` and 0 above the diagonal.
 
-    Lower-triangular with ones on the diagonal (the summary's upper-triangular picture is
-    anti-causal: see the errata).
+    Lower-triangular with ones on the diagonal (an upper-triangular mask is
+    anti-causal: ``docs/errata.md``, erratum 1).
 
     Args:
         decay: ``[H]`` rates in ``(0, 1]`` (NumPy, torch, or a sequence, which gives NumPy float64).

@@ -1,4 +1,4 @@
-r"""Linear attention without decay, in its three forms (ALGORITHMS.md §1).
+r"""Linear attention without decay, in its three forms (``docs/linear_attention.md``).
 
 Shapes (head-first): ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``o: [B, H, T, V]`` and the state
 ``S: [B, H, K, V]``. ``scale`` multiplies ``q`` (default 1.0, the papers' math).

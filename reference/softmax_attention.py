@@ -1,4 +1,4 @@
-r"""Softmax attention: the naive quadratic form and FlashAttention-2 style tiling (ALGORITHMS.md §4).
+r"""Softmax attention: the naive quadratic form and FlashAttention-2 style tiling (``docs/softmax_attention.md``).
 
 Shapes (head-first): ``q: [B, H, Tq, K]``, ``k: [B, H, Tk, K]``, ``v: [B, H, Tk, V]`` →
 ``o: [B, H, Tq, V]``.
@@ -110,7 +110,7 @@ def tiled(
     block_k: int = 64,
     return_lse: bool = False,
 ):
-    r"""Softmax attention with FlashAttention-2 tiling and the online softmax (ALGORITHMS.md §4).
+    r"""Softmax attention with FlashAttention-2 tiling and the online softmax (arXiv 2307.08691; ``docs/softmax_attention.md``).
 
     Args:
         q: ``[B, H, Tq, K]`` queries.

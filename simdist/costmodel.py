@@ -26,8 +26,9 @@ chain grows with ``W`` and not with ``C``; LASP-2's cost grows only through the 
 ``(W-1)·S/β`` (bytes are the same as LASP-1's: it saves *steps*); Ring Attention's grows with ``C``.
 
 Parameters: ``H100_NVLINK`` is calibrated from documented H100 SXM / NVLink 4 / NDR InfiniBand
-figures and the project's own H100 measurements (``/work/shared/bench`` anchors: 705 TFLOP/s bf16
-matmul, ~12 M tokens/s for an ``H=16, K=V=128`` linear-attention layer forward+backward);
+figures and two H100 figures measured before this package's benchmarks existed (705 TFLOP/s bf16
+matmul, ~12.4 M tokens/s for fla's ``chunk_simple_gla`` forward+backward at ``H=16, K=V=128``;
+``docs/benchmarks/lightning.json`` has since measured 730 TFLOP/s and 15.0 M tokens/s at T = 2k);
 ``A100_PAPER`` approximates the paper's cluster (DGX-A100, NVLink 3, HDR InfiniBand). Neither is a
 measurement of communication: ``fit(path)`` refits ``α, β, R`` on ``docs/benchmarks/simdist_nccl.json``
 once ``python -m simdist.bench`` has produced it — one call.
@@ -104,8 +105,8 @@ H100_NVLINK = Hardware(
     beta_inter=45e9,  # one 400 Gb/s NDR port per GPU, ~90 % achieved
     gpus_per_node=8,
     dense_flops=0.5 * 705e12,  # half of the measured bf16 matmul ceiling
-    linear_tokens_per_s=12.4e6,  # fla simple_gla fwd+bwd, H=16, K=V=128 (anchors_gpu.h100.json)
-    source="documented figures and /work/shared/bench/anchors_gpu.h100.json; not a communication measurement",
+    linear_tokens_per_s=12.4e6,  # fla simple_gla fwd+bwd, H=16, K=V=128 (an early H100 measurement)
+    source="documented figures and early H100 measurements of matmul and fla; not a communication measurement",
 )
 
 A100_PAPER = Hardware(

@@ -1,7 +1,7 @@
 r"""LASP-1 (arXiv 2404.02882): causal linear attention over ``W`` ranks by a ring of point-to-point messages.
 
 Rank ``r`` holds the contiguous chunk ``r`` of the sequence (``C_r`` tokens). The state of all earlier
-chunks reaches it along a chain (ALGORITHMS.md §5)::
+chunks reaches it along a chain (``docs/sequence_parallel.md``)::
 
     forward   rank r:  P_r  = receive from r-1            (zeros on rank 0)
                        O_r  = [(Q_r K_rᵀ) ⊙ D] V_r  +  Λ Q_r P_r          (intra + inter)

@@ -2,7 +2,7 @@ r"""LASP-2 (arXiv 2502.07563): linear attention over ``W`` ranks with one AllGat
 
 Rank ``r`` holds the contiguous chunk ``r`` (``C_r`` tokens; lengths may differ). Instead of passing
 the state along a chain, every rank publishes its chunk's own state and gathers everyone's
-(ALGORITHMS.md §6).
+(``docs/sequence_parallel.md``).
 
 **Causal (Algorithm 2), with decay.** ``M_s = (λ^{C_s} Λ⁻¹ K_s)ᵀ V_s`` is chunk ``s``'s own decayed
 state. After the AllGather, rank ``r`` forms the **exclusive** decayed prefix — the state of chunks
@@ -11,7 +11,7 @@ state. After the AllGather, rank ``r`` forms the **exclusive** decayed prefix �
     P_0 = 0,   P_r = λ^{C_{r-1}} P_{r-1} + M_{r-1}      (equal chunks: Σ_{s<r} λ^{C(r-1-s)} M_s)
     O_r = [(Q_r K_rᵀ) ⊙ D] V_r + Λ Q_r P_r
 
-(An *inclusive* prefix, ``M_{1:t}`` as the seed summary prints it, would count the chunk's own
+(An *inclusive* prefix, ``M_{1:t}``, a common misreading of the paper's example (``docs/errata.md``, erratum 2), would count the chunk's own
 tokens twice — once in the intra term, once undecayed-by-position in the prefix — and let a token
 see later tokens of its chunk. ``tests/test_lasp.py`` pins that.) Backward: ``dM_r = (Λ Q_r)ᵀ dO_r``
 (the gradient w.r.t. ``P_r``); AllGather; exclusive decayed *suffix*
@@ -63,7 +63,7 @@ def exclusive_prefix(states, lengths, rank: int, log_lam):
 def inclusive_prefix(states, lengths, rank: int, log_lam):
     """The erratum: ``λ^{C_rank} P_rank + M_rank``, the state *including* chunk ``rank`` itself.
 
-    What the seed summary's ``O_t = Q_t M_{1:t} + O_t,intra`` computes. Wrong: chunk ``rank``'s own
+    What ``O_t = Q_t M_{1:t} + O_t,intra`` computes (the misreading of ``docs/errata.md``, erratum 2). Wrong: chunk ``rank``'s own
     tokens are already in the intra term. Kept only to show the difference (``forward_with_prefix``).
     """
     P = exclusive_prefix(states, lengths, rank, log_lam)

@@ -1,7 +1,7 @@
 r"""Each rank's local work, in one place: which implementation runs, and the small state algebra.
 
 A rank's chunk ``r`` (``C`` tokens, local index ``j = 1..C``, ``Λ = diag(λ^j)``) contributes three
-pieces to every linear-attention scheme (ALGORITHMS.md §5–6):
+pieces to every linear-attention scheme (``docs/sequence_parallel.md``):
 
 * ``intra(q, k, v)`` — causal Lightning attention *inside* the chunk with a zero initial state,
   ``[(Q Kᵀ) ⊙ D] V``. The expensive part, and the part that overlaps communication. On the CPU it

@@ -181,7 +181,7 @@ def prefix_outputs(rank, world_size, q, k, v, decay, lengths):
 
 @pytest.mark.parametrize("W", [2, 4])
 def test_the_exclusive_prefix_is_right_and_the_inclusive_one_wrong(W):
-    """ALGORITHMS.md erratum 2: chunk t uses M_{1:t-1}. ``M_{1:t}`` counts the chunk twice."""
+    """docs/errata.md, erratum 2: chunk t uses M_{1:t-1}. ``M_{1:t}`` counts the chunk twice."""
     T, lengths = 5 * W, None
     lengths = verify.split_lengths(T, W)
     q, k, v, do = verify.problem(1, 2, T, 3, 3, seed=5)
