@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: serve site test lab tour venv clean
+.PHONY: serve site test lab tour tour-kernels venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lab: $(STAMP)
 ## Ten-second proof that the install works: every algorithm, every form, error and time
 tour: $(STAMP)
 	$(PY) -m reference
+
+## The same for the Triton kernels (a GPU, or Triton's interpreter on the CPU)
+tour-kernels: $(STAMP)
+	$(PY) -m kernels
 
 clean:
 	rm -rf site build docs/lessons .pytest_cache .hypothesis

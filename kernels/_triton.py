@@ -120,3 +120,64 @@ def interpreter_upcasts(dtype: torch.dtype) -> bool:
     """True where the kernel must run in fp32 and round back: Triton's CPU interpreter computes
     bf16 wrongly, so bf16 inputs are upcast there (on a GPU, never)."""
     return INTERPRETER and dtype == torch.bfloat16
+
+
+def check_config(config, cls: type):
+    """``config`` must be the module's own frozen ``Config`` (``None`` is handled by the caller)."""
+    if not isinstance(config, cls):
+        raise TypeError(f"config must be a {cls.__module__}.{cls.__qualname__}, got {type(config).__name__}")
+    return config
+
+
+def check_chunk_size(name: str, value) -> int:
+    """Chunk sizes are 16, 32, 64 or 128 tokens: ``tl.dot`` tiles of at least 16, at most 128 rows."""
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (16, 32, 64, 128):
+        raise ValueError(f"{name} must be 16, 32, 64 or 128, got {value!r}")
+    return value
+
+
+def check_initial_state(initial_state, shape: tuple, device: torch.device):
+    """``None``, or a floating tensor of ``shape`` (``[B, H, K, V]``) on the device of ``q``.
+
+    Any float dtype is accepted (the kernels carry states in fp32); returned unchanged.
+    """
+    if initial_state is None:
+        return None
+    check_device("initial_state", initial_state)
+    if tuple(initial_state.shape) != tuple(shape):
+        raise ValueError(f"initial_state must have shape [B, H, K, V] = {tuple(shape)}, got {tuple(initial_state.shape)}")
+    if initial_state.device != device:
+        raise ValueError(f"initial_state must be on {device}, got {initial_state.device}")
+    if not initial_state.is_floating_point():
+        raise TypeError(f"initial_state must be a floating tensor, got {initial_state.dtype}")
+    return initial_state
+
+
+# --------------------------------------------------------------------------------------------
+# Launches: every kernel module launches through ``launch``, so that compile tooling
+# (``kernels.tools``) can record the exact launches a call makes without running them.
+# --------------------------------------------------------------------------------------------
+
+_RECORDER: list | None = None
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)`` — or, inside ``recorded_launches()``, its arguments recorded."""
+    if _RECORDER is not None:
+        _RECORDER.append((kernel, args, kwargs))
+    else:
+        kernel[grid](*args, **kwargs)
+
+
+class recorded_launches:
+    """Context manager: launches are appended to the list it yields instead of being run."""
+
+    def __enter__(self) -> list:
+        global _RECORDER
+        self._before, _RECORDER = _RECORDER, []
+        return _RECORDER
+
+    def __exit__(self, *exc):
+        global _RECORDER
+        _RECORDER = self._before
+        return False

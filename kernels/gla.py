@@ -73,17 +73,16 @@ Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels._triton import INTERPRETER, check_device, check_qkv, next_power_of_2
+from kernels import _triton
+from kernels._triton import INTERPRETER, check_qkv, empty, launch, next_power_of_2
 
-__all__ = ["attention", "Config", "DEFAULT_CONFIG"]
+__all__ = ["attention", "Config", "DEFAULT_CONFIG", "config_for"]
 
 #: ``ex2.approx.ftz`` exponentials on the GPU (``_exp``); the interpreter has no inline assembly.
 _FAST = not INTERPRETER
@@ -136,7 +135,7 @@ class Config:
 DEFAULT_CONFIG = Config()
 
 
-def _auto_config(B: int, H: int, K: int, V: int, device: torch.device) -> Config:
+def config_for(B: int, H: int, K: int, V: int, device: torch.device) -> Config:
     """``DEFAULT_CONFIG``, with smaller state tiles when ``B·H`` alone would leave the GPU idle.
 
     The two sequential kernels run one program per ``(state tile, b, h)``; each walks every chunk.
@@ -619,23 +618,6 @@ def _bwd_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-#: When a list, launches are recorded there instead of run (``_compile_for_gpu``).
-_RECORDER: list | None = None
-
-
-def _empty(*shape, device, dtype) -> torch.Tensor:
-    """Every buffer the kernels write is allocated here, uninitialised (the kernels write every
-    element): one place, so the tests can swap it for NaN-filled memory and prove that claim."""
-    return torch.empty(*shape, device=device, dtype=dtype)
-
-
-def _launch(kernel, grid, *args, **kwargs):
-    if _RECORDER is not None:
-        _RECORDER.append((kernel, args, kwargs))
-    else:
-        kernel[grid](*args, **kwargs)
-
-
 def _precision(dtype: torch.dtype) -> str:
     """fp32 operands: three tf32 tensor-core passes (``tf32x3``: big·big + big·small + small·big, about
     fp32's accuracy; plain ``ieee`` products run on the CUDA cores, and spill at these tile sizes).
@@ -692,20 +674,20 @@ def _forward(q, k, v, g, h0, scale: float, cfg: Config):
     NT = triton.cdiv(T, C)
     dev = q.device
     prec, g_prec = _precision(q.dtype), _precision(g.dtype)
-    h = _empty(BH, NT + 1, K, V, device=dev, dtype=q.dtype)
-    final = _empty(BH, K, V, device=dev, dtype=torch.float32)
+    h = empty(BH, NT + 1, K, V, device=dev, dtype=q.dtype)
+    final = empty(BH, K, V, device=dev, dtype=torch.float32)
     # P is kept for the backward in the input dtype: its readers round it to that dtype for tl.dot anyway.
-    A = _empty(BH, NT, C, C, device=dev, dtype=q.dtype)
-    o = _empty(BH, T, V, device=dev, dtype=v.dtype)
+    A = empty(BH, NT, C, C, device=dev, dtype=q.dtype)
+    o = empty(BH, T, V, device=dev, dtype=v.dtype)
     sbk, sbv = cfg.state_block_k, cfg.state_block_v
-    _launch(
+    launch(
         _fwd_states_kernel, (triton.cdiv(K, sbk), triton.cdiv(V, sbv), BH),
         k, v, g, h0 if h0 is not None else final, h, final, T, NT,
         K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_H0=h0 is not None, PRECISION=prec, G_PRECISION=g_prec, FAST=_FAST,
         **_launch_kw(cfg, "state"),
     )  # fmt: skip
     bk, bv = _tiles(cfg, K, V, q.dtype)["out"]
-    _launch(
+    launch(
         _fwd_output_kernel, (triton.cdiv(V, bv), NT, BH),
         q, k, v, g, h, _level_table(C, g.dtype, dev), A, o, scale, T, NT,
         K=K, V=V, C=C, LOG2C=C.bit_length() - 1, BK=bk, BV=bv, PRECISION=prec, G_PRECISION=g_prec, FAST=_FAST,
@@ -722,16 +704,16 @@ def _backward(q, k, v, g, h, A, do, dht, has_h0: bool, scale: float, cfg: Config
     NT = triton.cdiv(T, C)
     dev = q.device
     prec, g_prec = _precision(q.dtype), _precision(g.dtype)
-    dh = _empty(BH, NT, K, V, device=dev, dtype=q.dtype)
+    dh = empty(BH, NT, K, V, device=dev, dtype=q.dtype)
     nvt = triton.cdiv(V, cfg.state_block_v)
-    last = _empty(BH, NT, nvt, K, device=dev, dtype=torch.float32)
-    dh0 = _empty(BH, K, V, device=dev, dtype=torch.float32) if has_h0 else None
-    dq = _empty(*q.shape, device=dev, dtype=q.dtype)
-    dk = _empty(*k.shape, device=dev, dtype=k.dtype)
-    dv = _empty(*v.shape, device=dev, dtype=v.dtype)
-    dg = _empty(*g.shape, device=dev, dtype=g.dtype)
+    last = empty(BH, NT, nvt, K, device=dev, dtype=torch.float32)
+    dh0 = empty(BH, K, V, device=dev, dtype=torch.float32) if has_h0 else None
+    dq = empty(*q.shape, device=dev, dtype=q.dtype)
+    dk = empty(*k.shape, device=dev, dtype=k.dtype)
+    dv = empty(*v.shape, device=dev, dtype=v.dtype)
+    dg = empty(*g.shape, device=dev, dtype=g.dtype)
     sbk, sbv = cfg.state_block_k, cfg.state_block_v
-    _launch(
+    launch(
         _bwd_dstates_kernel, (triton.cdiv(K, sbk), triton.cdiv(V, sbv), BH),
         q, g, do, h, dht if dht is not None else dh, dh, dh0 if dh0 is not None else dh, last, scale, T, NT,
         K=K, V=V, C=C, BK=sbk, BV=sbv, HAS_DHT=dht is not None, HAS_H0=has_h0, PRECISION=prec,
@@ -739,97 +721,20 @@ def _backward(q, k, v, g, h, A, do, dht, has_h0: bool, scale: float, cfg: Config
     )  # fmt: skip
     bk, bv = _tiles(cfg, K, V, q.dtype)["bwd"]
     tab = _level_table(C, g.dtype, dev)
-    dA = _empty(BH, NT, C, C, device=dev, dtype=q.dtype)
-    _launch(
+    dA = empty(BH, NT, C, C, device=dev, dtype=q.dtype)
+    launch(
         _bwd_dv_kernel, (NT, BH),
         k, v, g, tab, A, do, dh, dA, dv, scale, T, NT,
         K=K, V=V, C=C, LOG2C=C.bit_length() - 1, BK=bk, BV=bv, PRECISION=prec, G_PRECISION=g_prec, FAST=_FAST,
         **_launch_kw(cfg, "bwd"),
     )  # fmt: skip
-    _launch(
+    launch(
         _bwd_kernel, (NT, triton.cdiv(K, bk), BH),
         q, k, v, g, h, tab, dA, do, dh, last, dq, dk, dg, scale, T, NT,
         K=K, V=V, C=C, LOG2C=C.bit_length() - 1, BK=bk, BV=bv, PRECISION=prec, G_PRECISION=g_prec, FAST=_FAST,
         NVT=nvt, **_launch_kw(cfg, "bwd"),
     )  # fmt: skip
     return dq, dk, dv, dg, dh0
-
-def _compile_for_gpu(dtype: torch.dtype = torch.bfloat16, K: int = 128, V: int = 128, config: Config | None = None,
-                     *, arch: int = 90, T: int = 4096) -> dict:  # fmt: skip
-    """Compile all five kernels for an NVIDIA GPU (``sm_<arch>``, default the H100's 90) without one.
-
-    The forward and backward launchers run on ``meta`` tensors with launches recorded instead of
-    run, and each recorded launch — the very arguments, tiles and warps a real call would use — is
-    compiled by Triton down to a cubin with the ``ptxas`` its wheel ships. This proves, on a machine
-    with no GPU, that the kernels pass the GPU compiler (``tl.dot`` shapes, layouts, shared-memory
-    limits), which the interpreter does not check. Needs a process without ``TRITON_INTERPRET=1``.
-
-    Returns ``{kernel name: {"shared_bytes", "num_warps", "num_stages", "registers", "stack_bytes"}}``
-    (the last two when the wheel's ``cuobjdump`` is there; stack bytes are register spills).
-    """
-    global _RECORDER
-    if INTERPRETER:
-        raise RuntimeError("_compile_for_gpu needs a process without TRITON_INTERPRET=1 (the interpreter replaces @triton.jit)")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    cfg = (config or DEFAULT_CONFIG).clipped(K, V)
-    BH = 2
-
-    def meta(*shape, dt=dtype):
-        return torch.empty(*shape, device="meta", dtype=dt)
-
-    q, k, g = meta(BH, T, K), meta(BH, T, K), meta(BH, T, K)
-    v, do = meta(BH, T, V), meta(BH, T, V)
-    states = meta(BH, K, V, dt=torch.float32)
-    _RECORDER = []
-    try:
-        _, h, A, _ = _forward(q, k, v, g, states, 0.5, cfg)
-        _backward(q, k, v, g, h, A, do, states, True, 0.5, cfg)
-        launches = _RECORDER
-    finally:
-        _RECORDER = None
-
-    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-    results = {}
-    for kernel, args, kwargs in launches:
-        kwargs = dict(kwargs)
-        options = {"num_warps": kwargs.pop("num_warps", 4), "num_stages": kwargs.pop("num_stages", 2)}
-        signature, constexprs, attrs = {}, {}, {}
-        for i, name in enumerate(kernel.arg_names):
-            value = args[i] if i < len(args) else kwargs[name]
-            if name in kwargs:
-                signature[name], constexprs[name] = "constexpr", value
-            elif isinstance(value, torch.Tensor):
-                signature[name] = "*" + names[value.dtype]
-                attrs[(i,)] = [["tt.divisibility", 16]]  # what the launcher sees for allocator memory
-            elif isinstance(value, float):
-                signature[name] = "fp32"
-            else:
-                signature[name] = "i32"
-        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-        results[kernel.fn.__name__] = {"shared_bytes": compiled.metadata.shared, **options,
-                                       **_resource_usage(compiled.asm.get("cubin"))}  # fmt: skip
-    return results
-
-
-def _resource_usage(cubin) -> dict:
-    """Registers per thread and stack (spill) bytes of a cubin, from the cuobjdump Triton ships."""
-    import os
-    import re
-    import subprocess
-    import tempfile
-
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not cubin or not os.path.exists(tool):
-        return {}
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+)", text)
-    return {"registers": int(found.group(1)), "stack_bytes": int(found.group(2))} if found else {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -911,43 +816,26 @@ def attention(
     B, H, T, K, V = check_qkv(q, k, v, ("log_alpha", log_alpha))
     if tuple(log_alpha.shape) != (B, H, T, K):
         raise ValueError(f"log_alpha must have the shape of q {(B, H, T, K)}, got {tuple(log_alpha.shape)}")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real number, got {scale!r}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    if not isinstance(output_final_state, bool):
-        raise TypeError(f"output_final_state must be True or False, got {output_final_state!r}")
-    cfg = _auto_config(B, H, K, V, q.device) if config is None else config
-    if not isinstance(cfg, Config):
-        raise TypeError(f"config must be a kernels.gla.Config, got {type(cfg).__name__}")
-    if cfg.chunk_size not in (16, 32, 64, 128):
-        raise ValueError(f"config.chunk_size must be 16, 32, 64 or 128, got {cfg.chunk_size!r}")
+    scale = _triton.check_scale(scale)
+    _triton.check_flag("output_final_state", output_final_state)
+    cfg = config_for(B, H, K, V, q.device) if config is None else _triton.check_config(config, Config)
+    _triton.check_chunk_size("config.chunk_size", cfg.chunk_size)
     for field in ("state_block_k", "state_block_v", "block_k", "block_v", "bwd_block_k"):
         size = getattr(cfg, field)
         if not isinstance(size, int) or size < 16 or size & (size - 1):
             raise ValueError(f"config.{field} must be a power of two ≥ 16, got {size!r}")
     cfg = cfg.clipped(K, V)
 
-    if initial_state is not None:
-        check_device("initial_state", initial_state)
-        if tuple(initial_state.shape) != (B, H, K, V):
-            raise ValueError(
-                f"initial_state must have shape [B, H, K, V] = {(B, H, K, V)}, got {tuple(initial_state.shape)}"
-            )
-        if initial_state.device != q.device:
-            raise ValueError(f"initial_state must be on {q.device}, got {initial_state.device}")
-        if not initial_state.is_floating_point():
-            raise TypeError(f"initial_state must be a floating tensor, got {initial_state.dtype}")
+    initial_state = _triton.check_initial_state(initial_state, (B, H, K, V), q.device)
 
-    if INTERPRETER and torch.bfloat16 in (q.dtype, log_alpha.dtype):
-        # Triton's CPU interpreter computes bf16 wrongly: run in fp32 and round the output back.
+    if _triton.interpreter_upcasts(q.dtype) or _triton.interpreter_upcasts(log_alpha.dtype):
         o, final = attention(q.float(), k.float(), v.float(), log_alpha.float(), scale=scale,
                              initial_state=initial_state, output_final_state=True, config=config)  # fmt: skip
         o = o.to(q.dtype)
         return (o, final) if output_final_state else o
 
     o, final = _GLAttention.apply(
-        q.contiguous(), k.contiguous(), v.contiguous(), log_alpha.contiguous(), initial_state, float(scale), cfg
+        q.contiguous(), k.contiguous(), v.contiguous(), log_alpha.contiguous(), initial_state, scale, cfg
     )
     return (o, final) if output_final_state else o
 

@@ -43,27 +43,43 @@ Shapes: ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``decay: [H]`` in ``(0, 1]`
 from __future__ import annotations
 
 import functools
-import math
-import numbers
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels._triton import INTERPRETER, check_device, check_qkv, next_power_of_2
+from kernels import _triton
+from kernels._triton import INTERPRETER, check_qkv, empty, launch, next_power_of_2
 
-__all__ = ["attention"]
+__all__ = ["attention", "Config", "DEFAULT_CONFIG"]
 
-# Launch settings (module-level so the benchmark can sweep them).
-_NUM_WARPS = 4
-_NUM_STAGES = 2
-_BLOCK_C = None  # output columns per program; None: 64 (32 when the reduction width exceeds 128)
-_FUSED_DKDV = False  # one reverse pass for dK and dV together (eight warps hold the whole dKV)
-# Segmenting: only when fewer walks than multiprocessors (a measured 256 walks on 132 SMs beat any
-# segmenting: it costs an extra pass over k, v); then enough segments for at most ~4 walks per
-# multiprocessor.
-_SEGMENT_BELOW_PROGRAMS_PER_SM = 1.0
-_SEGMENT_TARGET_PROGRAMS_PER_SM = 4.0
+
+@dataclass(frozen=True)
+class Config:
+    """Launch settings (the benchmark sweeps them; results do not depend on them beyond rounding).
+
+    Attributes:
+        num_warps, num_stages: of the scan kernels (four warps: one Hopper warpgroup, ``M = 64``).
+        block_c: output columns per program; ``None``: 64 (32 when the reduction width exceeds 128),
+            never a state tile above 128 × 128 fp32 values.
+        fused_dkdv: one reverse pass for dK and dV together (eight warps hold the whole dKV; heads up
+            to 128 wide) instead of two chunk-scan walks.
+        segment_below_programs_per_sm: segment a sequence only when fewer walks than this many per
+            multiprocessor (a measured 256 walks on 132 SMs beat any segmenting: it costs an extra
+            pass over k, v) ...
+        segment_target_programs_per_sm: ... and then into enough segments for about this many.
+    """
+
+    num_warps: int = 4
+    num_stages: int = 2
+    block_c: int | None = None
+    fused_dkdv: bool = False
+    segment_below_programs_per_sm: float = 1.0
+    segment_target_programs_per_sm: float = 4.0
+
+
+DEFAULT_CONFIG = Config()
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,21 +405,13 @@ def _segment_scan_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _empty(*shape, device, dtype) -> torch.Tensor:
-    """Every buffer a kernel writes is allocated here, uninitialised (the kernels write every element).
-
-    One place, so the tests can swap it for NaN-filled memory and prove that claim.
-    """
-    return torch.empty(*shape, device=device, dtype=dtype)
-
-
 def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _column_block(da: int, dc: int) -> int:
-    if _BLOCK_C is not None:
-        block = _BLOCK_C
+def _column_block(da: int, dc: int, cfg: Config) -> int:
+    if cfg.block_c is not None:
+        block = cfg.block_c
     else:
         block = 64 if next_power_of_2(da) <= 128 else 32
     # keep the fp32 state tile (BLOCK_A × BLOCK_C) within 128 × 128 registers' worth
@@ -411,38 +419,39 @@ def _column_block(da: int, dc: int) -> int:
     return max(16, min(block, next_power_of_2(dc)))
 
 
-def _segment_entries(b, c, log2_decay, start, *, seg_len, n_seg, scale_b, reverse, chunk_size):
+def _segment_entries(b, c, log2_decay, start, *, seg_len, n_seg, scale_b, reverse, chunk_size, cfg):
     """States entering each segment ``[BH, n_seg, DA, DC]`` and the state after everything ``[BH, DA, DC]``."""
     BH, T, DA = b.shape
     DC = c.shape[-1]
     H = log2_decay.shape[0]
-    block_a, block_c = max(16, next_power_of_2(DA)), _column_block(DA, DC)
-    local = _empty(BH, n_seg, DA, DC, device=b.device, dtype=torch.float32)
+    block_a, block_c = max(16, next_power_of_2(DA)), _column_block(DA, DC, cfg)
+    local = empty(BH, n_seg, DA, DC, device=b.device, dtype=torch.float32)
     grid = (triton.cdiv(DC, block_c), n_seg, BH)
-    _segment_state_kernel[grid](
-        b, c, log2_decay, local, T, H, seg_len, scale_b,
+    launch(
+        _segment_state_kernel, grid, b, c, log2_decay, local, T, H, seg_len, scale_b,
         DA=DA, DC=DC, BLOCK_T=chunk_size, BLOCK_A=block_a, BLOCK_C=block_c,
-        REVERSE=reverse, DOT_PRECISION=_dot_precision(b.dtype), num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
+        REVERSE=reverse, DOT_PRECISION=_dot_precision(b.dtype), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )  # fmt: skip
-    entry = _empty(*local.shape, device=b.device, dtype=torch.float32)
-    final = _empty(BH, DA, DC, device=b.device, dtype=torch.float32)
+    entry = empty(*local.shape, device=b.device, dtype=torch.float32)
+    final = empty(BH, DA, DC, device=b.device, dtype=torch.float32)
     block = min(1024, next_power_of_2(DA * DC))
-    _segment_scan_kernel[(triton.cdiv(DA * DC, block), BH)](
-        local, start if start is not None else local, entry, final, T, H, n_seg, seg_len, log2_decay,
-        SIZE=DA * DC, BLOCK=block, REVERSE=reverse, HAS_START=start is not None, num_warps=_NUM_WARPS,
+    launch(
+        _segment_scan_kernel, (triton.cdiv(DA * DC, block), BH), local, start if start is not None else local, entry, final, T, H, n_seg, seg_len, log2_decay,
+        SIZE=DA * DC, BLOCK=block, REVERSE=reverse, HAS_START=start is not None, num_warps=cfg.num_warps,
     )  # fmt: skip
     return entry, final
 
 
-def _chunk_scan(a, b, c, log2_decay, entry, *, seg_len, n_seg, scale_a, scale_b, reverse, chunk_size,
+def _chunk_scan(a, b, c, log2_decay, entry, *, seg_len, n_seg, scale_a, scale_b, reverse, chunk_size, cfg,
                 transpose_entry=False, store_final=False):  # fmt: skip
     """Launch ``_chunk_scan_kernel``; ``entry`` holds the state entering each segment (or is None)."""
     BH, T, DA = a.shape
     DC = c.shape[-1]
     H = log2_decay.shape[0]
-    block_a, block_c = max(16, next_power_of_2(DA)), _column_block(DA, DC)
-    out = _empty(BH, T, DC, device=a.device, dtype=a.dtype)
-    final = _empty(BH, DA, DC, device=a.device, dtype=torch.float32) if store_final else out
+    block_a, block_c = max(16, next_power_of_2(DA)), _column_block(DA, DC, cfg)
+    out = empty(BH, T, DC, device=a.device, dtype=a.dtype)
+    final = empty(BH, DA, DC, device=a.device, dtype=torch.float32) if store_final else out
     if entry is not None:
         # entry is [BH, n_seg, rows, cols]; the kernel reads element (bh, s, i, j) with i along DA.
         s_bh, s_seg, s_row, s_col = entry.stride()
@@ -451,45 +460,45 @@ def _chunk_scan(a, b, c, log2_decay, entry, *, seg_len, n_seg, scale_a, scale_b,
     else:
         s_bh = s_seg = s_row = s_col = 0
     grid = (triton.cdiv(DC, block_c), n_seg, BH)
-    _chunk_scan_kernel[grid](
-        a, b, c, out, log2_decay, entry if entry is not None else out, final,
+    launch(
+        _chunk_scan_kernel, grid, a, b, c, out, log2_decay, entry if entry is not None else out, final,
         T, H, seg_len, scale_a, scale_b, s_bh, s_seg, s_row, s_col,
         DA=DA, DC=DC, BLOCK_T=chunk_size, BLOCK_A=block_a, BLOCK_C=block_c,
         REVERSE=reverse, HAS_STATE_IN=entry is not None, STORE_FINAL=store_final,
-        DOT_PRECISION=_dot_precision(a.dtype), num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
+        DOT_PRECISION=_dot_precision(a.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out, (final if store_final else None)
 
 
-def _dkdv(q, k, v, do, log2_decay, d_entry, *, scale, seg_len, n_seg, chunk_size, store_final):
+def _dkdv(q, k, v, do, log2_decay, d_entry, *, scale, seg_len, n_seg, chunk_size, cfg, store_final):
     """Launch ``_dkdv_kernel``: ``(dk, dv, gradient of the initial state or None)``."""
     BH, T, DK = q.shape
     DV = v.shape[-1]
-    dk = _empty(*k.shape, device=k.device, dtype=k.dtype)
-    dv = _empty(*v.shape, device=v.device, dtype=v.dtype)
-    final = _empty(BH, DK, DV, device=q.device, dtype=torch.float32) if store_final else dk
-    _dkdv_kernel[(1, n_seg, BH)](
-        q, k, v, do, dk, dv, log2_decay, d_entry if d_entry is not None else dk, final, T,
+    dk = empty(*k.shape, device=k.device, dtype=k.dtype)
+    dv = empty(*v.shape, device=v.device, dtype=v.dtype)
+    final = empty(BH, DK, DV, device=q.device, dtype=torch.float32) if store_final else dk
+    launch(
+        _dkdv_kernel, (1, n_seg, BH), q, k, v, do, dk, dv, log2_decay, d_entry if d_entry is not None else dk, final, T,
         log2_decay.shape[0], seg_len, scale,
         DK=DK, DV=DV, BLOCK_T=chunk_size, BLOCK_K=max(16, next_power_of_2(DK)),
         BLOCK_V=max(16, next_power_of_2(DV)), HAS_STATE_IN=d_entry is not None, STORE_FINAL=store_final,
-        DOT_PRECISION=_dot_precision(q.dtype), num_warps=8, num_stages=_NUM_STAGES,
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=8, num_stages=cfg.num_stages,
     )  # fmt: skip
     return dk, dv, (final if store_final else None)
 
 
-def _plan_segments(B: int, H: int, T: int, V: int, K: int, chunk_size: int, segment_size, device) -> int:
+def _plan_segments(B: int, H: int, T: int, V: int, K: int, chunk_size: int, segment_size, device, cfg: Config) -> int:
     """Tokens per segment: the whole sequence unless that leaves the GPU under-filled."""
     if segment_size is not None:
         return segment_size
     if INTERPRETER or device.type != "cuda":
         return max(chunk_size, triton.cdiv(T, chunk_size) * chunk_size)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    programs = B * H * triton.cdiv(V, _column_block(K, V))
-    if programs >= _SEGMENT_BELOW_PROGRAMS_PER_SM * sms:
+    programs = B * H * triton.cdiv(V, _column_block(K, V, cfg))
+    if programs >= cfg.segment_below_programs_per_sm * sms:
         # Enough independent walks already: segments would cost an extra pass over k and v.
         return triton.cdiv(T, chunk_size) * chunk_size
-    wanted = _SEGMENT_TARGET_PROGRAMS_PER_SM * sms
+    wanted = cfg.segment_target_programs_per_sm * sms
     # Rounded down, not up: one walk more than the GPU holds at once costs a whole second wave of
     # walks (B=2, H=16, T=32k: 9 segments measured 2.61 ms forward+backward, 8 segments 2.16 ms).
     n_seg = max(1, min(triton.cdiv(T, 8 * chunk_size), int(wanted // programs)))
@@ -503,7 +512,7 @@ def _plan_segments(B: int, H: int, T: int, V: int, K: int, chunk_size: int, segm
 
 class _LightningAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, log2_decay, initial_state, scale, chunk_size, seg_len):
+    def forward(ctx, q, k, v, log2_decay, initial_state, scale, chunk_size, seg_len, cfg):
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not zeros
         B, H, T, K = q.shape
         V = v.shape[-1]
@@ -513,27 +522,27 @@ class _LightningAttention(torch.autograd.Function):
         if n_seg > 1:
             entry, _ = _segment_entries(
                 k3, v3, log2_decay, start, seg_len=seg_len, n_seg=n_seg, scale_b=1.0, reverse=False,
-                chunk_size=chunk_size,
+                chunk_size=chunk_size, cfg=cfg,
             )  # fmt: skip
         else:
             entry = None if start is None else start.reshape(B * H, 1, K, V)
         o, final = _chunk_scan(
             q3, k3, v3, log2_decay, entry, seg_len=seg_len, n_seg=n_seg, scale_a=scale, scale_b=1.0,
-            reverse=False, chunk_size=chunk_size, store_final=True,
+            reverse=False, chunk_size=chunk_size, cfg=cfg, store_final=True,
         )  # fmt: skip
         ctx.save_for_backward(q3, k3, v3, log2_decay, entry)
-        ctx.meta = (B, H, T, K, V, scale, chunk_size, seg_len, n_seg, initial_state is not None)
+        ctx.meta = (B, H, T, K, V, scale, chunk_size, seg_len, n_seg, initial_state is not None, cfg)
         return o.reshape(B, H, T, V), final.reshape(B, H, K, V)
 
     @staticmethod
     def backward(ctx, do, d_final):
         q3, k3, v3, log2_decay, entry = ctx.saved_tensors
-        B, H, T, K, V, scale, chunk_size, seg_len, n_seg, has_initial = ctx.meta
+        B, H, T, K, V, scale, chunk_size, seg_len, n_seg, has_initial, cfg = ctx.meta
         if do is None:  # only the final state was used
             do = torch.zeros(B, H, T, V, device=q3.device, dtype=q3.dtype)
         do3 = do.reshape(B * H, T, V).to(q3.dtype).contiguous()
         d_final3 = None if d_final is None else d_final.reshape(B * H, K, V).float().contiguous()
-        common = dict(seg_len=seg_len, n_seg=n_seg, chunk_size=chunk_size)
+        common = dict(seg_len=seg_len, n_seg=n_seg, chunk_size=chunk_size, cfg=cfg)
 
         # dQ: the forward walk over (dO, v, k), against the forward's states transposed.
         dq, _ = _chunk_scan(do3, v3, k3, log2_decay, entry, scale_a=scale, scale_b=1.0, reverse=False,
@@ -543,11 +552,11 @@ class _LightningAttention(torch.autograd.Function):
         if n_seg > 1:
             d_entry, d_initial = _segment_entries(
                 q3, do3, log2_decay, d_final3, seg_len=seg_len, n_seg=n_seg, scale_b=scale, reverse=True,
-                chunk_size=chunk_size,
+                chunk_size=chunk_size, cfg=cfg,
             )  # fmt: skip
         else:
             d_entry = None if d_final3 is None else d_final3.reshape(B * H, 1, K, V)
-        if _FUSED_DKDV and max(K, V) <= 128:
+        if cfg.fused_dkdv and max(K, V) <= 128:
             dk, dv, d_initial_1 = _dkdv(q3, k3, v3, do3, log2_decay, d_entry, scale=scale,
                                         store_final=has_initial and n_seg == 1, **common)  # fmt: skip
         else:
@@ -564,6 +573,7 @@ class _LightningAttention(torch.autograd.Function):
             dv.reshape(B, H, T, V),
             None,
             d_init,
+            None,
             None,
             None,
             None,
@@ -616,6 +626,7 @@ def attention(
     output_final_state: bool = False,
     chunk_size: int = 64,
     segment_size: int | None = None,
+    config: Config | None = None,
 ):
     r"""Lightning Attention-2 (causal linear attention with a per-head decay), differentiable.
 
@@ -633,6 +644,7 @@ def attention(
         chunk_size: block length ``C`` (16, 32, 64 or 128; 64 is tuned for the H100).
         segment_size: tokens per independently scheduled segment (a multiple of ``chunk_size``);
             ``None`` chooses from the GPU's size.
+        config: launch settings (``Config``); ``None`` uses ``DEFAULT_CONFIG``.
 
     Returns:
         ``o: [B, H, T, V]`` in the dtype of ``q`` — or ``(o, final_state)``.
@@ -641,42 +653,33 @@ def attention(
     ``B · H ≤ 65535``.
     """
     B, H, T, K, V = check_qkv(q, k, v)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size not in (16, 32, 64, 128):
-        raise ValueError(f"chunk_size must be 16, 32, 64 or 128, got {chunk_size!r}")
+    chunk_size = _triton.check_chunk_size("chunk_size", chunk_size)
     if T * max(K, V) >= 2**31:
         raise ValueError(f"T · max(K, V) must stay below 2^31 (32-bit offsets), got T={T}, K={K}, V={V}")
     if B * H > 65535:
         raise ValueError(f"B · H must be at most 65535 (a CUDA grid dimension), got B={B}, H={H}")
     if segment_size is not None and (
-        not isinstance(segment_size, int) or segment_size < chunk_size or segment_size % chunk_size
-    ):
+        isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < chunk_size
+        or segment_size % chunk_size
+    ):  # fmt: skip
         raise ValueError(f"segment_size must be a positive multiple of chunk_size={chunk_size}, got {segment_size!r}")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real number, got {scale!r}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-
+    scale = _triton.check_scale(scale)
+    _triton.check_flag("output_final_state", output_final_state)
+    cfg = DEFAULT_CONFIG if config is None else _triton.check_config(config, Config)
     log2_decay = _log2_decay(decay, H, q.device)
-
+    initial_state = _triton.check_initial_state(initial_state, (B, H, K, V), q.device)
     if initial_state is not None:
-        check_device("initial_state", initial_state)
-        if tuple(initial_state.shape) != (B, H, K, V):
-            raise ValueError(f"initial_state must have shape [B, H, K, V] = {(B, H, K, V)}, got {tuple(initial_state.shape)}")
-        if initial_state.device != q.device:
-            raise ValueError(f"initial_state must be on {q.device}, got {initial_state.device}")
-        if not initial_state.is_floating_point():
-            raise TypeError(f"initial_state must be a floating tensor, got {initial_state.dtype}")
         initial_state = initial_state.float().contiguous()
 
-    if INTERPRETER and q.dtype == torch.bfloat16:
-        # Triton's CPU interpreter computes bf16 wrongly: run in fp32 and round the results back.
-        out = attention(q.float(), k.float(), v.float(), decay, scale=scale, initial_state=initial_state,
-                        output_final_state=True, chunk_size=chunk_size, segment_size=segment_size)  # fmt: skip
-        o, final = out[0].to(q.dtype), out[1]
+    if _triton.interpreter_upcasts(q.dtype):
+        o, final = attention(q.float(), k.float(), v.float(), decay, scale=scale, initial_state=initial_state,
+                             output_final_state=True, chunk_size=chunk_size, segment_size=segment_size,
+                             config=config)  # fmt: skip
+        o = o.to(q.dtype)
         return (o, final) if output_final_state else o
 
-    seg_len = _plan_segments(B, H, T, V, K, chunk_size, segment_size, q.device)
+    seg_len = _plan_segments(B, H, T, V, K, chunk_size, segment_size, q.device, cfg)
     o, final = _LightningAttention.apply(
-        q.contiguous(), k.contiguous(), v.contiguous(), log2_decay, initial_state, float(scale), chunk_size, seg_len
+        q.contiguous(), k.contiguous(), v.contiguous(), log2_decay, initial_state, scale, chunk_size, seg_len, cfg
     )
     return (o, final) if output_final_state else o

@@ -2,11 +2,24 @@
 
 One module per algorithm, one function per form. Each form is written once against the array API,
 so NumPy arrays in give NumPy arrays out and torch tensors in give differentiable torch tensors out.
+The package imports nothing above it (neither ``kernels`` nor ``simdist``). Wrong types raise
+``TypeError``, wrong values ``ValueError``, each naming the argument.
 
-* ``reference.softmax_attention`` — ``naive``, ``tiled`` (online softmax, FlashAttention-2 tiling).
+* ``reference.softmax_attention`` — ``naive``, ``tiled`` (online softmax, FlashAttention-2 tiling),
+  ``online_softmax_update``.
 * ``reference.linear_attention`` — ``recurrent``, ``parallel``, ``chunked``.
 * ``reference.lightning`` — Lightning Attention-2: ``recurrent``, ``parallel``, ``chunked``,
   ``chunked_backward``, ``decay_mask``, ``tnl_decay``.
+* ``reference.gla`` — Gated Linear Attention: ``recurrent``, ``parallel``, ``chunked``, ``gate``.
+* ``reference.rope`` — rotary position embeddings: ``apply`` (rotate-half or interleaved layout).
+* ``reference.seer`` — SeerAttention: ``pool``, ``ground_truth``, ``select_topk``,
+  ``select_threshold``, ``block_sparse_attention``.
+* ``reference.double_sparsity`` — Double Sparsity: ``channel_outliers``, ``decode``.
+* ``reference.model`` and ``reference.data`` — a tiny Llama-style decoder whose attention is any
+  algorithm here, and the text it trains on.
+* ``reference.testing`` — the property suites, strategies and float64 oracles, packaged for grading
+  coursework (``python -m reference.testing ALGORITHM TARGET``).
 
-``python -m reference`` runs a short tour of every form and prints its error and time.
+``python -m reference`` runs a short tour of every form and prints its error and time;
+``python -m kernels`` does the same for the Triton kernels.
 """

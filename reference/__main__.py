@@ -4,27 +4,26 @@ Each form runs on one small built-in example in float32 (NumPy) and is compared 
 oracle of the same algorithm (its direct, parallel form, itself proven against independent oracles
 by the test suite). The table shows the largest absolute error and the CPU time of each form.
 
-``--kernels`` also runs the Triton kernels (on a GPU if there is one, otherwise in Triton's CPU
-interpreter, which this command switches on itself).
+The Triton kernels have their own tour, ``python -m kernels`` (the reference imports nothing above it).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 
 
-def _timed(fn):
+def timed(fn):
+    """``(fn(), seconds)``."""
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
 
 
-def _example(seed: int = 0, B: int = 2, H: int = 4, T: int = 100, K: int = 16, V: int = 16):
+def example(seed: int = 0, B: int = 2, H: int = 4, T: int = 100, K: int = 16, V: int = 16):
     """Small float32 inputs: T = 100 is no multiple of the chunk sizes used below."""
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((B, H, T, K)).astype(np.float32)
@@ -39,14 +38,14 @@ def _rows():
     """(algorithm, form, float32 result, float64 oracle, seconds) for every reference form."""
     from reference import gla, lightning, linear_attention, softmax_attention
 
-    q, k, v, do, log_alpha = _example()
+    q, k, v, do, log_alpha = example()
     q64, k64, v64, do64, la64 = (x.astype(np.float64) for x in (q, k, v, do, log_alpha))
     decay = lightning.tnl_decay(q.shape[1])
     scale = q.shape[-1] ** -0.5
     rows = []
 
     def add(algorithm, form, fn, oracle):
-        out, seconds = _timed(fn)
+        out, seconds = timed(fn)
         if isinstance(out, tuple):  # recurrent/chunked forms return (o, state); backward (dq, dk, dv)
             if form.startswith("chunked_backward"):
                 out, oracle = np.concatenate([x.ravel() for x in out]), np.concatenate([x.ravel() for x in oracle])
@@ -96,41 +95,10 @@ def _lightning_autograd(q, k, v, decay, do, scale):
     return tuple(x.grad.numpy() for x in leaves)
 
 
-def _kernel_rows():
-    """The Triton kernels against the same float64 oracles (GPU, or the CPU interpreter)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of kernels
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    from kernels import gla as gla_kernel
-    from kernels import lightning as lightning_kernel
-    from reference import gla, lightning
-
-    q, k, v, _, log_alpha = _example(B=1, H=2, T=80)
-    q64, k64, v64, la64 = (x.astype(np.float64) for x in (q, k, v, log_alpha))
-    decay = lightning.tnl_decay(2)
-    scale = q.shape[-1] ** -0.5
-    tq, tk, tv, tla = (torch.from_numpy(x).to(device) for x in (q, k, v, log_alpha))
-    where = "GPU" if device == "cuda" else "interpreter"
-    rows = []
-    out, seconds = _timed(lambda: lightning_kernel.attention(tq, tk, tv, decay, scale=scale).cpu().numpy())
-    rows.append(("Lightning Attention-2", f"Triton kernel ({where})", out, lightning.parallel(q64, k64, v64, decay, scale=scale), seconds))
-    out, seconds = _timed(lambda: gla_kernel.attention(tq, tk, tv, tla, scale=scale).cpu().numpy())
-    rows.append(("Gated Linear Attention", f"Triton kernel ({where})", out, gla.parallel(q64, k64, v64, la64, scale=scale), seconds))
-    return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference", description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", action="store_true", help="also run the Triton kernels")
-    args = parser.parse_args(argv)
-
+def report(rows, title: str) -> int:
+    """Print ``(algorithm, form, result, oracle, seconds)`` rows as a table; 1 if any form is off."""
     started = time.perf_counter()
-    rows = _rows()
-    if args.kernels:
-        rows += _kernel_rows()
-    print("Every form, float32, against a float64 oracle (B=2, H=4, T=100, K=V=16; kernels: B=1, H=2, T=80)\n")
+    print(title + "\n")
     header = f"{'algorithm':<24} {'form':<30} {'max |error|':>12} {'CPU ms':>9}"
     print(header)
     print("-" * len(header))
@@ -139,11 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         err = float(np.max(np.abs(np.asarray(out, dtype=np.float64) - oracle)))
         worst = max(worst, err / max(1.0, float(np.max(np.abs(oracle)))))
         print(f"{algorithm:<24} {form:<30} {err:>12.2e} {seconds * 1e3:>9.1f}")
-    print(f"\n{len(rows)} forms in {time.perf_counter() - started:.1f} s; worst error relative to the largest value: {worst:.1e}")
+    total = sum(row[-1] for row in rows) + time.perf_counter() - started
+    print(f"\n{len(rows)} forms in {total:.1f} s; worst error relative to the largest value: {worst:.1e}")
     if worst > 1e-3:
         print("ERROR: a form disagrees with its oracle beyond float32 rounding", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reference", description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    return report(_rows(), "Every form, float32, against a float64 oracle (B=2, H=4, T=100, K=V=16)")
 
 
 if __name__ == "__main__":

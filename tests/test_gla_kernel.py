@@ -39,7 +39,7 @@ from tests.interpreter_bounds import bounds_checked
 from tests.strategies import rel_err
 
 triton = pytest.importorskip("triton", reason="Triton is installed on Linux only (pyproject.toml)")
-from kernels import gla  # noqa: E402  (after conftest has set TRITON_INTERPRET)
+from kernels import _triton, gla  # noqa: E402  (after conftest has set TRITON_INTERPRET)
 
 DEVICE = "cuda" if HAS_GPU else "cpu"
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
@@ -208,12 +208,12 @@ def test_bad_input_raises_a_clear_error(kwargs, exc, words):
 
 _COMPILE_FOR_H100 = """
 import json, torch
-from kernels import gla
+from kernels import gla, tools
 for tag, dtype, K, V, config in [
     ("bench", torch.bfloat16, 128, 128, gla.DEFAULT_CONFIG),  # the benchmark's path
     ("narrow", torch.float32, 20, 12, gla.Config(chunk_size=16)),  # narrow heads padded to 16, fp32 (tf32x3)
 ]:
-    for name, info in gla._compile_for_gpu(dtype, K, V, config).items():
+    for name, info in tools.compile_gla(dtype, K, V, config).items():
         print(json.dumps({"tag": tag, "kernel": name, **info}))
 """
 
@@ -289,15 +289,6 @@ def test_gpu_chunks_of_128_bf16():
     assert_close(errs, torch.bfloat16)
 
 
-def _poison(monkeypatch):
-    """Every buffer the kernels allocate starts as NaN: an element they forget to write shows."""
-
-    def nan_empty(*shape, device, dtype):
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-
-    monkeypatch.setattr(gla, "_empty", nan_empty)
-
-
 @pytest.mark.skipif(HAS_GPU, reason="the interpreter's bf16 path")
 def test_bf16_in_the_interpreter_is_computed_in_fp32():
     """The interpreter's bf16 arithmetic is broken; the kernel must not return its garbage."""
@@ -305,11 +296,11 @@ def test_bf16_in_the_interpreter_is_computed_in_fp32():
     assert_close(errs, torch.bfloat16)
 
 
-def test_every_output_element_is_written(monkeypatch):
+def test_every_output_element_is_written():
     """Outputs, final state and all gradients are right when the kernels' buffers start as NaN."""
-    _poison(monkeypatch)
-    errs = compare(2, 2, 70, 20, 12, dtype=torch.float32, config=gla.Config(chunk_size=16), with_initial=True,
-                   with_final_grad=True)  # fmt: skip
+    with _triton.poisoned_outputs():
+        errs = compare(2, 2, 70, 20, 12, dtype=torch.float32, config=gla.Config(chunk_size=16), with_initial=True,
+                       with_final_grad=True)  # fmt: skip
     assert_close(errs, torch.float32)
 
 
@@ -332,8 +323,8 @@ def test_every_load_and_store_stays_inside_its_tensors(shape, config):
 
 
 @pytest.mark.gpu
-def test_gpu_outputs_are_fully_written(monkeypatch):
+def test_gpu_outputs_are_fully_written():
     """The same NaN-poisoned allocation on the GPU, at a large shape."""
-    _poison(monkeypatch)
-    errs = compare(1, 2, 1000, 64, 64, dtype=torch.bfloat16, with_initial=True, with_final_grad=True)
+    with _triton.poisoned_outputs():
+        errs = compare(1, 2, 1000, 64, 64, dtype=torch.bfloat16, with_initial=True, with_final_grad=True)
     assert_close(errs, torch.bfloat16)

@@ -19,6 +19,12 @@ GPU                         bf16          3e-2   (8-bit mantissa inputs, state r
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -31,7 +37,7 @@ from tests.interpreter_bounds import bounds_checked
 from tests.strategies import decays, rel_err
 
 pytest.importorskip("triton", reason="Triton is installed on Linux only (pyproject.toml)")
-from kernels import lightning  # noqa: E402  (after conftest has set TRITON_INTERPRET)
+from kernels import _triton, lightning  # noqa: E402  (after conftest has set TRITON_INTERPRET)
 
 DEVICE = "cuda" if HAS_GPU else "cpu"
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
@@ -39,7 +45,7 @@ EXAMPLES = {"dev": 5, "ci": 10, "thorough": 60}[PROFILE]
 
 
 def compare(B, H, T, K, V, decay, *, dtype, chunk_size=64, segment_size=None, with_initial=False,
-            with_final_grad=False, scale=0.5, device=DEVICE, seed=0):  # fmt: skip
+            with_final_grad=False, scale=0.5, device=DEVICE, seed=0, config=None):  # fmt: skip
     """Run kernel and float64 reference on the same random inputs; return relative errors."""
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, H, T, d, generator=g) for d in (K, K, V))
@@ -50,7 +56,7 @@ def compare(B, H, T, K, V, decay, *, dtype, chunk_size=64, segment_size=None, wi
     leaves = [x.to(device, dtype).requires_grad_() for x in (q, k, v)]
     s0_k = s0.clone().to(device).requires_grad_() if with_initial else None
     o, s = lightning.attention(*leaves, decay, scale=scale, initial_state=s0_k, output_final_state=True,
-                               chunk_size=chunk_size, segment_size=segment_size)  # fmt: skip
+                               chunk_size=chunk_size, segment_size=segment_size, config=config)  # fmt: skip
     loss = (o.double() * do.to(device).double()).sum()
     if with_final_grad:
         loss = loss + (s.double() * ds.to(device).double()).sum()
@@ -109,12 +115,8 @@ def test_kernel_fp32_matches_reference(problem):
 @given(problem=small_problems())
 def test_kernel_with_the_other_dkdv_path_matches_reference(problem):
     """The backward has two reverse paths (one fused dK/dV pass, or two chunk-scan walks): test both."""
-    default = lightning._FUSED_DKDV
-    lightning._FUSED_DKDV = not default
-    try:
-        assert_close(compare(**problem, dtype=torch.float32), torch.float32)
-    finally:
-        lightning._FUSED_DKDV = default
+    other = lightning.Config(fused_dkdv=not lightning.DEFAULT_CONFIG.fused_dkdv)
+    assert_close(compare(**problem, dtype=torch.float32, config=other), torch.float32)
 
 
 @settings(max_examples=max(2, EXAMPLES // 2))
@@ -162,6 +164,9 @@ def test_strong_decay_and_long_blocks_stay_finite():
         (dict(decay=None), TypeError, "decay must be a sequence or array"),
         (dict(decay="ab"), TypeError, "decay must be a sequence or array"),
         (dict(q=torch.zeros(1, 2, 4, 300), k=torch.zeros(1, 2, 4, 300)), ValueError, "head widths must lie in 1..256"),
+        (dict(config={"num_warps": 4}), TypeError, "config must be a kernels.lightning.Config"),
+        (dict(output_final_state="yes"), TypeError, "output_final_state must be True or False"),
+        (dict(initial_state=torch.zeros(1, 2, 3, 3, dtype=torch.int32)), TypeError, "initial_state must be a floating"),
     ],
 )
 def test_bad_input_raises_a_clear_error(kwargs, exc, words):
@@ -205,44 +210,33 @@ def test_gpu_large_shapes(shape, dtype, segment_size):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, segment_size", [(torch.bfloat16, None), (torch.float32, 512)], ids=["bf16", "fp32-seg512"])
-def test_gpu_other_dkdv_path(dtype, segment_size, monkeypatch):
+def test_gpu_other_dkdv_path(dtype, segment_size):
     """Whichever reverse path is not the default is still right on the GPU."""
-    monkeypatch.setattr(lightning, "_FUSED_DKDV", not lightning._FUSED_DKDV)
+    other = lightning.Config(fused_dkdv=not lightning.DEFAULT_CONFIG.fused_dkdv)
     errs = compare(2, 4, 3001, 128, 128, ref.tnl_decay(4), dtype=dtype, segment_size=segment_size,
-                   with_initial=True, with_final_grad=True, scale=128**-0.5)  # fmt: skip
+                   with_initial=True, with_final_grad=True, scale=128**-0.5, config=other)  # fmt: skip
     assert_close(errs, dtype)
-
-
-def _poison(monkeypatch):
-    """Make every buffer the kernels allocate start as NaN: an element they forget to write shows."""
-
-    def nan_empty(*shape, device, dtype):
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-
-    monkeypatch.setattr(lightning, "_empty", nan_empty)
 
 
 @pytest.mark.parametrize("segment_size", [None, 32, 64])
 @pytest.mark.parametrize("fused", [False, True], ids=["two-walks", "fused-dkdv"])
-def test_every_output_element_is_written(segment_size, fused, monkeypatch):
+def test_every_output_element_is_written(segment_size, fused):
     """Outputs, final state and all gradients are finite and right when buffers start as NaN."""
-    _poison(monkeypatch)
-    monkeypatch.setattr(lightning, "_FUSED_DKDV", fused)
-    errs = compare(2, 2, 100, 20, 12, [0.5, 0.9], dtype=torch.float32, chunk_size=16, segment_size=segment_size,
-                   with_initial=True, with_final_grad=True)  # fmt: skip
+    with _triton.poisoned_outputs():
+        errs = compare(2, 2, 100, 20, 12, [0.5, 0.9], dtype=torch.float32, chunk_size=16, segment_size=segment_size,
+                       with_initial=True, with_final_grad=True, config=lightning.Config(fused_dkdv=fused))  # fmt: skip
     assert_close(errs, torch.float32)
 
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the interpreter's loads and stores")
 @pytest.mark.parametrize("segment_size", [None, 32])
 @pytest.mark.parametrize("fused", [False, True], ids=["two-walks", "fused-dkdv"])
-def test_every_load_and_store_stays_inside_its_tensors(segment_size, fused, monkeypatch):
+def test_every_load_and_store_stays_inside_its_tensors(segment_size, fused):
     """No kernel addresses memory outside the tensors it is given (``tests/interpreter_bounds.py``):
     on a GPU such an access faults or silently reads a neighbour's memory. K > V, a ragged last block."""
-    monkeypatch.setattr(lightning, "_FUSED_DKDV", fused)
     with bounds_checked():
         errs = compare(1, 2, 100, 40, 24, [0.5, 0.9], dtype=torch.float32, chunk_size=16, segment_size=segment_size,
-                       with_initial=True, with_final_grad=True)  # fmt: skip
+                       with_initial=True, with_final_grad=True, config=lightning.Config(fused_dkdv=fused))  # fmt: skip
     assert_close(errs, torch.float32)
 
 
@@ -255,9 +249,31 @@ def test_bf16_in_the_interpreter_is_computed_in_fp32():
 
 
 @pytest.mark.gpu
-def test_gpu_every_output_element_is_written(monkeypatch):
+def test_gpu_every_output_element_is_written():
     """The same NaN-poisoned allocation on the GPU, at a large shape with segments."""
-    _poison(monkeypatch)
-    errs = compare(2, 4, 3001, 128, 128, ref.tnl_decay(4), dtype=torch.bfloat16, segment_size=512,
-                   with_initial=True, with_final_grad=True, scale=128**-0.5)  # fmt: skip
+    with _triton.poisoned_outputs():
+        errs = compare(2, 4, 3001, 128, 128, ref.tnl_decay(4), dtype=torch.bfloat16, segment_size=512,
+                       with_initial=True, with_final_grad=True, scale=128**-0.5)  # fmt: skip
     assert_close(errs, torch.bfloat16)
+
+
+def test_kernels_compile_for_the_h100():
+    """Every Lightning kernel, with the arguments a real call passes, compiles to an sm_90 cubin with
+    the ptxas of Triton's wheel (``kernels.tools``; no GPU needed) and fits an H100 block's shared memory."""
+    if HAS_GPU:
+        pytest.skip("a GPU is here: the gpu tests compile and run the kernels for real")
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this Triton build has no NVIDIA backend (no ptxas)")
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    code = ("import json; from kernels import tools, lightning\n"
+            "print(json.dumps(tools.compile_lightning(config=lightning.Config(fused_dkdv=True))))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, f"compiling for sm_90 failed:\n{done.stderr[-4000:]}"
+    reports = json.loads(done.stdout.splitlines()[-1])
+    assert set(reports) == {"_segment_state_kernel", "_segment_scan_kernel", "_chunk_scan_kernel", "_dkdv_kernel"}
+    for name, info in reports.items():
+        assert info["shared_bytes"] <= 227 * 1024, (name, info)

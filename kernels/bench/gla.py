@@ -198,7 +198,7 @@ def _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log, log) -> tuple:
     best = (None, None, math.inf)
     for name, kw in settings.items():
         # alternatives change the default as the GPU sizes it (config=None), one field at a time
-        cfg = None if kw is None else dataclasses.replace(gla._auto_config(q.shape[0], H, K, V, q.device), **kw)
+        cfg = None if kw is None else dataclasses.replace(gla.config_for(q.shape[0], H, K, V, q.device), **kw)
         entry = {"T": T, "setting": name, "config": kw}
         t0 = time.time()
         try:
@@ -215,7 +215,7 @@ def _sweep(T, q, k, v, la, do, want, rep, settings, sweep_log, log) -> tuple:
             if ok and entry["fwdbwd_ms"] < best[2]:
                 best = (name, cfg, entry["fwdbwd_ms"])
             if cfg is None:
-                entry["config"] = dataclasses.asdict(gla._auto_config(q.shape[0], H, K, V, q.device))
+                entry["config"] = dataclasses.asdict(gla.config_for(q.shape[0], H, K, V, q.device))
         except Exception as err:  # a setting the compiler rejects is a result too
             entry["error"] = repr(err)[:300]
         sweep_log.append(entry)
@@ -308,7 +308,7 @@ def main(argv: list[str]) -> int:
         best_name, cfg, found = _sweep(T, q, k, v, la, do, want, rep, todo, sweep_log, log)
         row["best_setting"] = best_name
         if found:
-            used = cfg if cfg is not None else gla._auto_config(B, H, K, V, q.device)
+            used = cfg if cfg is not None else gla.config_for(B, H, K, V, q.device)
             row["best_config"] = dataclasses.asdict(used)
             impls = {"ours": _ours(q, k, v, la, do, cfg), **impls}
         else:
@@ -343,7 +343,7 @@ def main(argv: list[str]) -> int:
             x = row[impl]
             log(f"T={T} {impl}: fwd {x['fwd_ms']:.3f} ms, fwd+bwd {x['fwdbwd_ms']:.3f} ms, peak {x['fwdbwd_peak_MiB']:.0f} MiB")
             if impl == "ours":
-                design = _design_bytes(T, B, cfg if cfg is not None else gla._auto_config(B, H, K, V, q.device))
+                design = _design_bytes(T, B, cfg if cfg is not None else gla.config_for(B, H, K, V, q.device))
                 for mode in ("fwd", "fwdbwd"):
                     roof = common.roofline_fraction(x[f"{mode}_ms"], bytes_moved=counts[mode][0],
                                                     flops=counts[mode][1], ceilings=ceilings)  # fmt: skip

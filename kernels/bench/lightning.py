@@ -145,18 +145,16 @@ def _sweep(T: int, ours, rep: int, sweep: list) -> tuple | None:
 
     B = TOKENS // T
     best = None
-    defaults = (lightning._NUM_WARPS, lightning._NUM_STAGES, lightning._BLOCK_C, lightning._FUSED_DKDV)
     # (columns per program, warps): a 128-column fp32 state tile wants eight warps' registers.
     tiles = ((32, 4), (64, 4), (128, 4), (128, 8))
     settings = itertools.product(tiles, _segment_options(T, B), (False, True))
     for (block_c, warps), n_seg, fused in settings:
-        lightning._NUM_WARPS, lightning._NUM_STAGES, lightning._BLOCK_C = warps, 2, block_c
-        lightning._FUSED_DKDV = fused
+        config = lightning.Config(num_warps=warps, num_stages=2, block_c=block_c, fused_dkdv=fused)
         seg = -(-T // n_seg)
         seg = -(-seg // 64) * 64
         entry = {"T": T, "block_c": block_c, "warps": warps, "segments": n_seg, "fused_dkdv": fused}
         try:
-            f, fb = ours(segment_size=seg)
+            f, fb = ours(segment_size=seg, config=config)
             entry |= {"fwd_ms": round(common.time_ms(f, rep=rep // 2), 4),
                       "fwdbwd_ms": round(common.time_ms(fb, rep=rep // 2), 4)}  # fmt: skip
         except Exception as err:  # a setting the compiler rejects is a result too
@@ -165,7 +163,6 @@ def _sweep(T: int, ours, rep: int, sweep: list) -> tuple | None:
         print(entry, flush=True)
         if "fwdbwd_ms" in entry and (best is None or entry["fwdbwd_ms"] < best["fwdbwd_ms"]):
             best = entry
-    lightning._NUM_WARPS, lightning._NUM_STAGES, lightning._BLOCK_C, lightning._FUSED_DKDV = defaults
     return best
 
 
