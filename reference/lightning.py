@@ -148,7 +148,7 @@ def _block_mask(xp, log_decay, n: int, device, dtype):
     # Clamp before exp: above the diagonal t-s < 0 and λ^(t-s) could overflow even though it is
     # masked away, and an inf there would poison autograd (0 · inf = NaN).
     distance = xp.astype(xp.clip(rows - cols, min=0), log_decay.dtype)
-    mask = xp.where(rows >= cols, xp.exp(log_decay[:, None, None] * distance[None]), 0.0)
+    mask = xp.where(rows >= cols, xp.exp(log_decay[:, None, None] * distance[None, ...]), 0.0)
     return xp.astype(mask, dtype)
 
 
