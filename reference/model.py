@@ -1,0 +1,623 @@
+r"""A tiny Llama-style language model whose attention is any algorithm of the package (``docs/tiny_lm.md``).
+
+The decoder: byte embedding (vocabulary 256) → ``n_layers`` blocks → RMSNorm → linear head. Each
+block is pre-norm, Llama style::
+
+    x = x + Attention_l(RMSNorm(x))        grouped-query attention: H query heads, Hkv kv heads
+    x = x + SwiGLU(RMSNorm(x))             W_down (silu(x W_gate) ⊙ x W_up)
+
+Layer ``l``'s attention is ``config.attention[l]``, one of
+
+* ``"softmax"`` — RoPE on q and k (``reference.rope``), causal softmax (scale ``D^-1/2``);
+* ``"linear"`` — causal linear attention, no decay (``reference.linear_attention``);
+* ``"lightning"`` — linear attention with TNL's fixed per-head decays (``reference.lightning``,
+  ``tnl_decay(H, l, L)``);
+* ``"gla"`` — linear attention with GLA's data-dependent low-rank gate (``reference.gla.gate``,
+  ``τ = 16``).
+
+The linear family takes no RoPE (the decay or gate, and causality, carry position, as in TNL and
+GLA), scales ``q`` by ``D^-1/2`` and normalises each head's output with an RMSNorm before the
+output projection (TNL's SRMSNorm, GLA's per-head norm): without it the output of a running sum
+grows with the position. ``hybrid(kind, L)`` builds LASP-2's "1/4 hybrid": the last layer of every
+four is softmax.
+
+Shapes (head-first): ``q: [B, H, T, D]``, ``k, v: [B, Hkv, T, D]``; query head ``h`` reads kv head
+``h // (H // Hkv)``. Parameters are initialised from a local ``torch.Generator`` (``seed=``): building
+a model never touches torch's global random state.
+
+Hooks for the sparse attentions:
+
+* ``forward(tokens, capture=[])`` appends one dict per layer: ``q_pre, k_pre`` (before RoPE),
+  ``q, k`` (after RoPE; equal to ``q_pre, k_pre`` in linear-family layers), ``v``.
+* ``forward(tokens, attention_override={l: fn})`` replaces layer ``l``'s attention by
+  ``fn(q, k, v, *, q_pre, k_pre, layer) -> o: [B, H, T, D]`` (kv heads not expanded).
+* ``decode_step(tokens, cache, decode_override={l: fn})`` replaces a softmax layer's attention
+  over its KV cache by ``fn(q: [B, H, D], k_cache: [B, Hkv, S, D], v_cache, *, layer) -> [B, H, D]``.
+
+``python -m reference.model train ...`` trains one model on the standard-library corpus
+(``reference.data``); ``python -m reference.model table2 ...`` runs LASP-2's Table 2 in miniature.
+``pretrained()`` loads the committed checkpoint (``reference/checkpoints/README.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reference import gla, lightning, linear_attention, rope
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "Config",
+    "hybrid",
+    "parse_attention",
+    "TinyLM",
+    "Cache",
+    "pretrained",
+    "save",
+    "load",
+    "bits_per_byte",
+    "mqar_accuracy",
+    "generate",
+    "CHECKPOINT_DIR",
+]
+
+ATTENTION_KINDS = ("softmax", "linear", "lightning", "gla")
+LINEAR_FAMILY = ("linear", "lightning", "gla")
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+def hybrid(kind: str, n_layers: int, *, every: int = 4) -> tuple:
+    """LASP-2's hybrid pattern: ``kind`` everywhere except the last layer of every ``every``, which is softmax.
+
+    ``hybrid("gla", 4) == ("gla", "gla", "gla", "softmax")``; ``hybrid("gla", 8)`` has softmax at
+    layers 3 and 7.
+    """
+    if kind not in LINEAR_FAMILY:
+        raise ValueError(f"kind must be one of {LINEAR_FAMILY}, got {kind!r}")
+    n_layers = _positive("n_layers", n_layers)
+    every = _positive("every", every)
+    return tuple("softmax" if l % every == every - 1 else kind for l in range(n_layers))
+
+
+def parse_attention(spec: str, n_layers: int) -> tuple:
+    """A command-line spec as a per-layer tuple.
+
+    ``"softmax"``, ``"linear"``, ``"lightning"``, ``"gla"``: every layer; ``"hybrid-gla"`` (or any
+    linear kind): ``hybrid(kind, n_layers)``; a comma list (``"gla,gla,gla,softmax"``): as written.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"attention spec must be a string, got {spec!r}")
+    if spec in ATTENTION_KINDS:
+        return (spec,) * n_layers
+    if spec.startswith("hybrid-"):
+        return hybrid(spec[len("hybrid-") :], n_layers)
+    kinds = tuple(s.strip() for s in spec.split(","))
+    if len(kinds) != n_layers or any(k not in ATTENTION_KINDS for k in kinds):
+        raise ValueError(
+            f"attention spec must be one of {ATTENTION_KINDS}, 'hybrid-<linear kind>' or a comma list of "
+            f"{n_layers} kinds, got {spec!r}"
+        )
+    return kinds
+
+
+def _positive(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The model's shape. Defaults: the committed checkpoint's (about 0.6 M parameters).
+
+    Attributes:
+        vocab: bytes, 256.
+        d_model: residual width ``d``.
+        n_layers: ``L``.
+        n_heads: query heads ``H``.
+        n_kv_heads: key/value heads ``Hkv`` (grouped-query attention; divides ``H``).
+        head_dim: ``D`` (even: RoPE turns channel pairs).
+        ffn_hidden: SwiGLU's hidden width.
+        attention: per-layer kinds, ``len == n_layers``, each in ``ATTENTION_KINDS`` (see ``hybrid``).
+        rope_base: RoPE's ``base``.
+        rope_layout: ``"half"`` or ``"interleaved"`` (``reference.rope``).
+        max_len: the longest sequence ``forward`` and a decoding cache accept.
+        norm_eps: RMSNorm's ε.
+        gla_gate_rank: the rank of GLA's gate projection (16 in the paper).
+        gla_tau: GLA's temperature τ (16).
+        init_std: standard deviation of the initial weights (the output projections are scaled
+            down by ``sqrt(2 L)``, GPT-2 style).
+    """
+
+    vocab: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 32
+    ffn_hidden: int = 256
+    attention: tuple = ("softmax",) * 4
+    rope_base: float = 10000.0
+    rope_layout: str = "half"
+    max_len: int = 1024
+    norm_eps: float = 1e-6
+    gla_gate_rank: int = 16
+    gla_tau: float = 16.0
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        for name in ("vocab", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "max_len", "gla_gate_rank"):
+            _positive(name, getattr(self, name))
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads must divide n_heads = {self.n_heads}, got {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even (RoPE turns channel pairs), got {self.head_dim}")
+        attention = tuple(self.attention) if isinstance(self.attention, (list, tuple)) else self.attention
+        if not isinstance(attention, tuple) or len(attention) != self.n_layers or any(a not in ATTENTION_KINDS for a in attention):
+            raise ValueError(
+                f"attention must be a tuple of n_layers = {self.n_layers} kinds among {ATTENTION_KINDS}, got {self.attention!r}"
+            )
+        object.__setattr__(self, "attention", attention)
+        if self.rope_layout not in rope.LAYOUTS:
+            raise ValueError(f"rope_layout must be one of {rope.LAYOUTS}, got {self.rope_layout!r}")
+        for name in ("rope_base", "norm_eps", "gla_tau", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+    @property
+    def groups(self) -> int:
+        """Query heads per kv head, ``H // Hkv``."""
+        return self.n_heads // self.n_kv_heads
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["attention"] = list(self.attention)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        d = dict(d)
+        d["attention"] = tuple(d["attention"])
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+
+
+def _linear(n_in: int, n_out: int, *, bias: bool = False) -> nn.Linear:
+    # skip_init builds the layer without running its default initialisation, which would draw from
+    # torch's global generator; TinyLM initialises every parameter from its own generator instead.
+    return torch.nn.utils.skip_init(nn.Linear, n_in, n_out, bias=bias)
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + ε) · w`` over the last axis (arXiv 1910.07467)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = float(eps)
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class SwiGLU(nn.Module):
+    """``W_down (silu(x W_gate) ⊙ x W_up)`` (arXiv 2002.05202)."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.gate = _linear(d, hidden)
+        self.up = _linear(d, hidden)
+        self.down = _linear(hidden, d)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def expand_kv(x, groups: int):
+    """``[B, Hkv, T, D] → [B, Hkv·groups, T, D]``: kv head ``j`` serves query heads ``j·groups .. j·groups+groups-1``."""
+    return x if groups == 1 else torch.repeat_interleave(x, groups, dim=1)
+
+
+class Attention(nn.Module):
+    """One layer's grouped-query attention of kind ``kind`` (see the module docstring)."""
+
+    def __init__(self, config: Config, layer: int):
+        super().__init__()
+        c = config
+        self.config, self.layer, self.kind = c, layer, c.attention[layer]
+        H, Hkv, D = c.n_heads, c.n_kv_heads, c.head_dim
+        self.q_proj = _linear(c.d_model, H * D)
+        self.k_proj = _linear(c.d_model, Hkv * D)
+        self.v_proj = _linear(c.d_model, Hkv * D)
+        self.o_proj = _linear(H * D, c.d_model)
+        self.scale = D**-0.5
+        if self.kind in LINEAR_FAMILY:
+            self.out_norm = RMSNorm(D, c.norm_eps)
+        if self.kind == "lightning":
+            # Fixed, not learned (TNL); float64 NumPy so every dtype and device gets the same rates.
+            self.decay = lightning.tnl_decay(H, layer, c.n_layers)
+        if self.kind == "gla":
+            self.gate_down = _linear(c.d_model, c.gla_gate_rank)  # W₁
+            self.gate_up = _linear(c.gla_gate_rank, H * D, bias=True)  # W₂, b
+
+    # -- pieces shared by the full pass and decoding --
+
+    def _project(self, x):
+        B, T, _ = x.shape
+        c = self.config
+
+        def heads(t, n):
+            return t.reshape(B, T, n, c.head_dim).transpose(1, 2)
+
+        return heads(self.q_proj(x), c.n_heads), heads(self.k_proj(x), c.n_kv_heads), heads(self.v_proj(x), c.n_kv_heads)
+
+    def _rotate(self, x, positions):
+        return rope.apply(x, positions, base=self.config.rope_base, layout=self.config.rope_layout)
+
+    def log_alpha(self, x):
+        """GLA's gate ``[B, H, T, D]`` for the normalised input ``x: [B, T, d]``."""
+        c = self.config
+        w2 = self.gate_up.weight.T.reshape(c.gla_gate_rank, c.n_heads, c.head_dim)
+        b = self.gate_up.bias.reshape(c.n_heads, c.head_dim)
+        return gla.gate(x, self.gate_down.weight.T, w2, b, tau=c.gla_tau)
+
+    def _finish(self, o):
+        """``o: [B, H, T, D]`` → ``[B, T, d]`` (per-head norm first in the linear family)."""
+        if self.kind in LINEAR_FAMILY:
+            o = self.out_norm(o)
+        B, H, T, D = o.shape
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
+
+    # -- the full pass --
+
+    def attend(self, q, k, v, x):
+        """This layer's own attention: ``q: [B, H, T, D]``, ``k, v: [B, Hkv, T, D]`` → ``[B, H, T, D]``."""
+        g = self.config.groups
+        k, v = expand_kv(k, g), expand_kv(v, g)
+        if self.kind == "softmax":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        if self.kind == "linear":
+            return linear_attention.parallel(q, k, v, scale=self.scale)
+        if self.kind == "lightning":
+            return lightning.parallel(q, k, v, self.decay, scale=self.scale)
+        o, _ = gla.chunked(q, k, v, self.log_alpha(x), scale=self.scale, chunk_size=64, sub_chunk=16)
+        return o
+
+    def forward(self, x, positions, *, override=None, capture=None):
+        q_pre, k_pre, v = self._project(x)
+        if self.kind == "softmax":
+            q, k = self._rotate(q_pre, positions), self._rotate(k_pre, positions)
+        else:
+            q, k = q_pre, k_pre
+        if capture is not None:
+            capture.append({"q_pre": q_pre, "k_pre": k_pre, "q": q, "k": k, "v": v})
+        if override is not None:
+            o = override(q, k, v, q_pre=q_pre, k_pre=k_pre, layer=self.layer)
+            if tuple(o.shape) != tuple(q.shape):
+                raise ValueError(f"attention_override[{self.layer}] must return o of shape {tuple(q.shape)}, got {tuple(o.shape)}")
+        else:
+            o = self.attend(q, k, v, x)
+        return self._finish(o)
+
+    # -- one decoding step --
+
+    def new_state(self, B: int, dtype, device) -> dict:
+        c = self.config
+        if self.kind == "softmax":
+            empty = torch.zeros(B, c.n_kv_heads, 0, c.head_dim, dtype=dtype, device=device)
+            return {"k": empty, "v": empty.clone()}
+        return {"state": torch.zeros(B, c.n_heads, c.head_dim, c.head_dim, dtype=dtype, device=device)}
+
+    def step(self, x, position: int, state: dict, *, override=None):
+        """``x: [B, 1, d]`` at ``position``; updates ``state`` in place (new tensors) and returns ``[B, 1, d]``."""
+        q_pre, k_pre, v = self._project(x)  # [B, H, 1, D], [B, Hkv, 1, D]
+        g = self.config.groups
+        if self.kind == "softmax":
+            q, k = self._rotate(q_pre, [position]), self._rotate(k_pre, [position])
+            state["k"] = torch.cat([state["k"], k], dim=2)
+            state["v"] = torch.cat([state["v"], v], dim=2)
+            if override is not None:
+                o = override(q[:, :, 0], state["k"], state["v"], layer=self.layer)
+                if tuple(o.shape) != tuple(q[:, :, 0].shape):
+                    raise ValueError(
+                        f"decode_override[{self.layer}] must return o of shape {tuple(q[:, :, 0].shape)}, got {tuple(o.shape)}"
+                    )
+                o = o[:, :, None]
+            else:
+                # One query over every cached key: no mask (the cache holds only the past and now).
+                scores = (q * self.scale) @ expand_kv(state["k"], g).transpose(-1, -2)  # [B, H, 1, S]
+                o = torch.softmax(scores, dim=-1) @ expand_kv(state["v"], g)
+            return self._finish(o)
+        if override is not None:
+            raise ValueError(f"decode_override applies to softmax layers; layer {self.layer} is {self.kind!r}")
+        k, v = expand_kv(k_pre, g), expand_kv(v, g)
+        S = state["state"]
+        if self.kind == "lightning":
+            lam = torch.as_tensor(self.decay, dtype=S.dtype, device=S.device)[:, None, None]
+            S = lam * S
+        elif self.kind == "gla":
+            S = torch.exp(self.log_alpha(x))[:, :, 0, :, None] * S  # row k of the state decays by α_k
+        S = S + k.transpose(-1, -2) @ v  # + k_tᵀ v_t
+        state["state"] = S
+        return self._finish((q_pre * self.scale) @ S)
+
+
+class Block(nn.Module):
+    def __init__(self, config: Config, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = Attention(config, layer)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.ffn = SwiGLU(config.d_model, config.ffn_hidden)
+
+    def forward(self, x, positions, *, override=None, capture=None):
+        x = x + self.attn(self.attn_norm(x), positions, override=override, capture=capture)
+        return x + self.ffn(self.ffn_norm(x))
+
+    def step(self, x, position, state, *, override=None):
+        x = x + self.attn.step(self.attn_norm(x), position, state, override=override)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+@dataclasses.dataclass
+class Cache:
+    """Decoding state: ``position`` (tokens consumed so far) and one dict per layer.
+
+    Softmax layers: ``{"k": [B, Hkv, S, D], "v": [B, Hkv, S, D]}`` — keys after RoPE. Linear-family
+    layers: ``{"state": [B, H, D, D]}`` — the recurrent state, a fixed size whatever ``S``.
+    """
+
+    position: int
+    layers: list
+
+
+class TinyLM(nn.Module):
+    """The decoder (see the module docstring). ``TinyLM(config, seed=0)``; float32 unless converted (``.double()``)."""
+
+    def __init__(self, config: Config | None = None, *, seed: int = 0):
+        super().__init__()
+        config = Config() if config is None else config
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a reference.model.Config, got {type(config).__name__}")
+        self.config = config
+        self.embed = torch.nn.utils.skip_init(nn.Embedding, config.vocab, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, l) for l in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.head = _linear(config.d_model, config.vocab)
+        self.reset_parameters(seed=seed)
+
+    @torch.no_grad()
+    def reset_parameters(self, *, seed: int = 0):
+        """Normal(0, init_std) weights from a local generator; output projections ÷ sqrt(2L); norms 1; biases 0.
+
+        GLA's gate bias starts at 3 (``σ(3)^(1/16) ≈ 0.997``: the gates start near 1, remembering).
+        """
+        g = torch.Generator().manual_seed(int(seed))
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith("gate_up.bias"):
+                p.fill_(3.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                s = std / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj.weight", "down.weight")) else std
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * s)
+
+    @property
+    def dtype(self):
+        return self.head.weight.dtype
+
+    @property
+    def device(self):
+        return self.head.weight.device
+
+    def _check_tokens(self, tokens, rank: int, layout: str):
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be a torch integer tensor {layout}, got {type(tokens).__name__}")
+        if tokens.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16):
+            raise TypeError(f"tokens must have an integer dtype, got {tokens.dtype}")
+        if tokens.ndim != rank:
+            raise ValueError(f"tokens must have shape {layout}, got {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.vocab):
+            raise ValueError(f"tokens must lie in 0..{self.config.vocab - 1}, got {int(tokens.min())}..{int(tokens.max())}")
+        return tokens.long()
+
+    def _check_override(self, name: str, override, kinds=None):
+        if override is None:
+            return {}
+        if not isinstance(override, dict):
+            raise TypeError(f"{name} must be a dict {{layer index: function}}, got {type(override).__name__}")
+        for layer, fn in override.items():
+            if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < self.config.n_layers:
+                raise ValueError(f"{name} keys must be layer indices in 0..{self.config.n_layers - 1}, got {layer!r}")
+            if not callable(fn):
+                raise TypeError(f"{name}[{layer}] must be callable, got {type(fn).__name__}")
+            if kinds is not None and self.config.attention[layer] not in kinds:
+                raise ValueError(f"{name}[{layer}]: layer {layer} is {self.config.attention[layer]!r}, needs one of {kinds}")
+        return override
+
+    def forward(self, tokens, *, attention_override=None, capture=None):
+        """Logits ``[B, T, 256]`` for ``tokens: [B, T]`` (integers in 0..255).
+
+        Args:
+            tokens: ``[B, T]`` int64 (any integer dtype), ``T ≤ config.max_len``.
+            attention_override: ``{layer: fn}``; ``fn(q, k, v, *, q_pre, k_pre, layer) -> o: [B, H, T, D]``
+                replaces that layer's attention (q after RoPE ``[B, H, T, D]``, k, v ``[B, Hkv, T, D]``).
+            capture: a list; each layer appends ``{"q_pre", "k_pre", "q", "k", "v"}`` (see the module docstring).
+        """
+        tokens = self._check_tokens(tokens, 2, "[B, T]")
+        T = tokens.shape[1]
+        if not 1 <= T <= self.config.max_len:
+            raise ValueError(f"tokens must have 1..max_len = {self.config.max_len} positions, got {T}")
+        override = self._check_override("attention_override", attention_override)
+        if capture is not None and not isinstance(capture, list):
+            raise TypeError(f"capture must be a list (or None), got {type(capture).__name__}")
+        positions = np.arange(T)
+        x = self.embed(tokens)
+        for l, block in enumerate(self.blocks):
+            x = block(x, positions, override=override.get(l), capture=capture)
+        return self.head(self.norm(x))
+
+    def new_cache(self, batch_size: int) -> Cache:
+        """An empty decoding cache for ``batch_size`` sequences, in the model's dtype and device."""
+        batch_size = _positive("batch_size", batch_size)
+        return Cache(0, [b.attn.new_state(batch_size, self.dtype, self.device) for b in self.blocks])
+
+    def decode_step(self, tokens, cache: Cache, *, decode_override=None):
+        """Feed one token per sequence, ``tokens: [B]``; returns the next-token logits ``[B, 256]`` and advances ``cache``.
+
+        Step by step this computes exactly what ``forward`` computes for the whole sequence
+        (``tests/test_model.py``): softmax layers attend over their cache of post-RoPE keys and values,
+        linear-family layers update their recurrent state.
+
+        Args:
+            tokens: ``[B]`` integers in 0..255.
+            cache: from ``new_cache(B)``; updated in place.
+            decode_override: ``{layer: fn}`` for softmax layers;
+                ``fn(q: [B, H, D], k_cache: [B, Hkv, S, D], v_cache: [B, Hkv, S, D], *, layer) -> o: [B, H, D]``.
+        """
+        tokens = self._check_tokens(tokens, 1, "[B]")
+        if not isinstance(cache, Cache) or len(cache.layers) != self.config.n_layers:
+            raise TypeError("cache must come from this model's new_cache(batch_size)")
+        first = next(iter(cache.layers[0].values()))
+        if first.shape[0] != tokens.shape[0]:
+            raise ValueError(f"tokens must have the cache's batch size {first.shape[0]}, got {tokens.shape[0]}")
+        if cache.position >= self.config.max_len:
+            raise ValueError(f"the cache is full: max_len = {self.config.max_len} positions")
+        override = self._check_override("decode_override", decode_override, kinds=("softmax",))
+        x = self.embed(tokens)[:, None, :]
+        for l, block in enumerate(self.blocks):
+            x = block.step(x, cache.position, cache.layers[l], override=override.get(l))
+        cache.position += 1
+        return self.head(self.norm(x))[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def save(model: TinyLM, path, *, meta: dict | None = None) -> None:
+    """Write ``{"config", "state_dict", "meta"}`` with ``torch.save`` (float32 weights)."""
+    state = {k: v.detach().to(torch.float32).cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"config": model.config.to_dict(), "state_dict": state, "meta": dict(meta or {})}, path)
+
+
+def load(path) -> TinyLM:
+    """Load a checkpoint written by ``save`` (``weights_only=True``: nothing but tensors and plain data is unpickled)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model = TinyLM(Config.from_dict(blob["config"]))
+    model.load_state_dict(blob["state_dict"])
+    model.meta = blob.get("meta", {})
+    return model
+
+
+def pretrained(attention: str = "softmax") -> TinyLM:
+    """The committed model trained on the standard-library corpus, in eval mode with gradients off.
+
+    ``attention="softmax"`` is the checkpoint the sparse lessons use (seq_len 512, H=4, Hkv=2,
+    D=32; how it was made: ``reference/checkpoints/README.md``). ``model.meta`` holds the command,
+    the held-out bits per byte and the training time.
+    """
+    path = CHECKPOINT_DIR / f"tiny_lm_{attention}.pt"
+    if not path.exists():
+        have = sorted(p.stem.removeprefix("tiny_lm_") for p in CHECKPOINT_DIR.glob("tiny_lm_*.pt"))
+        raise ValueError(f"no committed checkpoint for attention={attention!r}; there are: {have}")
+    model = load(path)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def bits_per_byte(model: TinyLM, data: np.ndarray, *, seq_len: int = 512, max_windows: int | None = 32, batch_size: int = 8) -> float:
+    """Mean cross-entropy in bits per byte over non-overlapping windows of ``data`` (uint8 ``[N]``).
+
+    Windows of ``seq_len + 1`` bytes are taken at a fixed stride of ``seq_len`` from the start
+    (the first ``max_windows`` of them; all with ``None``); every byte after the first of a window
+    is predicted once. Deterministic: no sampling.
+    """
+    seq_len = _positive("seq_len", seq_len)
+    n = (len(data) - 1) // seq_len
+    if n < 1:
+        raise ValueError(f"data must hold more than seq_len = {seq_len} bytes, got {len(data)}")
+    if max_windows is not None:
+        n = min(n, _positive("max_windows", max_windows))
+    windows = np.stack([data[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)]).astype(np.int64)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, n, batch_size):
+        w = torch.from_numpy(windows[s : s + batch_size]).to(model.device)
+        logits = model(w[:, :-1])
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), w[:, 1:].reshape(-1), reduction="sum"))
+        count += w[:, 1:].numel()
+    model.train(was_training)
+    return total / count / math.log(2)
+
+
+@torch.no_grad()
+def mqar_accuracy(model: TinyLM, tokens: np.ndarray, answers: np.ndarray, *, batch_size: int = 32) -> float:
+    """Fraction of MQAR answers predicted exactly (argmax at the position before each answer).
+
+    ``tokens: [N, L]`` and ``answers: [N, L]`` bool from ``reference.data.mqar``.
+    """
+    was_training = model.training
+    model.eval()
+    right, total = 0, 0
+    for s in range(0, len(tokens), batch_size):
+        t = torch.from_numpy(tokens[s : s + batch_size].astype(np.int64)).to(model.device)
+        a = torch.from_numpy(answers[s : s + batch_size]).to(model.device)
+        pred = model(t[:, :-1]).argmax(-1)
+        hit = (pred == t[:, 1:]) & a[:, 1:]
+        right += int(hit.sum())
+        total += int(a[:, 1:].sum())
+    model.train(was_training)
+    return right / max(total, 1)
+
+
+@torch.no_grad()
+def generate(model: TinyLM, prompt: bytes, n: int, *, temperature: float = 0.8, seed: int = 0) -> bytes:
+    """Continue ``prompt`` by ``n`` bytes with the decoding cache (sampling from a local generator)."""
+    if not prompt:
+        raise ValueError("prompt must hold at least one byte")
+    g = torch.Generator().manual_seed(int(seed))
+    cache = model.new_cache(1)
+    for b in prompt[:-1]:
+        model.decode_step(torch.tensor([b]), cache)
+    out, last = [], prompt[-1]
+    for _ in range(n):
+        logits = model.decode_step(torch.tensor([last]), cache)[0].double().cpu()
+        if temperature <= 0:
+            last = int(logits.argmax())
+        else:
+            last = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=g))
+        out.append(last)
+    return bytes(out)
