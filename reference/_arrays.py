@@ -96,6 +96,25 @@ def check_qkv(q, k, v, *, same_length: bool = True):
     return xp, B, H, Tq, Tk, K, v.shape[3]
 
 
+def check_kv(k, v):
+    """Validate head-first ``k: [B, H, T, K]`` and ``v: [B, H, T, V]`` without queries (states of a
+    chunked pass). Returns ``(xp, B, H, T, K, V)``."""
+    xp = namespace(k, v)
+    for name, x, layout in (("k", k, "[B, H, T, K]"), ("v", v, "[B, H, T, V]")):
+        check_rank(name, x, 4, layout)
+        check_floating(xp, name, x)
+    if k.dtype != v.dtype:
+        raise TypeError(f"k and v must share one dtype, got {k.dtype} and {v.dtype}")
+    B, H, T, K = k.shape
+    if tuple(v.shape[:3]) != (B, H, T):
+        raise ValueError(f"v must have batch, heads and length {(B, H, T)} like k, got {tuple(v.shape[:3])}")
+    if T < 1 or K < 1 or v.shape[3] < 1:
+        raise ValueError(f"length and head widths must be at least 1, got T={T}, K={K} and V={v.shape[3]}")
+    if is_torch(k) and k.device != v.device:
+        raise ValueError(f"k and v must be on one device, got {k.device} and {v.device}")
+    return xp, B, H, T, K, v.shape[3]
+
+
 def check_state(xp, name: str, state, B: int, H: int, K: int, V: int, like):
     """An optional ``[B, H, K, V]`` state; ``None`` becomes zeros of ``like``'s dtype and device."""
     if state is None:

@@ -43,6 +43,7 @@ from torch import nn
 from reference._arrays import (
     causal_mask,
     check_floating,
+    check_kv,
     check_positive_int,
     check_qkv,
     check_rank,
@@ -309,7 +310,7 @@ def chunk_states(k, v, log_alpha, *, chunk_size: int = 64, initial_state=None):
         ``[B, H, n + 1, K, V]`` with ``n = ceil(T / C)``: entry ``i`` is the state before chunk ``i``,
         entry ``n`` the final state.
     """
-    xp, B, H, T, _, K, V = check_qkv(k, k, v)
+    xp, B, H, T, K, V = check_kv(k, v)
     _check_log_alpha(xp, log_alpha, B, H, T, K, like=k)
     chunk_size = check_positive_int("chunk_size", chunk_size)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=k)
