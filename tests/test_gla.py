@@ -1,6 +1,15 @@
-"""Gated Linear Attention reference: every form, the manual backward, the gate, the layer, log-space safety."""
+"""Gated Linear Attention reference: the packaged property suite (NumPy and torch, every chunked
+variant), the options outside the contract, the gate, the layer, log-space safety in float32.
+
+Every property of ``reference.testing.suites.gla`` (forms against the float64 oracle and each
+other, gradients including ``d log_alpha``, the manual backward, odd lengths, tiny gates, the gate's
+definition, bad inputs) runs here against ``reference.gla`` — the chunked properties once per
+variant (sub-chunk sizes that do and do not divide the chunk, materialised or not).
+"""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -9,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reference import gla, lightning, linear_attention
-from tests import oracles
-from tests.strategies import (
+from reference.testing.checks import Target
+from reference.testing.strategies import (
     BACKENDS,
     chunk_sizes,
     dims,
@@ -22,35 +31,37 @@ from tests.strategies import (
     to_backend,
     to_numpy,
 )
+from reference.testing.suites import gla as suite
 
 TOL = 1e-9
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+IMPLS = [Target(gla, backend=b, name=f"reference.gla[{b}]") for b in BACKENDS]
+# The chunked forms' options, each a variant the chunked properties run against as well.
+# (The default, sub_chunk=16 and not materialised, is IMPLS.)
+VARIANTS = [(1, True, "torch"), (5, False, "numpy")]  # (sub_chunk, materialize, backend)
+CHUNKED_IMPLS = [
+    Target(
+        gla, backend=b, name=f"reference.gla[{b}, sub_chunk={sub}, materialize={m}]",
+        chunked=functools.partial(gla.chunked, sub_chunk=sub, materialize=m),
+        chunked_backward=functools.partial(gla.chunked_backward, sub_chunk=sub),
+    )
+    for sub, m, b in VARIANTS
+]  # fmt: skip
+PARAMS = [pytest.param(p, i, id=f"{p.name}[{i.BACKEND}]") for p in suite.PROPERTIES for i in IMPLS if p.applies_to(i)]
+PARAMS += [
+    pytest.param(p, i, id=f"{p.name}[{i.BACKEND}-sub{i.chunked.keywords['sub_chunk']}-mat{int(i.chunked.keywords['materialize'])}]")
+    for p in suite.PROPERTIES
+    for i in CHUNKED_IMPLS
+    if p.applies_to(i) and any(fn.startswith("chunked") for fn in p.needs) and "bad_inputs" not in p.name
+]
 
-@given(data=st.data(), backend=st.sampled_from(BACKENDS))
-def test_every_form_equals_the_oracle(data, backend):
-    """recurrent, parallel, chunked (both variants, any chunk and sub-chunk) = the defining sum."""
-    d = data.draw(dims(max_T=33))
-    q, k, v = data.draw(qkv(d))
-    a = data.draw(log_gates(d, min_gate=1e-3))
-    s0 = data.draw(states(d))
-    chunk = data.draw(chunk_sizes(d.T))
-    sub = data.draw(sub_chunk_sizes(chunk))
-    scale = data.draw(st.sampled_from([1.0, 0.3]))
-    o_ref, s_ref = oracles.gated_linear_attention(q, k, v, a, scale=scale, initial_state=s0)
-    q_, k_, v_, a_, s0_ = to_backend(backend, q, k, v, a, s0)
-    o_rec, s_rec = gla.recurrent(q_, k_, v_, a_, scale=scale, initial_state=s0_)
-    assert rel_err(o_rec, o_ref) < TOL and rel_err(s_rec, s_ref) < TOL
-    for materialize in (False, True):
-        o_chk, s_chk = gla.chunked(
-            q_, k_, v_, a_, scale=scale, chunk_size=chunk, sub_chunk=sub, initial_state=s0_, materialize=materialize
-        )
-        assert type(o_chk) is type(q_) and type(s_chk) is type(q_)
-        assert rel_err(o_chk, o_ref) < TOL and rel_err(s_chk, s_ref) < TOL
-    if s0 is None:
-        assert rel_err(gla.parallel(q_, k_, v_, a_, scale=scale), o_ref) < TOL
+
+@pytest.mark.parametrize("prop, impl", PARAMS)
+def test_suite(prop, impl):
+    prop.check(impl)
 
 
 @given(data=st.data())
@@ -77,8 +88,9 @@ def test_materialised_and_non_materialised_agree_exactly_in_structure(data):
 
 
 @given(data=st.data(), backend=st.sampled_from(BACKENDS))
-def test_chunked_backward_equals_autograd_of_the_recurrent_form(data, backend):
-    """dq, dk, dv, d log_alpha and d initial_state of Algorithm-style tiling = autograd of the recurrence."""
+def test_chunked_backward_with_states_and_sub_chunks_equals_autograd(data, backend):
+    """The options outside the contract: an initial state, a gradient on the final state, any sub-chunk —
+    dq, dk, dv, d log_alpha and d initial_state still equal autograd of the recurrence."""
     d = data.draw(dims(max_T=30))
     q, k, v = data.draw(qkv(d))
     a = data.draw(log_gates(d, min_gate=1e-3))
@@ -97,54 +109,6 @@ def test_chunked_backward_equals_autograd_of_the_recurrent_form(data, backend):
     )  # fmt: skip
     for name, got, leaf in zip(("dq", "dk", "dv", "dlog_alpha", "d_initial_state"), grads, leaves):
         assert rel_err(got, leaf.grad) < TOL, name
-
-
-@given(data=st.data())
-def test_autograd_through_the_chunked_forms_equals_the_recurrent_form(data):
-    """Gradients through both chunked variants (log-space rescaling, clipped exponents) = the recurrence's."""
-    d = data.draw(dims(max_T=24))
-    q, k, v = data.draw(qkv(d))
-    a = data.draw(log_gates(d, min_gate=1e-3))
-    chunk = data.draw(chunk_sizes(d.T))
-    sub = data.draw(sub_chunk_sizes(chunk))
-    leaves = to_backend("torch", q, k, v, a, requires_grad=True)
-    do = torch.from_numpy(np.random.default_rng(5).standard_normal((d.B, d.H, d.T, d.V)))
-
-    def grads(o):
-        for x in leaves:
-            x.grad = None
-        (o * do).sum().backward()
-        return [to_numpy(x.grad) for x in leaves]
-
-    want = grads(gla.recurrent(*leaves)[0])
-    for materialize in (False, True):
-        got = grads(gla.chunked(*leaves, chunk_size=chunk, sub_chunk=sub, materialize=materialize)[0])
-        for name, g, w in zip(("dq", "dk", "dv", "dlog_alpha"), got, want):
-            assert rel_err(g, w) < TOL, name
-    got = grads(gla.parallel(*leaves))
-    for name, g, w in zip(("dq", "dk", "dv", "dlog_alpha"), got, want):
-        assert rel_err(g, w) < TOL, name
-
-
-@given(data=st.data(), backend=st.sampled_from(BACKENDS))
-def test_extreme_gates_no_exponent_is_ever_positive(data, backend):
-    """Gates down to e^-100 per step, in float64: a chunk of 64 spans e^-6400.
-
-    Any exponent formed with the wrong sign (``e^{−b}``, or a rescaling point on the wrong side of a
-    sub-block) would overflow float64 (``e^{709}``) and turn the output into inf/NaN. Every form,
-    and the chunked gradients, must stay finite and equal the oracle.
-    """
-    d = data.draw(dims(min_T=17, max_T=40, max_K=4, max_V=4))
-    q, k, v = data.draw(qkv(d))
-    a = -np.random.default_rng(data.draw(st.integers(0, 2**16))).uniform(0, 100, (d.B, d.H, d.T, d.K))
-    chunk = data.draw(st.sampled_from([16, 32, 64]))
-    o_ref, s_ref = oracles.gated_linear_attention(q, k, v, a)
-    q_, k_, v_, a_ = to_backend(backend, q, k, v, a)
-    for o in (gla.parallel(q_, k_, v_, a_), gla.chunked(q_, k_, v_, a_, chunk_size=chunk)[0]):
-        assert rel_err(o, o_ref) < TOL
-    do = np.ones((d.B, d.H, d.T, d.V))
-    grads = gla.chunked_backward(q_, k_, v_, a_, *to_backend(backend, do), chunk_size=chunk)
-    assert all(np.isfinite(to_numpy(g)).all() for g in grads)
 
 
 def test_sub_chunk_sizes_that_do_not_divide_the_chunk():
@@ -201,8 +165,9 @@ def test_float32_long_sequence_small_gates_chunked_is_finite_factorised_overflow
     assert rel_err(o, o64) < 1e-5 and rel_err(s, s64) < 1e-5
 
 
-def test_gate_definition():
-    """log α = logsigmoid(x W₁ W₂ + b)/τ: α = σ(z)^(1/τ), which is not σ(z/τ)."""
+def test_gate_single_head_large_inputs_and_torch():
+    """The gate's definition is a suite property; here: ``w2: [r, K]`` gives one head, huge
+    pre-activations stay finite and ≤ 0, torch in gives torch out with gradients."""
     rng = np.random.default_rng(0)
     B, T, d, r, H, K = 2, 5, 12, 16, 3, 4
     x = rng.standard_normal((B, T, d))
@@ -211,14 +176,10 @@ def test_gate_definition():
     b = rng.standard_normal((H, K))
     la = gla.gate(x, w1, w2, b, tau=16)
     assert la.shape == (B, H, T, K)
-    z = np.einsum("btd,dr,rhk->bhtk", x, w1, w2) + b[None, :, None, :]
-    sigma = 1.0 / (1.0 + np.exp(-z))
-    assert np.allclose(np.exp(la), sigma ** (1 / 16), rtol=1e-12, atol=0)
     # at z = 0: 0.5^(1/16) ≈ 0.958, not σ(0/16) = 0.5
     zero = gla.gate(x, np.zeros((d, r)), np.zeros((r, K)), np.zeros(K), tau=16)
     assert zero.shape == (B, 1, T, K)
     assert np.allclose(np.exp(zero), 0.5 ** (1 / 16)) and abs(np.exp(zero[0, 0, 0, 0]) - 0.958) < 1e-3
-    # huge pre-activations stay finite and ≤ 0; torch in gives torch out, with gradients
     big = gla.gate(x * 1e4, w1, w2, b)
     assert np.isfinite(big).all() and (big <= 0).all()
     xt, w1t, w2t, bt = to_backend("torch", x, w1, w2, b, requires_grad=True)

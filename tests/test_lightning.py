@@ -1,4 +1,10 @@
-"""Lightning Attention-2 reference: every form, Algorithm 2, and the decay rules."""
+"""Lightning Attention-2 reference: the packaged property suite (NumPy and torch), Algorithm 2's
+state options, and the decay rules.
+
+Every property of ``reference.testing.suites.lightning`` (forms against the float64 oracles and each
+other, gradients, the manual backward, odd lengths, strong decays, bad inputs) runs here against
+``reference.lightning``; the tests below are about options and rules outside the contract.
+"""
 
 from __future__ import annotations
 
@@ -9,42 +15,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reference import lightning, linear_attention
-from tests import oracles
-from tests.strategies import BACKENDS, chunk_sizes, decays, dims, normal, qkv, rel_err, seeds, states, to_backend, to_numpy
+from reference.testing.checks import Target
+from reference.testing.strategies import BACKENDS, chunk_sizes, decays, dims, qkv, rel_err, to_backend
+from reference.testing.suites import lightning as suite
 
 TOL = 1e-9
+IMPLS = [Target(lightning, backend=b, name=f"reference.lightning[{b}]") for b in BACKENDS]
 
 
-@given(data=st.data(), backend=st.sampled_from(BACKENDS))
-def test_every_form_equals_the_oracle(data, backend):
-    d = data.draw(dims())
-    q, k, v = data.draw(qkv(d))
-    decay = data.draw(decays(d.H))
-    s0 = data.draw(states(d))
-    chunk = data.draw(chunk_sizes(d.T))
-    scale = data.draw(st.sampled_from([1.0, 0.3]))
-    o_ref, s_ref = oracles.decayed_linear_attention(q, k, v, decay, scale=scale, initial_state=s0)
-    q_, k_, v_, s0_ = to_backend(backend, q, k, v, s0)
-    o_rec, s_rec = lightning.recurrent(q_, k_, v_, decay, scale=scale, initial_state=s0_)
-    o_chk, s_chk = lightning.chunked(q_, k_, v_, decay, scale=scale, chunk_size=chunk, initial_state=s0_)
-    assert rel_err(o_rec, o_ref) < TOL and rel_err(s_rec, s_ref) < TOL
-    assert rel_err(o_chk, o_ref) < TOL and rel_err(s_chk, s_ref) < TOL
-    if s0 is None:
-        assert rel_err(lightning.parallel(q_, k_, v_, decay, scale=scale), o_ref) < TOL
-
-
-@given(data=st.data(), backend=st.sampled_from(BACKENDS))
-def test_chunked_backward_equals_autograd_of_the_parallel_form(data, backend):
-    d = data.draw(dims(max_T=30))
-    q, k, v = data.draw(qkv(d))
-    decay = data.draw(decays(d.H))
-    chunk = data.draw(chunk_sizes(d.T))
-    do = np.random.default_rng(7).standard_normal((d.B, d.H, d.T, d.V))
-    qt, kt, vt = to_backend("torch", q, k, v, requires_grad=True)
-    (lightning.parallel(qt, kt, vt, decay, scale=0.5) * torch.from_numpy(do)).sum().backward()
-    grads = lightning.chunked_backward(*to_backend(backend, q, k, v), decay, *to_backend(backend, do), scale=0.5, chunk_size=chunk)
-    for got, want in zip(grads, (qt.grad, kt.grad, vt.grad)):
-        assert rel_err(got, want) < TOL
+@pytest.mark.parametrize(
+    "prop, impl",
+    [pytest.param(p, i, id=f"{p.name}[{i.BACKEND}]") for p in suite.PROPERTIES for i in IMPLS if p.applies_to(i)],
+)
+def test_suite(prop, impl):
+    prop.check(impl)
 
 
 @given(data=st.data())
@@ -68,25 +52,6 @@ def test_chunked_backward_with_states_equals_autograd(data):
 
 
 @given(data=st.data())
-def test_autograd_through_every_form_agrees(data):
-    d = data.draw(dims(max_T=16))
-    decay = data.draw(decays(d.H))
-    chunk = data.draw(chunk_sizes(d.T))
-    q, k, v = to_backend("torch", *data.draw(qkv(d)), requires_grad=True)
-    do = torch.from_numpy(normal(data.draw(seeds()), d.B, d.H, d.T, d.V))
-
-    def grads(o):
-        q.grad = k.grad = v.grad = None
-        (o * do).sum().backward()
-        return [to_numpy(t.grad) for t in (q, k, v)]
-
-    want = grads(lightning.parallel(q, k, v, decay))
-    for o in (lightning.recurrent(q, k, v, decay)[0], lightning.chunked(q, k, v, decay, chunk_size=chunk)[0]):
-        for got, ref in zip(grads(o), want):
-            assert rel_err(got, ref) < TOL
-
-
-@given(data=st.data())
 def test_no_decay_is_linear_attention(data):
     d = data.draw(dims())
     q, k, v = data.draw(qkv(d))
@@ -95,36 +60,6 @@ def test_no_decay_is_linear_attention(data):
     o1, s1 = lightning.chunked(q, k, v, ones, chunk_size=chunk)
     o2, s2 = linear_attention.chunked(q, k, v, chunk_size=chunk)
     assert rel_err(o1, o2) < TOL and rel_err(s1, s2) < TOL
-
-
-@given(H=st.integers(1, 6), T=st.integers(1, 20), data=st.data())
-def test_decay_mask_is_lower_triangular_powers(H, T, data):
-    decay = data.draw(decays(H, min_decay=0.05))
-    mask = lightning.decay_mask(decay, T)
-    assert mask.shape == (H, T, T)
-    for h in range(H):
-        for t in range(T):
-            for s in range(T):
-                expected = decay[h] ** (t - s) if t >= s else 0.0
-                assert abs(mask[h, t, s] - expected) <= 1e-15
-
-
-@pytest.mark.parametrize("form", ["parallel", "chunked"])
-def test_strong_decay_over_a_long_block_stays_finite(form):
-    """λ = 0.3 over 400 tokens in float32: λ^(n-j) formed as λ^n · λ^-j would overflow (0.3^-399 ≈ 1e208).
-
-    Only non-negative exponents keep outputs and gradients finite, and equal to float64.
-    """
-    rng = np.random.default_rng(1)
-    arrays = [rng.standard_normal((1, 1, 400, 4)) for _ in range(3)]
-    q, k, v = (torch.tensor(a, dtype=torch.float32, requires_grad=True) for a in arrays)
-    run = {"parallel": lambda *x: lightning.parallel(*x, [0.3]),
-           "chunked": lambda *x: lightning.chunked(*x, [0.3], chunk_size=400)[0]}[form]  # fmt: skip
-    o = run(q, k, v)
-    o.sum().backward()
-    for t in (o, q.grad, k.grad, v.grad):
-        assert torch.isfinite(t).all()
-    assert rel_err(o, lightning.parallel(*arrays, [0.3])) < 1e-5
 
 
 @pytest.mark.parametrize("form", ["parallel", "recurrent", "chunked"])

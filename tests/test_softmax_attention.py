@@ -1,4 +1,9 @@
-"""Softmax attention: naive and tiled forms against an independent float64 oracle and each other."""
+"""Softmax attention reference: the packaged property suite (NumPy and torch), the log-sum-exp, the
+online-softmax step and dtypes.
+
+Every property of ``reference.testing.suites.softmax`` (naive and tiled against the float64 oracle
+and each other, gradients, large logits, bad inputs) runs here against ``reference.softmax_attention``.
+"""
 
 from __future__ import annotations
 
@@ -6,63 +11,43 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 from reference import softmax_attention as sa
-from tests import oracles
-from tests.strategies import BACKENDS, dims, normal, qkv, rel_err, seeds, to_backend, to_numpy
+from reference.testing.checks import Target
+from reference.testing.strategies import BACKENDS, rel_err, softmax_cases, to_backend
+from reference.testing.suites import softmax as suite
 
 TOL = 1e-9
+IMPLS = [Target(sa, backend=b, name=f"reference.softmax_attention[{b}]") for b in BACKENDS]
 
 
-@given(data=st.data(), causal=st.booleans(), backend=st.sampled_from(BACKENDS))
-def test_naive_and_tiled_equal_the_oracle(data, causal, backend):
-    d = data.draw(dims(max_T=24))
-    Tk = data.draw(st.integers(d.T, d.T + 6)) if causal else data.draw(st.integers(1, 30))
-    q, k, v = data.draw(qkv(d, Tk=Tk))
-    scale = data.draw(st.one_of(st.none(), st.floats(0.1, 2.0)))
-    block_q = data.draw(st.integers(1, d.T + 3))
-    block_k = data.draw(st.integers(1, Tk + 3))
-    expected = oracles.softmax_attention(q, k, v, causal=causal, scale=scale)
-    q_, k_, v_ = to_backend(backend, q, k, v)
-    naive = sa.naive(q_, k_, v_, causal=causal, scale=scale)
-    tiled, lse = sa.tiled(q_, k_, v_, causal=causal, scale=scale, block_q=block_q, block_k=block_k, return_lse=True)
-    expected_type = np.ndarray if backend == "numpy" else torch.Tensor
-    assert isinstance(naive, expected_type) and isinstance(tiled, expected_type)
-    assert rel_err(naive, expected) < TOL
-    assert rel_err(tiled, expected) < TOL
-    # lse is the log of the softmax denominator: check it against the scores directly.
-    s = (scale if scale is not None else d.K ** -0.5) * np.einsum("bhik,bhjk->bhij", q, k)
-    if causal:
-        s = np.where(np.arange(d.T)[:, None] + Tk - d.T >= np.arange(Tk)[None, :], s, -np.inf)
+@pytest.mark.parametrize(
+    "prop, impl",
+    [pytest.param(p, i, id=f"{p.name}[{i.BACKEND}]") for p in suite.PROPERTIES for i in IMPLS if p.applies_to(i)],
+)
+def test_suite(prop, impl):
+    prop.check(impl)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=softmax_cases())
+def test_tiled_lse_and_the_library_of_the_result(backend, case):
+    """``return_lse``: the log of the softmax denominator, against the scores directly; NumPy in gives
+    NumPy out, torch in gives torch out."""
+    a = case.arrays()
+    q_, k_, v_ = to_backend(backend, a["q"], a["k"], a["v"])
+    naive = sa.naive(q_, k_, v_, causal=case.causal, scale=case.scale)
+    tiled, lse = sa.tiled(
+        q_, k_, v_, causal=case.causal, scale=case.scale, block_q=case.chunk_size, block_k=case.block_k, return_lse=True
+    )
+    kind = np.ndarray if backend == "numpy" else torch.Tensor
+    assert isinstance(naive, kind) and isinstance(tiled, kind) and isinstance(lse, kind)
+    Tk = case.keys
+    s = (case.scale if case.scale is not None else case.K ** -0.5) * np.einsum("bhik,bhjk->bhij", a["q"], a["k"])
+    if case.causal:
+        s = np.where(np.arange(case.T)[:, None] + Tk - case.T >= np.arange(Tk)[None, :], s, -np.inf)
     ref_lse = np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1)) + s.max(-1)
     assert rel_err(lse, ref_lse) < TOL
-
-
-@given(data=st.data(), causal=st.booleans())
-def test_tiled_gradients_equal_naive(data, causal):
-    d = data.draw(dims(max_T=16))
-    q, k, v = to_backend("torch", *data.draw(qkv(d)), requires_grad=True)
-    do = torch.from_numpy(normal(data.draw(seeds()), d.B, d.H, d.T, d.V))
-    grads = []
-    for form in (lambda: sa.naive(q, k, v, causal=causal), lambda: sa.tiled(q, k, v, causal=causal, block_q=3, block_k=5)):
-        q.grad = k.grad = v.grad = None
-        (form() * do).sum().backward()
-        grads.append([to_numpy(t.grad) for t in (q, k, v)])
-    for a, b in zip(*grads):
-        assert rel_err(a, b) < TOL
-
-
-def test_large_logits_stay_finite():
-    """The running maximum keeps exp() in range: logits of ±1e4 give finite, correct outputs."""
-    rng = np.random.default_rng(0)
-    q = rng.standard_normal((1, 1, 9, 4)) * 100
-    k = rng.standard_normal((1, 1, 9, 4)) * 100
-    v = rng.standard_normal((1, 1, 9, 3))
-    expected = oracles.softmax_attention(q, k, v)
-    for out in (sa.naive(q, k, v), sa.tiled(q, k, v, block_q=2, block_k=2)):
-        assert np.all(np.isfinite(out))
-        assert rel_err(out, expected) < TOL
 
 
 def test_online_softmax_update_keeps_unseen_rows_at_zero():
