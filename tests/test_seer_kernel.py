@@ -1,0 +1,259 @@
+"""kernels.seer against float64 oracles: the gate's ground truth, and block pooling.
+
+On a CPU these run in Triton's interpreter on small shapes; the ``gpu`` tests run large shapes.
+Oracles: ``dense_ground_truth`` below (the causal probabilities materialised in float64, max-pooled
+in 2-D, rows renormalised), ``reference.testing.oracles_seer`` (loops) and ``reference.seer``.
+Tolerances (relative Frobenius error): fp32 1e-4 (observed ≤ 3e-7), fp16 5e-3 (inputs rounded to
+fp16 for the oracle), bf16 on the GPU 2e-2.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reference.testing.strategies import rel_err
+from tests.conftest import HAS_GPU, PROFILE
+from tests.interpreter_bounds import bounds_checked
+
+pytest.importorskip("triton", reason="Triton is installed on Linux only (pyproject.toml)")
+from kernels import _triton, seer  # noqa: E402  (after conftest has set TRITON_INTERPRET)
+from tests.test_block_sparse_kernel import COMPILE_HELPER, compile_in_subprocess  # noqa: E402
+
+DEVICE = "cuda" if HAS_GPU else "cpu"
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+EXAMPLES = {"dev": 4, "ci": 6, "thorough": 60}[PROFILE]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def dense_ground_truth(q, k, block, scale=None):
+    """float64: ``P`` causal softmax, ``max`` over each (query block, key block), rows divided by their sum."""
+    q, k = q.detach().cpu().double(), k.detach().cpu().double()
+    B, H, T, K = q.shape
+    k = k.repeat_interleave(H // k.shape[1], 1)
+    scale = K**-0.5 if scale is None else scale
+    t = torch.arange(T)
+    s = (q @ k.transpose(-1, -2) * scale).masked_fill(t[None, :] > t[:, None], float("-inf"))
+    P = s.softmax(-1)
+    n = -(-T // block)
+    pad = n * block - T
+    pooled = torch.nn.functional.pad(P, (0, pad, 0, pad)).view(B, H, n, block, n, block).amax((3, 5))
+    return pooled / pooled.sum(-1, keepdim=True)
+
+
+def qk(B, H, Hkv, T, K, *, dtype, seed, magnitude=1.0, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, T, K, generator=g) * magnitude
+    k = torch.randn(B, Hkv, T, K, generator=g) * magnitude
+    return q.to(device, dtype), k.to(device, dtype)
+
+
+@st.composite
+def problems(draw):
+    block = draw(st.sampled_from([16, 32]))
+    Hkv = draw(st.integers(1, 2))
+    return dict(
+        B=draw(st.integers(1, 2)),
+        H=Hkv * draw(st.integers(1, 2)),
+        Hkv=Hkv,
+        T=draw(st.integers(1, 3 * block + 5)),
+        K=draw(st.integers(1, 40)),
+        block=block,
+        scale=draw(st.sampled_from([None, 0.3])),
+        magnitude=draw(st.sampled_from([1.0, 3.0])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def compare(B, H, Hkv, T, K, *, block, dtype, seed=0, scale=None, magnitude=1.0, config=None):
+    q, k = qk(B, H, Hkv, T, K, dtype=dtype, seed=seed, magnitude=magnitude)
+    got = seer.ground_truth(q, k, block=block, scale=scale, config=config)
+    n = -(-T // block)
+    assert got.dtype == torch.float32 and got.shape == (B, H, n, n)
+    assert (got.cpu().triu(1) == 0).all(), "zeros above the diagonal"
+    return rel_err(got, dense_ground_truth(q, k, block, scale))
+
+
+@settings(max_examples=EXAMPLES)
+@given(problem=problems())
+def test_ground_truth_fp32_matches_the_dense_oracle(problem):
+    assert compare(**problem, dtype=torch.float32) < TOL[torch.float32]
+
+
+@settings(max_examples=max(2, EXAMPLES // 2))
+@given(problem=problems())
+def test_ground_truth_fp16_matches_the_dense_oracle(problem):
+    assert compare(**problem, dtype=torch.float16) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize(
+    "shape, block",
+    [(dict(B=1, H=4, Hkv=2, T=150, K=64), 64), (dict(B=2, H=2, Hkv=1, T=77, K=24), 16), (dict(B=1, H=2, Hkv=2, T=100, K=48), 32)],
+    ids=["gqa-64", "16", "32"],
+)
+def test_ground_truth_shapes_gqa_and_blocks(shape, block):
+    assert compare(**shape, block=block, dtype=torch.float32, seed=5, magnitude=2.0) < TOL[torch.float32]
+
+
+def test_ground_truth_agrees_with_the_reference_and_the_loop_oracle():
+    from reference import seer as ref
+    from reference.testing import oracles_seer
+
+    q, k = qk(1, 4, 2, 40, 6, dtype=torch.float32, seed=3, magnitude=2.0)
+    got = seer.ground_truth(q, k, block=16, scale=0.7)
+    assert rel_err(got, ref.ground_truth(q.cpu().double(), k.cpu().double(), block=16, scale=0.7)) < 1e-5
+    assert rel_err(got, oracles_seer.ground_truth(q.cpu().numpy(), k.cpu().numpy(), block=16, scale=0.7)) < 1e-5
+
+
+def test_ground_truth_rows_sum_to_one_with_peaked_logits():
+    """Logits of ±hundreds (nearly one-hot rows): finite, rows sum to 1."""
+    q, k = qk(1, 2, 1, 70, 16, dtype=torch.float32, seed=1, magnitude=8.0)
+    got = seer.ground_truth(q, k, block=16)
+    assert torch.isfinite(got).all() and torch.allclose(got.sum(-1), torch.ones(1, 2, 5, device=DEVICE), atol=1e-5)
+    assert rel_err(got, dense_ground_truth(q, k, 16)) < 1e-4
+
+
+@pytest.mark.skipif(HAS_GPU, reason="the interpreter's bf16 path")
+def test_ground_truth_bf16_in_the_interpreter_is_computed_in_fp32():
+    assert compare(1, 2, 1, 40, 16, block=16, dtype=torch.bfloat16, seed=2) < TOL[torch.bfloat16]
+
+
+def test_every_output_element_is_written():
+    with _triton.poisoned_outputs():
+        assert compare(2, 2, 1, 70, 20, block=16, dtype=torch.float32, seed=4) < TOL[torch.float32]
+        x = torch.randn(2, 3, 50, 20, device=DEVICE)
+        y = seer.pool_features(x, block=16)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the interpreter's loads and stores")
+def test_every_load_and_store_stays_inside_its_tensors():
+    with bounds_checked():
+        assert compare(1, 2, 1, 45, 20, block=16, dtype=torch.float32, seed=7) < TOL[torch.float32]
+        x = torch.randn(1, 2, 45, 20, device=DEVICE)
+        seer.pool_features(x, block=32, kinds=("avg", "min"))
+
+
+def test_refuses_inputs_that_require_a_gradient():
+    q, k = qk(1, 1, 1, 20, 8, dtype=torch.float32, seed=0)
+    with pytest.raises(ValueError, match="no backward pass"):
+        seer.ground_truth(q.requires_grad_(), k, block=16)
+
+
+# ------------------------------------------------------------------------------------------ pooling
+
+
+@pytest.mark.parametrize("block", [16, 32, 64, 24])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_pool_matches_the_loop_oracle_and_the_reference(block, dtype):
+    """Every kind, the last partial block over its real tokens; ``pool_features`` side by side.
+    (A block that is not a power of two in 16..128 goes through torch: same results.)"""
+    from reference import seer as ref
+    from reference.testing import oracles_seer
+
+    g = torch.Generator().manual_seed(block)
+    x = (torch.randn(2, 3, 77, 20, generator=g) * 3).to(DEVICE, dtype)
+    x64 = x.cpu().double()
+    for kind in ("avg", "max", "min"):
+        got = seer.pool(x, block=block, kind=kind)
+        assert got.dtype == dtype and got.shape == (2, 3, -(-77 // block), 20)
+        want = oracles_seer.pool(x64.numpy(), block=block, kind=kind)
+        assert rel_err(got, want) < (1e-6 if dtype == torch.float32 else 1e-3), kind
+        assert rel_err(got, ref.pool(x64, block=block, kind=kind)) < (1e-6 if dtype == torch.float32 else 1e-3)
+    feats = seer.pool_features(x, block=block)  # the gate's key features: [max, min, avg]
+    want = torch.cat([seer.pool(x, block=block, kind=kd) for kd in ("max", "min", "avg")], dim=-1)
+    assert torch.equal(feats, want)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        (dict(kind="mean"), ValueError, "kind must be one of"),
+        (dict(block=0), ValueError, "block must be a positive int"),
+        (dict(x=torch.zeros(2, 5, 4)), ValueError, "x must have 4 dimensions"),
+        (dict(x=torch.zeros(1, 1, 5, 4, dtype=torch.int32)), TypeError, "x must be float32"),
+    ],
+)
+def test_pool_bad_input_raises_a_clear_error(kwargs, exc, words):
+    args = dict(x=torch.zeros(1, 1, 5, 4), block=16, kind="avg")
+    args.update(kwargs)
+    x = args.pop("x").to(DEVICE)
+    with pytest.raises(exc, match=words):
+        seer.pool(x, **args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        (dict(k=torch.zeros(1, 3, 20, 8)), ValueError, "Hkv dividing H"),
+        (dict(block=100), ValueError, "block must be one of"),
+        (dict(scale="x"), TypeError, "scale must be a real number"),
+        (dict(config=seer.DEFAULT_CONFIG.__dict__), TypeError, "config must be a kernels.seer.Config"),
+    ],
+)
+def test_ground_truth_bad_input_raises_a_clear_error(kwargs, exc, words):
+    args = dict(q=torch.zeros(1, 2, 20, 8), k=torch.zeros(1, 1, 20, 8), block=16)
+    args.update(kwargs)
+    q, k = args.pop("q").to(DEVICE), args.pop("k").to(DEVICE)
+    with pytest.raises(exc, match=words):
+        seer.ground_truth(q, k, **args)
+
+
+_COMPILE_FOR_H100 = COMPILE_HELPER + """
+from kernels import seer
+
+for dtype, K, block in [(torch.bfloat16, 128, 64), (torch.bfloat16, 128, 128), (torch.float16, 64, 16)]:
+    T = 32768 + 5
+    with _triton.recorded_launches() as launches:
+        seer._ground_truth(meta(1, 8, T, K, dtype=dtype), meta(1, 2, T, K, dtype=dtype), block, 0.1, seer.config_for(block))
+        seer._pool(meta(1, 2, T, K, dtype=dtype), block, ("max", "min", "avg"))
+    for name, info in compile_recorded(launches).items():
+        print(json.dumps({"dtype": str(dtype), "block": block, "kernel": name, **info}))
+"""
+
+
+def test_kernels_compile_for_the_h100():
+    """The ground-truth and pooling kernels compiled for sm_90 as a real call launches them: shared
+    memory fits, no register spills, warpgroup MMAs on the bf16 path."""
+    reports = compile_in_subprocess(_COMPILE_FOR_H100)
+    assert len(reports) == 6, reports
+    for r in reports:
+        assert r["shared_bytes"] <= 227 * 1024, r
+        if "stack_bytes" in r:
+            assert r["stack_bytes"] == 0, f"register spills: {r}"
+        if r["kernel"] == "_ground_truth_kernel" and r["block"] >= 64 and "sass" in r:
+            assert r["sass"]["HGMMA"] > 0, r
+
+
+# ------------------------------------------------------------------------------------------ GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "shape, block, dtype",
+    [
+        (dict(B=1, H=8, Hkv=2, T=4096 + 33, K=128), 64, torch.bfloat16),
+        (dict(B=1, H=4, Hkv=4, T=4096, K=128), 128, torch.bfloat16),
+        (dict(B=2, H=2, Hkv=1, T=1500, K=64), 32, torch.float16),
+        (dict(B=1, H=2, Hkv=2, T=700, K=20), 16, torch.float32),
+    ],
+    ids=["64-bf16", "128-bf16", "32-fp16", "16-fp32"],
+)
+def test_gpu_ground_truth_large_shapes(shape, block, dtype):
+    with _triton.poisoned_outputs():
+        q, k = qk(**shape, dtype=dtype, seed=1, magnitude=1.5)
+        got = seer.ground_truth(q, k, block=block)
+    want = dense_ground_truth(q, k, block)
+    assert rel_err(got, want) < TOL[dtype], rel_err(got, want)
+
+
+@pytest.mark.gpu
+def test_gpu_pool_features_large():
+    x = torch.randn(1, 8, 8192 + 17, 128, device=DEVICE, dtype=torch.bfloat16)
+    with _triton.poisoned_outputs():
+        got = seer.pool_features(x, block=64)
+    want = torch.cat([seer._torch_pool(x, 64, kd) for kd in ("max", "min", "avg")], dim=-1)
+    assert rel_err(got, want.float()) < 1e-2
