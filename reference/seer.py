@@ -280,15 +280,16 @@ class AttnGate(nn.Module):
             f"gate_dim={self.gate_dim}, block={self.block}"
         )
 
-    def features(self, q_pre, k_pre):
-        r"""The gate's queries and keys.
+    def pooled(self, q_pre, k_pre):
+        r"""The gate's inputs: ``avgpool(q_pre)`` and ``[maxpool, minpool, avgpool](k_pre)``.
 
         Args:
-            q_pre: ``[B, H, T, D]`` the layer's queries before RoPE.
+            q_pre: ``[B, H, T, D]`` the layer's queries before RoPE (torch).
             k_pre: ``[B, Hkv, T, D]`` the layer's keys before RoPE.
 
         Returns:
-            ``(q_gate [B, H, n, d_g], k_gate [B, Hkv, n, d_g])``, rotated at positions ``i · block``.
+            ``(q_pool [B, H, n, D], k_pool [B, Hkv, n, 3D])``. They depend only on the frozen model, so
+            a training loop may compute them once per window (``train_gates`` does).
         """
         if not (isinstance(q_pre, torch.Tensor) and isinstance(k_pre, torch.Tensor)):
             raise TypeError(
@@ -300,21 +301,36 @@ class AttnGate(nn.Module):
                 f"q_pre, k_pre must have (H, Hkv, D) = {(self.num_heads, self.num_kv_heads, self.head_dim)}, "
                 f"got {(H, Hkv, D)}"
             )
-        b = self.block
-        q_pooled = pool(q_pre, block=b, kind="avg")  # [B, H, n, D]
-        k_pooled = torch.cat([pool(k_pre, block=b, kind=kind) for kind in ("max", "min", "avg")], dim=-1)
-        q_gate = torch.einsum("bhnd,hde->bhne", q_pooled, self.q_proj.to(q_pre.dtype))
-        k_gate = torch.einsum("bgnd,gde->bgne", k_pooled, self.k_proj.to(k_pre.dtype))
-        starts = np.arange(q_gate.shape[2]) * b  # each block's first-token position
-        return (
-            rope.apply(q_gate, starts, base=self.rope_base),
-            rope.apply(k_gate, starts, base=self.rope_base),
-        )
+        q_pool = pool(q_pre, block=self.block, kind="avg")
+        k_pool = torch.cat([pool(k_pre, block=self.block, kind=kind) for kind in ("max", "min", "avg")], dim=-1)
+        return q_pool, k_pool
+
+    def project(self, q_pool, k_pool):
+        r"""Per-head projections to ``d_g``, then RoPE of width ``d_g`` at each block's first position.
+
+        Args:
+            q_pool: ``[B, H, n, D]``.
+            k_pool: ``[B, Hkv, n, 3D]``.
+
+        Returns:
+            ``(q_gate [B, H, n, d_g], k_gate [B, Hkv, n, d_g])``, rotated at positions ``i · block``.
+        """
+        q_gate = torch.einsum("bhnd,hde->bhne", q_pool, self.q_proj.to(q_pool.dtype))
+        k_gate = torch.einsum("bgnd,gde->bgne", k_pool, self.k_proj.to(k_pool.dtype))
+        starts = np.arange(q_gate.shape[2]) * self.block  # each block's first-token position
+        return rope.apply(q_gate, starts, base=self.rope_base), rope.apply(k_gate, starts, base=self.rope_base)
+
+    def features(self, q_pre, k_pre):
+        """``project(*pooled(q_pre, k_pre))``: the gate's rotated queries ``[B, H, n, d_g]`` and keys ``[B, Hkv, n, d_g]``."""
+        return self.project(*self.pooled(q_pre, k_pre))
 
     def forward(self, q_pre, k_pre, *, log: bool = True):
         """Gate log-probabilities ``[B, H, n, n]`` (``-inf`` above the diagonal); probabilities with ``log=False``."""
-        q_gate, k_gate = self.features(q_pre, k_pre)
-        return gate_scores(q_gate, k_gate, log=log)
+        return gate_scores(*self.features(q_pre, k_pre), log=log)
+
+    def from_pooled(self, q_pool, k_pool, *, log: bool = True):
+        """``forward`` from the outputs of ``pooled``."""
+        return gate_scores(*self.project(q_pool, k_pool), log=log)
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,13 +372,17 @@ def ground_truth(q, k, *, block: int = 64, scale: float | None = None):
     s = (q * scale) @ transpose(xp, _repeat_kv(xp, k, H))  # [B, H, T, T]
     s = xp.where(causal_mask(xp, T, T, device_of(q)), s, -xp.inf)
     p = xp.exp(s - xp.max(s, axis=-1, keepdims=True))
-    p = p / xp.sum(p, axis=-1, keepdims=True)
-    bounds = chunk_bounds(T, block)
-    rows = [
-        [xp.max(p[..., q0:q1, k0:k1], axis=(-2, -1)) if j <= i else None for j, (k0, k1) in enumerate(bounds)]
-        for i, (q0, q1) in enumerate(bounds)
-    ]
-    return _normalise_rows(xp, _stack_block_map(xp, rows))
+    p = p / xp.sum(p, axis=-1, keepdims=True)  # 0 above the diagonal
+    # The 2-D max-pool: pad P with zeros to n·block on both axes (a probability is >= 0, so a zero
+    # never wins a max: the short last block is pooled over its real entries), then take the
+    # maximum inside every block × block tile.
+    n = num_blocks(T, block)
+    pad = n * block - T
+    if pad:
+        p = xp.concat([p, xp.zeros((B, H, T, pad), dtype=p.dtype, device=device_of(p))], axis=-1)
+        p = xp.concat([p, xp.zeros((B, H, pad, n * block), dtype=p.dtype, device=device_of(p))], axis=-2)
+    pooled = xp.max(xp.reshape(p, (B, H, n, block, n, block)), axis=(3, 5))  # [B, H, n, n]
+    return _normalise_rows(xp, pooled)
 
 
 def ground_truth_tiled(q, k, *, block: int = 64, scale: float | None = None):
@@ -632,3 +652,373 @@ def masked_attention(q, k, v, block_mask, *, block: int = 64, scale: float | Non
     s = xp.where(visible, s, -xp.inf)
     p = xp.exp(s - xp.max(s, axis=-1, keepdims=True))
     return (p / xp.sum(p, axis=-1, keepdims=True)) @ _repeat_kv(xp, v, H)
+
+
+# --------------------------------------------------------------------------------------------
+# Training the gates on the tiny model, and the held-out comparison
+# --------------------------------------------------------------------------------------------
+
+GATE_CHECKPOINT = "seer_gate_softmax.pt"
+SELECTIONS = ("gate", "oracle", "random")
+
+
+def _layer_scale(model, layer: int) -> float:
+    return float(model.blocks[layer].attn.scale)
+
+
+def _softmax_layers(model) -> list[int]:
+    layers = [l for l, kind in enumerate(model.config.attention) if kind == "softmax"]
+    if not layers:
+        raise ValueError("model has no softmax attention layer to gate")
+    return layers
+
+
+@torch.no_grad()
+def layer_targets(model, tokens, *, block: int):
+    """One frozen forward pass: per softmax layer ``(q_pre, k_pre, ground truth)`` for ``tokens: [B, T]``.
+
+    The ground truth comes from the layer's own post-RoPE ``q, k`` and its own ``scale``; the gate
+    will see only the pre-RoPE ``q_pre, k_pre``.
+    """
+    capture: list = []
+    model(tokens, capture=capture)
+    return {
+        l: (capture[l]["q_pre"], capture[l]["k_pre"],
+            ground_truth(capture[l]["q"], capture[l]["k"], block=block, scale=_layer_scale(model, l)))
+        for l in _softmax_layers(model)
+    }  # fmt: skip
+
+
+def make_gates(model, *, block: int = 16, gate_dim: int = 32, seed: int = 0) -> nn.ModuleDict:
+    """One ``AttnGate`` per softmax layer of ``model``, keyed by the layer index as a string."""
+    c = model.config
+    return nn.ModuleDict(
+        {
+            str(l): AttnGate(c.n_heads, c.n_kv_heads, c.head_dim, gate_dim=gate_dim, block=block, seed=seed + l)
+            for l in _softmax_layers(model)
+        }
+    )
+
+
+def gate_kl(model, gates, tokens) -> dict:
+    """Per layer, ``kl_loss(ground truth, gate)`` (batchmean: the mean KL of one block-row, in nats) on ``tokens``."""
+    block = next(iter(gates.values())).block
+    with torch.no_grad():
+        return {
+            l: float(kl_loss(gt, gates[str(l)](q_pre, k_pre)))
+            for l, (q_pre, k_pre, gt) in layer_targets(model, tokens, block=block).items()
+        }
+
+
+def train_gates(
+    model=None,
+    *,
+    windows: int = 96,
+    steps: int = 400,
+    batch_size: int = 16,
+    seq_len: int = 512,
+    block: int = 16,
+    gate_dim: int = 32,
+    lr: float = 1e-2,
+    seed: int = 0,
+    progress: bool = True,
+):
+    r"""Train one ``AttnGate`` per softmax layer of the frozen tiny model (arXiv 2410.13276, Sec. 3.2).
+
+    The model is frozen, so everything a gate sees of it is fixed: ``windows`` windows of
+    ``seq_len`` bytes of the training corpus (``reference.data``) go through the model once, and
+    for each layer the gate's pooled inputs (``AttnGate.pooled`` of ``q_pre, k_pre``) and the
+    ground truth (``ground_truth`` of the post-RoPE ``q, k``) are kept. Then ``steps`` Adam steps
+    on random minibatches of those windows minimise ``KL(ground truth ‖ gate)`` (batchmean),
+    summed over the layers. Only the gates' parameters train: the model's are never handed to the
+    optimiser and carry no gradient.
+
+    Args:
+        model: a ``reference.model.TinyLM``; ``None`` loads ``reference.model.pretrained("softmax")``.
+        windows: training windows captured from the frozen model.
+        steps, batch_size, lr: the optimisation (Adam, cosine decay of the step size to 0).
+        seq_len: bytes per window; ``seq_len / block`` blocks per row (512 / 16 = 32).
+        block: tokens per block.
+        gate_dim: ``d_g`` (128 in the paper; 32 for a model with ``D = 32``).
+        seed: the gates' initial weights, the windows and the minibatches.
+        progress: ``tqdm.auto`` progress bars.
+
+    Returns:
+        ``(gates, log)``: an ``nn.ModuleDict`` of gates keyed by layer, and
+        ``{"loss": [...], "capture_seconds", "train_seconds"}``.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from reference import data
+    from reference import model as tiny
+
+    windows = check_positive_int("windows", windows)
+    steps = check_positive_int("steps", steps)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if model is None:
+        model = tiny.pretrained("softmax")
+    model.requires_grad_(False)
+    model.eval()
+    gates = make_gates(model, block=block, gate_dim=gate_dim, seed=seed)
+
+    start = time.perf_counter()
+    tokens = data.sample_batch(data.corpus("train"), batch_size=windows, seq_len=seq_len, rng=seed)[:, :-1]
+    cached: dict = {}  # layer -> ([q_pool], [k_pool], [gt]) chunks
+    chunk = 8
+    for s in tqdm(range(0, windows, chunk), desc="capturing the frozen model", disable=not progress):
+        targets = layer_targets(model, torch.from_numpy(tokens[s : s + chunk]), block=block)
+        for l, (q_pre, k_pre, gt) in targets.items():
+            q_pool, k_pool = gates[str(l)].pooled(q_pre, k_pre)
+            for store, x in zip(cached.setdefault(l, ([], [], [])), (q_pool, k_pool, gt)):
+                store.append(x)
+    cached = {l: tuple(torch.cat(xs) for xs in parts) for l, parts in cached.items()}
+    capture_seconds = time.perf_counter() - start
+
+    opt = torch.optim.Adam(gates.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    gen = torch.Generator().manual_seed(int(seed))
+    losses = []
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc="training AttnGates", disable=not progress)
+    for _ in bar:
+        pick = torch.randperm(windows, generator=gen)[:batch_size]
+        loss = sum(
+            kl_loss(gt[pick], gates[str(l)].from_pooled(q_pool[pick], k_pool[pick]))
+            for l, (q_pool, k_pool, gt) in cached.items()
+        ) / len(cached)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(kl=f"{losses[-1]:.4f}")
+    log = {"loss": losses, "capture_seconds": capture_seconds, "train_seconds": time.perf_counter() - start}
+    return gates, log
+
+
+def save_gates(gates, path, *, meta: dict | None = None) -> None:
+    """Write the gates (float32) with their shapes and ``meta`` (``torch.save``; read back with ``load_gates``)."""
+    first = next(iter(gates.values()))
+    config = {
+        "layers": [int(l) for l in gates.keys()],
+        "num_heads": first.num_heads,
+        "num_kv_heads": first.num_kv_heads,
+        "head_dim": first.head_dim,
+        "gate_dim": first.gate_dim,
+        "block": first.block,
+        "rope_base": first.rope_base,
+    }
+    state = {k: v.detach().float().cpu().clone() for k, v in gates.state_dict().items()}
+    torch.save({"config": config, "state_dict": state, "meta": dict(meta or {})}, path)
+
+
+def load_gates(path=None) -> nn.ModuleDict:
+    """Gates written by ``save_gates``; ``None`` loads the committed ones (``reference/checkpoints``). ``gates.meta`` holds the record."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "checkpoints" / GATE_CHECKPOINT if path is None else Path(path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    c = blob["config"]
+    gates = nn.ModuleDict(
+        {
+            str(l): AttnGate(c["num_heads"], c["num_kv_heads"], c["head_dim"], gate_dim=c["gate_dim"],
+                             block=c["block"], rope_base=c["rope_base"])
+            for l in c["layers"]
+        }
+    )  # fmt: skip
+    gates.load_state_dict(blob["state_dict"])
+    gates.requires_grad_(False)
+    gates.meta = blob.get("meta", {})
+    return gates
+
+
+def sparse_override(model, gates, *, selection: str, density: float, block: int, seed: int = 0, record=None):
+    """``attention_override`` for every gated layer: top-k blocks at ``density`` chosen by ``selection``.
+
+    ``"gate"`` ranks blocks by the trained gate (from ``q_pre, k_pre``); ``"oracle"`` by the ground
+    truth of the layer's real attention (the best any gate could do); ``"random"`` by uniform
+    noise from ``torch.Generator().manual_seed(seed)``. The chosen blocks are attended with
+    ``masked_attention`` (equal to ``block_sparse_attention``, vectorised). ``record``, a list,
+    receives the achieved density of every call.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def attend(q, k, v, *, q_pre, k_pre, layer):
+        scale = _layer_scale(model, layer)
+        if selection == "gate":
+            scores = gates[str(layer)](q_pre, k_pre, log=False)
+        elif selection == "oracle":
+            scores = ground_truth(q, k, block=block, scale=scale)
+        else:
+            n = num_blocks(q.shape[2], block)
+            scores = torch.rand((*q.shape[:2], n, n), generator=gen, dtype=q.dtype)
+        mask = select_topk(scores, density=density)
+        if record is not None:
+            record.append(achieved_density(mask))
+        return masked_attention(q, k, v, mask, block=block, scale=scale)
+
+    return {l: attend for l in _softmax_layers(model)}
+
+
+class _Overridden(nn.Module):
+    """The model with a fixed ``attention_override``, in the shape ``reference.model.bits_per_byte`` reads."""
+
+    def __init__(self, model, override):
+        super().__init__()
+        self.inner, self.override = model, override
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def forward(self, tokens):
+        return self.inner(tokens, attention_override=self.override)
+
+
+@torch.no_grad()
+def evaluate(
+    model=None,
+    gates=None,
+    *,
+    densities=(1.0, 0.5, 0.3, 0.1),
+    selections=SELECTIONS,
+    seq_len: int = 512,
+    max_windows: int = 32,
+    batch_size: int = 8,
+    kl_batches: int = 4,
+    progress: bool = True,
+) -> dict:
+    r"""Held-out bits per byte of the tiny model with block-sparse attention, beside dense.
+
+    Every softmax layer attends only to the top-k blocks (``select_topk`` at each density) chosen
+    by each selection; ``reference.model.bits_per_byte`` measures the held-out split over
+    ``max_windows`` windows of ``seq_len``. Also the gates' held-out KL per layer (batchmean, nats)
+    beside the KL of a uniform gate, and a check that ``block_sparse_attention`` (the walk) equals
+    the vectorised ``masked_attention`` used here on one layer's real input.
+
+    Returns:
+        A dict: ``dense_bits_per_byte``, ``rows`` (selection, density, bits per byte, achieved
+        density, minus dense), ``kl`` and the settings.
+    """
+    from tqdm.auto import tqdm
+
+    from reference import data
+    from reference import model as tiny
+
+    model = tiny.pretrained("softmax") if model is None else model
+    gates = load_gates() if gates is None else gates
+    block = next(iter(gates.values())).block
+    held_out = data.corpus("held_out")
+    dense = tiny.bits_per_byte(model, held_out, seq_len=seq_len, max_windows=max_windows, batch_size=batch_size)
+
+    # held-out KL of the gates, and of the uniform gate (every causal block 1/(i+1)) for scale
+    stream = data.batches(held_out, batch_size=batch_size, seq_len=seq_len, seed=1234)
+    kl_gate, kl_uniform = {}, {}
+    for _ in range(kl_batches):
+        tokens = torch.from_numpy(next(stream)[:, :-1])
+        for l, (q_pre, k_pre, gt) in layer_targets(model, tokens, block=block).items():
+            n = gt.shape[-1]
+            uniform = torch.where(torch.ones(n, n, dtype=torch.bool).tril(), -torch.log(torch.arange(1.0, n + 1))[:, None], -torch.inf)
+            kl_gate[l] = kl_gate.get(l, 0.0) + float(kl_loss(gt, gates[str(l)](q_pre, k_pre))) / kl_batches
+            kl_uniform[l] = kl_uniform.get(l, 0.0) + float(kl_loss(gt, uniform.expand_as(gt).to(gt.dtype))) / kl_batches
+
+    # the walk and the vectorised form agree on real activations (one window, layer 0, density 0.3)
+    capture: list = []
+    model(torch.from_numpy(held_out[None, :seq_len].astype(np.int64)), capture=capture)
+    c = capture[0]
+    mask = select_topk(gates["0"](c["q_pre"], c["k_pre"], log=False), density=0.3)
+    walk = block_sparse_attention(c["q"], c["k"], c["v"], mask, block=block, scale=_layer_scale(model, 0))
+    vec = masked_attention(c["q"], c["k"], c["v"], mask, block=block, scale=_layer_scale(model, 0))
+    walk_gap = float((walk - vec).abs().max())
+
+    rows = []
+    jobs = [(s, d) for s in selections for d in densities]
+    for selection, density in tqdm(jobs, desc="held-out bits/byte", disable=not progress):
+        record: list = []
+        override = sparse_override(model, gates, selection=selection, density=density, block=block, record=record)
+        bpb = tiny.bits_per_byte(_Overridden(model, override), held_out, seq_len=seq_len, max_windows=max_windows,
+                                 batch_size=batch_size)  # fmt: skip
+        rows.append({
+            "selection": selection, "density": density, "bits_per_byte": bpb,
+            "achieved_density": float(np.mean(record)), "minus_dense": bpb - dense,
+        })  # fmt: skip
+    return {
+        "dense_bits_per_byte": dense,
+        "rows": rows,
+        "kl": {"gate": {str(l): v for l, v in kl_gate.items()}, "uniform": {str(l): v for l, v in kl_uniform.items()}},
+        "walk_vs_vectorised_max_abs": walk_gap,
+        "settings": {"seq_len": seq_len, "max_windows": max_windows, "block": block, "blocks_per_row": seq_len // block,
+                     "gate_dim": next(iter(gates.values())).gate_dim, "kl_batches": kl_batches,
+                     "kl_batch_size": batch_size},
+    }  # fmt: skip
+
+
+def main(argv=None) -> int:
+    """``python -m reference.seer train-gate | evaluate`` (``--help`` for the options)."""
+    import argparse
+    import json
+    import platform
+    import sys
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m reference.seer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train-gate", help="train one AttnGate per layer of the frozen tiny model (CPU, < 2 min)")
+    train.add_argument("--windows", type=int, default=96)
+    train.add_argument("--steps", type=int, default=400)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--seq-len", type=int, default=512)
+    train.add_argument("--block", type=int, default=16)
+    train.add_argument("--gate-dim", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-2)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", default=str(Path(__file__).resolve().parent / "checkpoints" / GATE_CHECKPOINT))
+    ev = sub.add_parser("evaluate", help="held-out bits/byte at densities 1.0/0.5/0.3/0.1: gate, oracle, random vs dense")
+    ev.add_argument("--gates", default=None, help="a file from train-gate (default: the committed gates)")
+    ev.add_argument("--max-windows", type=int, default=32)
+    ev.add_argument("--json", dest="out_path", default=None, help="write the result here")
+    args = parser.parse_args(argv)
+    command = "python -m reference.seer " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    if args.command == "train-gate":
+        gates, log = train_gates(windows=args.windows, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, block=args.block,
+                                 gate_dim=args.gate_dim, lr=args.lr, seed=args.seed)  # fmt: skip
+        from reference import model as tiny
+
+        held = gate_kl(tiny.pretrained("softmax"), gates, torch.from_numpy(_held_out_batch(args.seq_len)))
+        meta = {
+            "command": command, "capture_seconds": round(log["capture_seconds"], 1),
+            "train_seconds": round(log["train_seconds"], 1), "windows": args.windows, "steps": args.steps,
+            "final_train_kl": sum(log["loss"][-10:]) / 10, "held_out_kl": held,
+            "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }  # fmt: skip
+        save_gates(gates, args.out, meta=meta)
+        print(json.dumps(meta, indent=2))
+        return 0
+
+    gates = load_gates(args.gates)
+    result = evaluate(gates=gates, max_windows=args.max_windows)
+    result["gates"] = dict(getattr(gates, "meta", {}))
+    result.update(command=command, torch=torch.__version__, python=platform.python_version(), device="cpu",
+                  date=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+    text = json.dumps(result, indent=2)
+    if args.out_path:
+        Path(args.out_path).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _held_out_batch(seq_len: int, *, batch_size: int = 8, seed: int = 99) -> np.ndarray:
+    from reference import data
+
+    return data.sample_batch(data.corpus("held_out"), batch_size=batch_size, seq_len=seq_len, rng=seed)[:, :-1]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

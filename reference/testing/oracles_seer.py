@@ -84,6 +84,26 @@ def ground_truth(q, k, *, block, scale=None):
     return gt
 
 
+def causal_attention(q, k, v, *, scale=None):
+    """Dense causal softmax attention with grouped kv heads: ``o_t = Σ_{s ≤ t} softmax_s(scale q_t·k_s) v_s``."""
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    scale = D ** -0.5 if scale is None else scale
+    o = np.zeros((B, H, T, v.shape[-1]))
+    for b in range(B):
+        for h in range(H):
+            g = kv_head(h, H, Hkv)
+            for t in range(T):
+                logits = [scale * float(np.dot(q[b, h, t], k[b, g, s])) for s in range(t + 1)]
+                top = max(logits)
+                weights = [math.exp(x - top) for x in logits]
+                total = math.fsum(weights)
+                for s in range(t + 1):
+                    o[b, h, t] += (weights[s] / total) * v[b, g, s]
+    return o
+
+
 def block_sparse_attention(q, k, v, block_mask, *, block, scale=None):
     """``o_t = Σ_s w_ts v_s`` over the keys ``s ≤ t`` whose block is kept in ``t``'s block-row, ``w`` their softmax."""
     q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
