@@ -35,7 +35,6 @@
 # 5. project the schemes to 128 GPUs with a cost model and set it beside the paper's numbers.
 
 # %%
-import os
 import time
 from pathlib import Path
 
@@ -240,8 +239,8 @@ plt.show()
 # latency $\alpha$ on every message, a bandwidth $\beta$ on every byte (NVLink inside a node of 8
 # GPUs, the network across), a rate on the compute, and lets communication hide behind the
 # intra-chunk work. Its parameters are calibrated from documented H100/NVLink figures (and
-# `costmodel.fit` refits them on the measured benchmark in one call once it exists). Projected for
-# Linear-Llama3-1B:
+# `costmodel.fit` refits them on the measured benchmark in one call: section 6 shows both). Projected
+# for Linear-Llama3-1B:
 
 # %%
 rows = costmodel.project(costmodel.H100_NVLINK, world_sizes=(8, 16, 32, 64, 128), seq_lens=(2048 * 1024,))
@@ -297,18 +296,22 @@ if not bench.is_file():
 if bench.is_file():
     import json
 
-    from simdist import bench as simbench
+    from IPython.display import Markdown, display
+
+    from simdist.bench import schemes
 
     payload = json.loads(bench.read_text())
     print(payload["environment"]["device"], payload["environment"]["date"], payload["environment"]["command"])
-    simbench.plot(payload, Path("simdist_nccl_lesson.png"))
-    plt.figure(figsize=(10, 6))
-    plt.imshow(plt.imread("simdist_nccl_lesson.png"))
-    plt.axis("off")
+    schemes.plot(payload)
     plt.show()
-    os.remove("simdist_nccl_lesson.png")
     fitted = costmodel.fit(bench)
-    print("refitted cost model:", fitted)
+    table = ["| cost-model parameter | documented H100 | refitted on this run |", "| --- | ---: | ---: |"]
+    for field, unit, factor in (("alpha_p2p", "µs", 1e6), ("alpha_coll", "µs", 1e6), ("beta_intra", "GB/s", 1e-9),
+                                ("beta_inter", "GB/s", 1e-9), ("dense_flops", "TFLOP/s", 1e-12),
+                                ("linear_tokens_per_s", "M tokens/s", 1e-6)):  # fmt: skip
+        documented, refitted = (getattr(hw, field) * factor for hw in (costmodel.H100_NVLINK, fitted))
+        table.append(f"| `{field}` ({unit}) | {documented:.3g} | {refitted:.3g} |")
+    display(Markdown("\n".join(table)))
     print(f"{'W':>2} {'scheme':<6} {'tokens/GPU':>10} {'measured overhead':>18} {'model':>9} {'ratio':>6}")
     for row in costmodel.measured_against_model(payload, fitted):
         print(f"{row['W']:>2} {row['method']:<6} {row['chunk']:>10} {row['measured_overhead_ms']:>15.2f} ms "

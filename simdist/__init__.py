@@ -11,9 +11,12 @@ rows of the one-device output, differentiably:
   of K, V and reduce-scatter of dK, dV.
 * ``simdist.ring.attention`` — Ring Attention, the softmax baseline.
 
-``simdist.launch`` / ``simdist.Pool`` start the ranks; ``simdist.accounting`` counts every message
+``simdist.launch`` / ``simdist.Pool`` start the ranks on one host, ``simdist.torchrun`` joins the
+ranks ``torchrun`` started (one or many hosts); ``simdist.accounting`` counts every message
 and draws the timeline; ``simdist.verify`` checks any of them against one device;
 ``simdist.costmodel`` projects them to many GPUs; ``python -m simdist.bench`` measures them on GPUs.
+A rank's local work is ``simdist.local`` (the paper's split path) or ``simdist.kernel_path`` (one
+``kernels.lightning`` call per chunk, on CUDA).
 
 From a script, start the ranks under ``if __name__ == "__main__":`` — every rank imports the script
 again, and an unguarded ``launch`` would run again inside each rank (see ``simdist.runtime``)::
@@ -27,7 +30,7 @@ again, and an unguarded ``launch`` would run again inside each rank (see ``simdi
         print(simdist.launch(fn, 4))  # [0, 1, 2, 3]
 """
 
-from simdist import accounting, comm, lasp1, lasp2, lasp2h, local, ring
+from simdist import accounting, comm, kernel_path, lasp1, lasp2, lasp2h, local, ring, torchrun
 from simdist.runtime import LaunchError, Pool, RankError, launch, shared_pool
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "accounting",
     "comm",
     "local",
+    "kernel_path",
+    "torchrun",
     "lasp1",
     "lasp2",
     "lasp2h",

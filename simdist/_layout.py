@@ -152,10 +152,12 @@ def handshake(name, algorithm, q, k, v, decay, causal, scale, group, *, lengths=
             logs = lam.log()
             fp1 = float(logs.sum())
             fp2 = float((logs * torch.arange(1, H + 1, dtype=torch.float64)).sum())
-        row = [1, B, H, K, v.shape[3], C, _DTYPES.index(q.dtype), int(causal), int(lam is not None),
-               float("nan") if scale is None else float(scale), fp1, fp2, W, _ALGORITHMS.index(algorithm)]
+        fields = dict(ok=1, B=B, H=H, K=K, V=v.shape[3], C=C, dtype=_DTYPES.index(q.dtype), causal=int(causal),
+                      has_decay=int(lam is not None), scale=float("nan") if scale is None else float(scale),
+                      decay_fp1=fp1, decay_fp2=fp2, W=W, algorithm=_ALGORITHMS.index(algorithm))  # fmt: skip
+        row = [fields[name] for name in _FIELDS]
     else:
-        row = [0] + [0] * (len(_FIELDS) - 1)
+        row = [0] * len(_FIELDS)
     if W == 1:
         if local_error is not None:
             raise local_error
@@ -165,14 +167,13 @@ def handshake(name, algorithm, q, k, v, decay, causal, scale, group, *, lengths=
     table = torch.stack(comm.all_gather(mine, group=group, label="shapes", kind="meta")).cpu()
     if local_error is not None:
         raise local_error
-    rows = table.tolist()
-    bad = [r for r, x in enumerate(rows) if x[0] != 1]
+    rows = [dict(zip(_FIELDS, x)) for x in table.tolist()]  # one row per rank, read by field name
+    bad = [r for r, x in enumerate(rows) if x["ok"] != 1]
     if bad:
         raise ValueError(f"{name}: rank{'s' if len(bad) > 1 else ''} {bad} rejected {'their' if len(bad) > 1 else 'its'} input (see that rank's error); every rank stops")
 
     def differs(field):
-        i = _FIELDS.index(field)
-        values = [x[i] for x in rows]
+        values = [x[field] for x in rows]
         same = all((a == values[0]) or (math.isnan(a) and math.isnan(values[0])) for a in values)
         return None if same else values
 
@@ -187,13 +188,13 @@ def handshake(name, algorithm, q, k, v, decay, causal, scale, group, *, lengths=
         if values is not None:
             problems.append(f"{what} differs across ranks: " + ", ".join(f"rank {r}: {int(x)}" for r, x in enumerate(values)))
     if differs("dtype") is not None:
-        problems.append("dtype differs across ranks: " + ", ".join(f"rank {r}: {_DTYPES[int(x[6])]}" for r, x in enumerate(rows)))
+        problems.append("dtype differs across ranks: " + ", ".join(f"rank {r}: {_DTYPES[int(x['dtype'])]}" for r, x in enumerate(rows)))
     if differs("causal") is not None:
-        problems.append("causal differs across ranks: " + ", ".join(f"rank {r}: {bool(x[7])}" for r, x in enumerate(rows)))
+        problems.append("causal differs across ranks: " + ", ".join(f"rank {r}: {bool(x['causal'])}" for r, x in enumerate(rows)))
     if differs("has_decay") is not None or differs("decay_fp1") is not None or differs("decay_fp2") is not None:
         problems.append("decay differs across ranks (every rank must pass the same decay, or all None)")
     if differs("scale") is not None:
-        problems.append("scale differs across ranks: " + ", ".join(f"rank {r}: {x[9]}" for r, x in enumerate(rows)))
+        problems.append("scale differs across ranks: " + ", ".join(f"rank {r}: {x['scale']}" for r, x in enumerate(rows)))
     if problems:
         raise ValueError(f"{name}: the ranks' inputs disagree: " + "; ".join(problems))
-    return Layout(rank, W, [int(x[5]) for x in rows], group), lam
+    return Layout(rank, W, [int(x["C"]) for x in rows], group), lam

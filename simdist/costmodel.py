@@ -341,9 +341,6 @@ def main(argv=None) -> int:
     import shlex
     import sys
 
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     parser = argparse.ArgumentParser(prog="python -m simdist.costmodel", description=main.__doc__.splitlines()[0])
@@ -373,6 +370,7 @@ def main(argv=None) -> int:
     plot_projection(A100_PAPER, ax=axes[1], overlap=False)
     fig.tight_layout()
     fig.savefig(out / "simdist_costmodel.png", dpi=120)
+    plt.close(fig)
     print(f"wrote {out / 'simdist_costmodel.json'} and {out / 'simdist_costmodel.png'} ({hw.source})")
     return 0
 

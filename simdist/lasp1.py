@@ -22,7 +22,7 @@ every rank, which a chain delivers in ``2(W-1)`` steps and LASP-2's single AllGa
 
 **Two schedules, one result.** On the CPU ranks (and CUDA without the kernel) the rank overlaps, as
 above: it computes ``intra`` and ``M_r`` while ``P_r`` travels, then adds ``Λ Q_r P_r``
-(``simdist.local``'s split pieces). On CUDA with ``kernels.lightning`` (``local.kernel_path``) it
+(``simdist.local``'s split pieces). On CUDA with ``kernels.lightning`` (``simdist.kernel_path``) it
 runs **state first**: compute only what must be sent (``M_r`` forward, ``scale·(ΛQ_r)ᵀ dO_r``
 backward — one product over the chunk each, and only on ranks that send one), forward the combined
 state as soon as the incoming one arrives, and *then* run the kernel once with
@@ -44,20 +44,20 @@ from __future__ import annotations
 
 import torch
 
-from simdist import _layout, accounting, comm, local
+from simdist import _layout, accounting, comm, kernel_path, local
 
 __all__ = ["attention"]
 
 
 class _Lasp1(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, log_lam, scale, layout):
+    def forward(ctx, q, k, v, rates, scale, layout):
         r, W = layout.rank, layout.world_size
         group = layout.group
         sd = local.state_dtype(q.dtype)
         B, H, C, K = q.shape
         V = v.shape[-1]
-        f = local.factors(log_lam, C, sd)
+        f = local.factors(rates, C, sd, q.device)
         P = torch.zeros(B, H, K, V, dtype=sd, device=q.device)
         with accounting.span("compute", "M"):
             M = local.chunk_state(k, v, f)
@@ -68,12 +68,12 @@ class _Lasp1(torch.autograd.Function):
             recv = comm.irecv(P, r - 1, group=group, label="KV")
         with accounting.span("compute", "intra"), torch.enable_grad():
             qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
-            o_intra = local.intra(qd, kd, vd, log_lam, scale)
+            o_intra = local.intra(qd, kd, vd, rates, scale)
         if recv is not None:
             recv.wait()
             if r < W - 1:
                 with accounting.span("compute", "state"):
-                    S = (P if f.block is None else f.block * P) + M
+                    S = local.advance(P, M, rates, C)
                 send = comm.isend(S, r + 1, group=group, label="KV")
         with accounting.span("compute", "inter"):
             o = o_intra.detach() + local.inter(q, P, f, scale)
@@ -81,18 +81,18 @@ class _Lasp1(torch.autograd.Function):
             send.wait()
         ctx.graph = (qd, kd, vd, o_intra)
         ctx.save_for_backward(q, k, v, P)
-        ctx.f, ctx.scale, ctx.layout = f, scale, layout
+        ctx.f, ctx.rates, ctx.scale, ctx.layout = f, rates, scale, layout
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, P = ctx.saved_tensors
         qd, kd, vd, o_intra = ctx.graph
-        f, scale, layout = ctx.f, ctx.scale, ctx.layout
+        f, rates, scale, layout = ctx.f, ctx.rates, ctx.scale, ctx.layout
         r, W, group = layout.rank, layout.world_size, layout.group
         do = do.contiguous()
         with accounting.span("compute", "dM"):
-            dP = local.grad_state_in(q, do, f, scale)  # this chunk's own part of dP_r
+            dP = local.grad_incoming(q, do, f, scale)  # this chunk's own part of dP_r
         send = recv = None
         if r == W - 1 and W > 1:  # the tail of the chain: its dP leaves at once
             send = comm.isend(dP, r - 1, group=group, label="dKV")
@@ -106,7 +106,7 @@ class _Lasp1(torch.autograd.Function):
             recv.wait()
             if r > 0:
                 with accounting.span("compute", "state"):
-                    dP = dP + (dS if f.block is None else f.block * dS)
+                    dP = local.advance(dS, dP, rates, q.shape[2])  # dP_own + λ^C dS
                 send = comm.isend(dP, r - 1, group=group, label="dKV")
             with accounting.span("compute", "dK dV from the state"):
                 dk_s, dv_s = local.grad_chunk_state(k, v, dS, f)
@@ -132,7 +132,7 @@ class _Lasp1Kernel(torch.autograd.Function):
             recv = comm.irecv(P, r - 1, group=group, label="KV")
         if r < W - 1:  # only a rank with a successor needs its own state
             with accounting.span("compute", "M"):
-                M = local.state(k, v, rates)
+                M = kernel_path.chunk_state(k, v, rates)
         if r == 0 and W > 1:  # the head of the chain: its state leaves at once
             send = comm.isend(M, 1, group=group, label="KV")
         elif r > 0:
@@ -146,13 +146,13 @@ class _Lasp1Kernel(torch.autograd.Function):
             # beside it, NCCL's send kernel waited for free SMs (0.5–1.5 ms per hop at 256k tokens,
             # measured on 4 H200s). On a GPU this wait holds back the stream, not the host.
             send.wait()
-        o, ctx.graph = local.kernel_forward(q, k, v, rates, scale, P)
+        o, ctx.graph = kernel_path.forward(q, k, v, rates, scale, P)
         ctx.rates, ctx.scale, ctx.layout = rates, scale, layout
         return o
 
     @staticmethod
     def backward(ctx, do):
-        qd, _, _, _, final = ctx.graph  # (q, k, v, o, final state) of local.kernel_forward
+        qd, _, _, _, final = ctx.graph  # (q, k, v, o, final state) of kernel_path.forward
         rates, scale, layout = ctx.rates, ctx.scale, ctx.layout
         r, W, group = layout.rank, layout.world_size, layout.group
         C = qd.shape[2]
@@ -163,7 +163,7 @@ class _Lasp1Kernel(torch.autograd.Function):
             recv = comm.irecv(dS, r + 1, group=group, label="dKV")
         if r > 0:  # only a rank with a predecessor sends a state gradient
             with accounting.span("compute", "dM"):
-                dP = local.state_grad(qd.detach(), do, rates, scale)
+                dP = kernel_path.grad_incoming(qd.detach(), do, rates, scale)
         if r == W - 1 and W > 1:  # the tail of the chain: its dP leaves at once
             send = comm.isend(dP, r - 1, group=group, label="dKV")
         elif r < W - 1:
@@ -174,7 +174,7 @@ class _Lasp1Kernel(torch.autograd.Function):
                 send = comm.isend(dP, r - 1, group=group, label="dKV")
         if send is not None:
             send.wait()  # as in the forward: the state gradient leaves before the kernel fills the GPU
-        dq, dk, dv = local.kernel_backward(ctx.graph, do, dS)
+        dq, dk, dv = kernel_path.backward(ctx.graph, do, dS)
         ctx.graph = None
         return dq, dk, dv, None, None, None
 
@@ -213,7 +213,5 @@ def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, g
     layout, lam = _layout.handshake(
         "simdist.lasp1.attention", "lasp1", q, k, v, decay, causal, scale, group, lengths=lengths, options=_causal_only
     )
-    if local.kernel_path(q):
-        return _Lasp1Kernel.apply(q, k, v, local.rates(lam), float(scale), layout)
-    log_lam = None if lam is None else lam.log().to(q.device)
-    return _Lasp1.apply(q, k, v, log_lam, float(scale), layout)
+    scheme = _Lasp1Kernel if kernel_path.applies(q) else _Lasp1
+    return scheme.apply(q, k, v, local.rates(lam), float(scale), layout)

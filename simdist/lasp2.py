@@ -27,7 +27,7 @@ rank still *receives* ``W-1`` states per collective: LASP-2 saves steps and wait
 **Two schedules, one result.** On the CPU ranks (and CUDA without the kernel) the gathers are
 posted before the intra-chunk work, which runs while they travel; ``Λ Q_r P_r`` and the
 gradients' state terms are added after (``simdist.local``'s split pieces). On CUDA with
-``kernels.lightning`` (``local.kernel_path``) the causal form runs **state first**: ``M_r`` (one
+``kernels.lightning`` (``simdist.kernel_path``) the causal form runs **state first**: ``M_r`` (one
 product over the chunk), the AllGather, ``P_r``, then one kernel call with ``initial_state = P_r``
 gives ``O_r`` whole; backward, ``dM_r``, the AllGather, ``G_r``, then the kernel's backward fed
 ``G_r`` as the gradient of its final state (``λ^{C_r} P_r + M_r``) gives ``dQ_r, dK_r, dV_r`` whole.
@@ -41,34 +41,30 @@ from __future__ import annotations
 
 import torch
 
-from simdist import _layout, accounting, comm, local
+from simdist import _layout, accounting, comm, kernel_path, local
 
 __all__ = ["attention", "exclusive_prefix", "exclusive_suffix", "inclusive_prefix", "forward_with_prefix"]
 
 
-def _block_decay(log_lam, C: int, dtype):
-    """``λ^C`` as ``[H, 1, 1]`` (``None`` without decay)."""
-    return None if log_lam is None else torch.exp(log_lam * C).to(dtype)[:, None, None]
+def exclusive_prefix(states, lengths, rank: int, rates):
+    """``P_rank = Σ_{s<rank} λ^{C_{s+1} + … + C_{rank-1}} M_s`` by the scan ``P_s = λ^{C_{s-1}} P_{s-1} + M_{s-1}``.
 
-
-def exclusive_prefix(states, lengths, rank: int, log_lam):
-    """``P_rank = Σ_{s<rank} λ^{C_{s+1} + … + C_{rank-1}} M_s`` by the scan ``P_s = λ^{C_{s-1}} P_{s-1} + M_{s-1}``."""
+    ``rates``: the decay as ``simdist.local.rates`` gives it (``None``: no decay); the same scan on
+    both paths."""
     P = torch.zeros_like(states[0])
     for s in range(rank):
-        decay = _block_decay(log_lam, lengths[s], P.dtype)
-        P = (P if decay is None else decay * P) + states[s]
+        P = local.advance(P, states[s], rates, lengths[s])
     return P
 
 
-def inclusive_prefix(states, lengths, rank: int, log_lam):
+def inclusive_prefix(states, lengths, rank: int, rates):
     """The erratum: ``λ^{C_rank} P_rank + M_rank``, the state *including* chunk ``rank`` itself.
 
     What ``O_t = Q_t M_{1:t} + O_t,intra`` computes (the misreading of ``docs/errata.md``, erratum 2). Wrong: chunk ``rank``'s own
     tokens are already in the intra term. Kept only to show the difference (``forward_with_prefix``).
     """
-    P = exclusive_prefix(states, lengths, rank, log_lam)
-    decay = _block_decay(log_lam, lengths[rank], P.dtype)
-    return (P if decay is None else decay * P) + states[rank]
+    P = exclusive_prefix(states, lengths, rank, rates)
+    return local.advance(P, states[rank], rates, lengths[rank])
 
 
 def forward_with_prefix(q, k, v, *, decay=None, scale: float = 1.0, group=None, prefix: str = "exclusive"):
@@ -85,58 +81,57 @@ def forward_with_prefix(q, k, v, *, decay=None, scale: float = 1.0, group=None, 
     layout, lam = _layout.handshake(
         "simdist.lasp2.forward_with_prefix", "lasp2", q, k, v, decay, True, scale, group, options=known_prefix
     )
-    log_lam = None if lam is None else lam.log().to(q.device)
-    f = local.factors(log_lam, q.shape[2], local.state_dtype(q.dtype))
+    rates = local.rates(lam)
+    f = local.factors(rates, q.shape[2], local.state_dtype(q.dtype), q.device)
     with torch.no_grad():
         M = local.chunk_state(k, v, f)
         states = comm.all_gather(M, group=group, label="M") if layout.world_size > 1 else [M]
         scan = exclusive_prefix if prefix == "exclusive" else inclusive_prefix
-        P = scan(states, layout.lengths, layout.rank, log_lam)
-        return local.intra(q, k, v, log_lam, float(scale)) + local.inter(q, P, f, float(scale))
+        P = scan(states, layout.lengths, layout.rank, rates)
+        return local.intra(q, k, v, rates, float(scale)) + local.inter(q, P, f, float(scale))
 
 
-def exclusive_suffix(grads, lengths, rank: int, log_lam):
+def exclusive_suffix(grads, lengths, rank: int, rates):
     """``G_rank`` by the reverse scan ``G_{W-1} = 0``, ``G_s = λ^{C_{s+1}} G_{s+1} + dM_{s+1}``."""
     G = torch.zeros_like(grads[0])
     for s in range(len(grads) - 1, rank, -1):
-        decay = _block_decay(log_lam, lengths[s], G.dtype)
-        G = (G if decay is None else decay * G) + grads[s]
+        G = local.advance(G, grads[s], rates, lengths[s])
     return G
 
 
 class _Lasp2Causal(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, log_lam, scale, layout):
+    def forward(ctx, q, k, v, rates, scale, layout):
         r, W, group = layout.rank, layout.world_size, layout.group
-        f = local.factors(log_lam, q.shape[2], local.state_dtype(q.dtype))
+        f = local.factors(rates, q.shape[2], local.state_dtype(q.dtype), q.device)
         with accounting.span("compute", "M"):
             M = local.chunk_state(k, v, f)
         if W > 1:
             gather, states = comm.all_gather(M, group=group, label="M", async_op=True)
         with accounting.span("compute", "intra"), torch.enable_grad():
             qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
-            o_intra = local.intra(qd, kd, vd, log_lam, scale)
+            o_intra = local.intra(qd, kd, vd, rates, scale)
         if W > 1:
             gather.wait()
         else:
             states = [M]
         with accounting.span("compute", "prefix + inter"):
-            P = exclusive_prefix(states, layout.lengths, r, log_lam)
+            P = exclusive_prefix(states, layout.lengths, r, rates)
             o = o_intra.detach() + local.inter(q, P, f, scale)
         ctx.graph = (qd, kd, vd, o_intra)
         ctx.save_for_backward(q, k, v, P)
-        ctx.f, ctx.scale, ctx.layout, ctx.log_lam = f, scale, layout, log_lam
+        ctx.f, ctx.scale, ctx.layout, ctx.rates = f, scale, layout, rates
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, P = ctx.saved_tensors
         qd, kd, vd, o_intra = ctx.graph
-        f, scale, layout, log_lam = ctx.f, ctx.scale, ctx.layout, ctx.log_lam
+        f, scale, layout, rates = ctx.f, ctx.scale, ctx.layout, ctx.rates
         r, W, group = layout.rank, layout.world_size, layout.group
         do = do.contiguous()
         with accounting.span("compute", "dM"):
-            dM = local.grad_state_in(q, do, f, scale)
+            dM = local.grad_incoming(q, do, f, scale)
         if W > 1:
             gather, grads = comm.all_gather(dM, group=group, label="dM", async_op=True)
         with accounting.span("compute", "intra backward"):
@@ -145,20 +140,11 @@ class _Lasp2Causal(torch.autograd.Function):
         if W > 1:
             gather.wait()
             with accounting.span("compute", "suffix"):
-                G = exclusive_suffix(grads, layout.lengths, r, log_lam)
+                G = exclusive_suffix(grads, layout.lengths, r, rates)
                 dk_s, dv_s = local.grad_chunk_state(k, v, G, f)
                 dk, dv = dk + dk_s, dv + dv_s
         ctx.graph = None
         return dq, dk, dv, None, None, None
-
-
-def _scan(items, lengths, order, rates):
-    """``X ← λ^{C_s} X + items[s]`` for ``s`` in ``order`` (cached decays, fp32): the kernel path's
-    ``exclusive_prefix`` (``order = 0..r-1``) and ``exclusive_suffix`` (``order = W-1..r+1``)."""
-    X = None
-    for s in order:
-        X = items[s] if X is None else local.advance(X, items[s], rates, lengths[s])
-    return X
 
 
 class _Lasp2Kernel(torch.autograd.Function):
@@ -174,20 +160,20 @@ class _Lasp2Kernel(torch.autograd.Function):
         if W > 1:
             with accounting.span("compute", "M"):
                 if r < W - 1:
-                    M = local.state(k, v, rates)
+                    M = kernel_path.chunk_state(k, v, rates)
                 else:  # no rank reads the last chunk's state
                     M = torch.zeros(B, H, K, V, dtype=torch.float32, device=q.device)
             states = comm.all_gather(M, group=group, label="M")
             if r > 0:
                 with accounting.span("compute", "prefix"):
-                    P = _scan(states, lengths, range(r), rates)
-        o, ctx.graph = local.kernel_forward(q, k, v, rates, scale, P)
+                    P = exclusive_prefix(states, lengths, r, rates)
+        o, ctx.graph = kernel_path.forward(q, k, v, rates, scale, P)
         ctx.rates, ctx.scale, ctx.layout = rates, scale, layout
         return o
 
     @staticmethod
     def backward(ctx, do):
-        qd, _, _, _, final = ctx.graph  # (q, k, v, o, final state) of local.kernel_forward
+        qd, _, _, _, final = ctx.graph  # (q, k, v, o, final state) of kernel_path.forward
         rates, scale, layout = ctx.rates, ctx.scale, ctx.layout
         r, W, group, lengths = layout.rank, layout.world_size, layout.group, layout.lengths
         do = do.contiguous()
@@ -195,14 +181,14 @@ class _Lasp2Kernel(torch.autograd.Function):
         if W > 1:
             with accounting.span("compute", "dM"):
                 if r > 0:
-                    dM = local.state_grad(qd.detach(), do, rates, scale)
+                    dM = kernel_path.grad_incoming(qd.detach(), do, rates, scale)
                 else:  # no rank reads the first chunk's dM
                     dM = torch.zeros(final.shape, dtype=torch.float32, device=do.device)
             grads = comm.all_gather(dM, group=group, label="dM")
             if r < W - 1:
                 with accounting.span("compute", "suffix"):
-                    G = _scan(grads, lengths, range(W - 1, r, -1), rates)
-        dq, dk, dv = local.kernel_backward(ctx.graph, do, G)
+                    G = exclusive_suffix(grads, lengths, r, rates)
+        dq, dk, dv = kernel_path.backward(ctx.graph, do, G)
         ctx.graph = None
         return dq, dk, dv, None, None, None
 
@@ -286,7 +272,5 @@ def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, g
     )
     if not causal:
         return _Lasp2Bidirectional.apply(q, k, v, float(scale), layout)
-    if local.kernel_path(q):
-        return _Lasp2Kernel.apply(q, k, v, local.rates(lam), float(scale), layout)
-    log_lam = None if lam is None else lam.log().to(q.device)
-    return _Lasp2Causal.apply(q, k, v, log_lam, float(scale), layout)
+    scheme = _Lasp2Kernel if kernel_path.applies(q) else _Lasp2Causal
+    return scheme.apply(q, k, v, local.rates(lam), float(scale), layout)

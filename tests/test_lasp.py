@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import simdist
-from simdist import accounting, lasp2, local, verify
+from simdist import accounting, kernel_path, lasp2, local, verify
 from tests import oracles
 from tests.strategies import chunk_lengths, decays, rel_err, seeds
 
@@ -231,8 +231,7 @@ def test_vectorised_torch_fallback_equals_the_reference(data):
     q, k, v, _ = verify.problem(1, H, T, 3, 4, seed=data.draw(seeds()))
     decay = data.draw(st.one_of(st.none(), decays(H)))
     q, k, v = (torch.from_numpy(x) for x in (q, k, v))
-    log_lam = None if decay is None else torch.as_tensor(decay).log()
-    got = local._torch_chunked(q, k, v, log_lam, 0.8, block=block)
+    got = local._torch_chunked(q, k, v, local.rates(decay), 0.8, block=block)
     want = lightning.parallel(q, k, v, np.ones(H) if decay is None else decay, scale=0.8)
     assert rel_err(got, want) < TOL
 
@@ -259,16 +258,15 @@ def test_the_gpu_softmax_path_aligns_the_mask_to_the_end_of_the_keys(Tq, Tk, cau
 
 def test_the_kernel_path_of_the_local_work_equals_the_reference():
     """What the linear schemes call on GPUs (kernels.lightning), here in Triton's interpreter in fp32."""
-    if local._kernel() is None:
-        pytest.skip("kernels.lightning is not importable here")
+    needs_kernel()
     from reference import lightning
 
     q, k, v, do = verify.problem(1, 2, 19, 16, 16, seed=4)
     decay = np.array([0.5, 0.95])
     outs = []
-    for use_kernel in (True, False):
+    for intra in (kernel_path.attention, local.intra):
         leaves = [torch.from_numpy(x).float().requires_grad_() for x in (q, k, v)]
-        o = local.intra(*leaves, torch.from_numpy(decay).log(), 0.5, use_kernel=use_kernel)
+        o = intra(*leaves, local.rates(decay), 0.5)
         (o * torch.from_numpy(do).float()).sum().backward()
         outs.append([o.detach()] + [x.grad for x in leaves])
     for got, want in zip(*outs):
@@ -284,23 +282,23 @@ KERNEL_TOL = 2e-5  # float32 kernel and products against the float64 one-device 
 
 
 def needs_kernel():
-    if local._kernel() is None:
+    if kernel_path.kernel() is None:
         pytest.skip("kernels.lightning is not importable here")
 
 
 def kernel_rank_run(rank, world_size, cases):
     """``verify.rank_run`` in float32 with the kernel path forced (the pool's ranks run the interpreter)."""
-    local.USE_KERNEL = True
+    kernel_path.USE_KERNEL = True
     try:
         return verify.rank_run(rank, world_size, cases, "float32")
     finally:
-        local.USE_KERNEL = None
+        kernel_path.USE_KERNEL = None
 
 
 @pytest.mark.parametrize("W", [2, 3])
 def test_the_kernel_path_of_the_schemes_equals_one_device(W):
     """LASP-1 and LASP-2 as they run on GPUs — the state through the kernel's initial and final
-    state, the sent states by ``local.state``/``state_grad`` — equal one device (float32 vs float64):
+    state, the sent states by ``kernel_path.chunk_state``/``grad_incoming`` — equal one device (float32 vs float64):
     decays strong and absent, a head without decay, unequal chunks, a scale; same messages as the theory."""
     needs_kernel()
     T = 9 * W + 2
@@ -337,8 +335,8 @@ def test_the_kernel_path_of_the_schemes_equals_one_device(W):
 
 
 def test_the_kernel_path_pieces_equal_their_definitions():
-    """``local.attention`` with an initial state and its final state (values and gradients, the final
-    state's included), ``state``, ``state_grad`` and ``advance``, in float32 against float64."""
+    """``kernel_path.attention`` with an initial state and its final state (values and gradients, the
+    final state's included), ``chunk_state``, ``grad_incoming`` and ``local.advance``, in float32 against float64."""
     needs_kernel()
     from reference import lightning
 
@@ -349,7 +347,7 @@ def test_the_kernel_path_pieces_equal_their_definitions():
     lam, scale = np.array([0.4, 0.97]), 0.6
     rates = local.rates(torch.from_numpy(lam))
     leaves = [torch.from_numpy(x).float().requires_grad_() for x in (q, k, v)]
-    o, final = local.attention(*leaves, rates, scale, initial_state=torch.from_numpy(P).float(), output_final_state=True)
+    o, final = kernel_path.attention(*leaves, rates, scale, initial_state=torch.from_numpy(P).float(), output_final_state=True)
     ((o * torch.from_numpy(do).float()).sum() + (final * torch.from_numpy(dS).float()).sum()).backward()
     got = [o.detach(), final.detach()] + [x.grad for x in leaves]
     leaves = [torch.from_numpy(x).requires_grad_() for x in (q, k, v)]
@@ -366,53 +364,54 @@ def test_the_kernel_path_pieces_equal_their_definitions():
         lam_ = np.ones(H) if rates_lam is None else rates_lam
         M = np.einsum("hj,bhjk,bhjv->bhkv", lam_[:, None] ** (C - j), k, v)
         dM = scale * np.einsum("hj,bhjk,bhjv->bhkv", lam_[:, None] ** j, q, do)
-        assert rel_err(local.state(torch.from_numpy(k).float(), torch.from_numpy(v).float(), r), M) < KERNEL_TOL
-        assert rel_err(local.state_grad(torch.from_numpy(q).float(), torch.from_numpy(do).float(), r, scale), dM) < KERNEL_TOL
+        assert rel_err(kernel_path.chunk_state(torch.from_numpy(k).float(), torch.from_numpy(v).float(), r), M) < KERNEL_TOL
+        assert rel_err(kernel_path.grad_incoming(torch.from_numpy(q).float(), torch.from_numpy(do).float(), r, scale), dM) < KERNEL_TOL
         want_S = (lam_[None, :, None, None] ** C) * P + M
         assert rel_err(local.advance(torch.from_numpy(P).float(), torch.from_numpy(M).float(), r, C), want_S) < KERNEL_TOL
 
 
 def test_the_state_horizon_drops_only_weights_below_fp32_range():
-    """Strong decays over a long chunk: ``state``/``state_grad`` read only the tokens within the horizon
+    """Strong decays over a long chunk: ``chunk_state``/``grad_incoming`` read only the tokens within the horizon
     (every weight beyond it is below 2^-126) and equal the full sums; with a head at λ = 1, without
     decay, or when the horizon is more than half the chunk they read everything. The products are
-    cut into slices (``_gram``), which must not change the sums either."""
+    cut into slices (``local.gram``), which must not change the sums either."""
     B, H, C, K, V = 1, 2, 400, 3, 2
     q, k, v, do = (torch.from_numpy(x) for x in verify.problem(B, H, C, K, V, seed=9))
     lam = np.array([0.05, 0.3])  # 2^-126 is reached after 30 and 73 tokens
     rates = local.rates(torch.from_numpy(lam))
-    L = local.horizon(rates, C)
+    L = kernel_path.horizon(rates, C)
     assert np.ceil(126 / -np.log2(0.3)) <= L < C and L % 64 == 0
-    assert local.horizon(local.rates(torch.tensor([0.05, 1.0], dtype=torch.float64)), C) == C
-    assert local.horizon(None, C) == C and local.horizon(rates, 2 * L - 1) == 2 * L - 1
+    assert kernel_path.horizon(local.rates(torch.tensor([0.05, 1.0], dtype=torch.float64)), C) == C
+    assert kernel_path.horizon(None, C) == C and kernel_path.horizon(rates, 2 * L - 1) == 2 * L - 1
     j = np.arange(1, C + 1)
     for lam_, r in ((lam, rates), (np.ones(H), None)):
         M = np.einsum("hj,bhjk,bhjv->bhkv", lam_[:, None] ** (C - j), k.numpy(), v.numpy())
         dM = 0.8 * np.einsum("hj,bhjk,bhjv->bhkv", lam_[:, None] ** j, q.numpy(), do.numpy())
-        assert rel_err(local.state(k.float(), v.float(), r), M) < KERNEL_TOL
-        assert rel_err(local.state_grad(q.float(), do.float(), r, 0.8), dM) < KERNEL_TOL
+        assert rel_err(kernel_path.chunk_state(k.float(), v.float(), r), M) < KERNEL_TOL
+        assert rel_err(kernel_path.grad_incoming(q.float(), do.float(), r, 0.8), dM) < KERNEL_TOL
     # the tokens beyond the horizon are not read: garbage there changes nothing
     M = np.einsum("hj,bhjk,bhjv->bhkv", lam[:, None] ** (C - j), k.numpy(), v.numpy())
     dM = 0.8 * np.einsum("hj,bhjk,bhjv->bhkv", lam[:, None] ** j, q.numpy(), do.numpy())
     k2, q2 = k.float().clone(), q.float().clone()
     k2[:, :, : C - L] = float("nan")
     q2[:, :, L:] = float("nan")
-    assert rel_err(local.state(k2, v.float(), rates), M) < KERNEL_TOL
-    assert rel_err(local.state_grad(q2, do.float(), rates, 0.8), dM) < KERNEL_TOL
+    assert rel_err(kernel_path.chunk_state(k2, v.float(), rates), M) < KERNEL_TOL
+    assert rel_err(kernel_path.grad_incoming(q2, do.float(), rates, 0.8), dM) < KERNEL_TOL
 
 
 def test_the_kernel_path_is_taken_only_where_the_kernel_runs():
     q64, q32 = torch.zeros(1, 1, 2, 2, dtype=torch.float64), torch.zeros(1, 1, 2, 2)
-    assert not local.kernel_path(q64) and not local.kernel_path(q32)  # CPU tensors: the split path
+    assert not kernel_path.applies(q64) and not kernel_path.applies(q32)  # CPU tensors: the split path
     try:
-        local.USE_KERNEL = True
-        assert local.kernel_path(q32) == (local._kernel() is not None)
-        assert not local.kernel_path(q64)  # the kernel takes no float64
+        kernel_path.USE_KERNEL = True
+        assert kernel_path.applies(q32) == (kernel_path.kernel() is not None)
+        assert not kernel_path.applies(q64)  # the kernel takes no float64
     finally:
-        local.USE_KERNEL = None
+        kernel_path.USE_KERNEL = None
     assert local.rates(None) is None and local.rates(torch.ones(3, dtype=torch.float64)) is None
     assert local.rates(torch.tensor([0.5, 1.0], dtype=torch.float64)) == (0.5, 1.0)
-    assert "reference" in local.implementation("cpu", torch.float64)
+    assert local.rates([0.5, 0.25]) == (0.5, 0.25) and local.rates(np.array([1.0, 1.0])) is None
+    assert "reference" in kernel_path.implementation("cpu", torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,10 +481,11 @@ def test_exclusive_prefix_closed_form():
     rng = np.random.default_rng(2)
     W, C, lam = 5, 3, 0.6
     M = [torch.from_numpy(rng.standard_normal((1, 1, 2, 2))) for _ in range(W)]
-    log_lam = torch.tensor([np.log(lam)], dtype=torch.float64)
     for r in range(W):
         want = sum((lam ** (C * (r - 1 - s)) * M[s] for s in range(r)), torch.zeros(1, 1, 2, 2, dtype=torch.float64))
-        assert rel_err(lasp2.exclusive_prefix(M, [C] * W, r, log_lam), want) < TOL
+        assert rel_err(lasp2.exclusive_prefix(M, [C] * W, r, local.rates([lam])), want) < TOL
+    with pytest.raises(TypeError, match="rates"):  # a tensor of rates (or of their logs) is no host tuple
+        lasp2.exclusive_prefix(M, [C] * W, 2, torch.tensor([np.log(lam)]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -697,10 +697,10 @@ def no_sync_rank_run(rank, world_size, C):
     lengths = [C] * world_size
 
     def steps():
-        for fn in (lasp1.attention, lasp2.attention, local.attention):
+        for fn in (lasp1.attention, lasp2.attention, kernel_path.attention):
             for x in leaves:
                 x.grad = None
-            if fn is local.attention:
+            if fn is kernel_path.attention:
                 o = fn(*leaves, local.rates(decay), D**-0.5)
             else:
                 o = fn(*leaves, decay=decay, scale=D**-0.5, lengths=lengths)
@@ -714,7 +714,7 @@ def no_sync_rank_run(rank, world_size, C):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
-    return local.implementation(device, torch.bfloat16)
+    return kernel_path.implementation(device, torch.bfloat16)
 
 
 @pytest.mark.gpu

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from simdist import bench, costmodel
+from simdist import costmodel
+from simdist.bench import schemes as bench
 
 
 def test_bench_runs_records_and_plots_on_cpu_ranks(tmp_path):
@@ -22,6 +23,25 @@ def test_bench_runs_records_and_plots_on_cpu_ranks(tmp_path):
     assert json.loads(paths[0].read_text())["environment"]["backend"] == "gloo" and paths[1].stat().st_size > 0
     fitted = costmodel.fit(paths[0])  # the refit reads what the benchmark writes
     assert fitted.alpha_p2p == payload["probes"]["2"]["p2p_latency_s"] and fitted.linear_tokens_per_s > 0
+
+
+def test_library_plotting_returns_figures_and_leaves_the_backend_alone(tmp_path):
+    """A notebook's inline backend must survive the library's plots (a switch to Agg silenced Lesson 05's
+    figure on the site): the plotting functions return figures, and nothing calls ``matplotlib.use``."""
+    import inspect
+    import pathlib
+
+    import matplotlib
+    import matplotlib.figure
+
+    payload = json.loads((pathlib.Path(bench.RESULTS_DIR) / "simdist_nccl.json").read_text())
+    before = matplotlib.get_backend()
+    fig = bench.plot(payload)
+    assert isinstance(fig, matplotlib.figure.Figure) and matplotlib.get_backend() == before
+    from kernels.bench import common
+
+    for module in (bench, costmodel, common):
+        assert "matplotlib.use(" not in inspect.getsource(module), module.__name__
 
 
 def test_timeline_refuses_without_two_gpus(capsys):

@@ -185,10 +185,8 @@ def plot_throughput(result: dict, labels: dict, *, algorithm: str):
 
 
 def save_throughput_plot(result: dict, labels: dict, *, algorithm: str, path) -> None:
-    """``plot_throughput`` written to ``path`` (PNG), off-screen, for the benchmark commands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """``plot_throughput`` written to ``path`` (PNG) and closed, for the benchmark commands (the
+    backend is left as it is: a library never switches it)."""
     import matplotlib.pyplot as plt
 
     fig = plot_throughput(result, labels, algorithm=algorithm)

@@ -1,8 +1,8 @@
-"""``python -m simdist.bench``: see ``simdist/bench/__init__.py``."""
+"""``python -m simdist.bench``: the schemes on every visible GPU (``simdist.bench.schemes``)."""
 
 import sys
 
-from simdist.bench import main
+from simdist.bench.schemes import main
 
 if __name__ == "__main__":
     sys.exit(main())
