@@ -1,0 +1,781 @@
+r"""Double Sparsity decoding in Triton: label scores, an exact top-k, sparse attention by split-K.
+
+``decode(q, k_cache, v_cache, channels, *, top_k, scale=None)`` computes the same function as
+``reference.double_sparsity.decode`` (``docs/double_sparsity.md``; arXiv 2408.07092): for one
+decoding step of every query head ``h`` (kv head ``g = h // (H / Hkv)``, GQA)::
+
+    ŝ = q_h[C_g] · K_g[:, C_g]ᵀ            label scores: the r heavy channels C_g only
+    i = the top_k tokens of ŝ               all S tokens when S ≤ top_k (dense)
+    o_h = softmax(scale · q_h · K_g[i]ᵀ) · V_g[i]
+
+Each query head selects its own ``top_k`` tokens. Ties in ``ŝ`` go to the lower token index (the
+set is then a function of the scores alone; the kernels never depend on the order of a sort).
+
+Design (for the H100; what ``python -m kernels.bench double_sparsity`` measures)
+---------------------------------------------------------------------------------
+A decoding step at long context is a pass over memory: a dense step reads every key and value once
+(``2·S·D`` elements per kv head), a sparse one reads the label cache (``S·r`` elements, 1/16 of the
+keys' bits at the paper's setting) and ``top_k`` rows of keys and values. Everything here is
+arranged so that those bytes are read once, at full bandwidth, and so that one step at ``B = 1``
+fills all multiprocessors.
+
+1. **Label cache** (``build_labels``): the heavy channels of the post-RoPE keys stored contiguously,
+   ``[B, Hkv, S, r]``: one token's labels are one contiguous run of ``r`` elements (16–32 bytes),
+   where gathering them from the full keys would touch a 32-byte sector per channel. In 16 bits
+   (fp16), or in 8 bits (int8 with one fp16 scale per token and kv head, symmetric:
+   ``round(x · 127 / max|x|)``). ``decode`` builds exact labels (the cache's own dtype) on the fly,
+   to match the reference; a serving loop keeps them and calls ``decode_with_labels``.
+2. **Scores and the first radix digit** (``_score_kernel``): one program per (query head, run of
+   tokens) reads the labels of its kv head, computes fp32 scores (``q`` gathered at the channels
+   on chip), writes them, and counts the top 8 bits of each score's order-preserving integer key
+   into a per-row histogram (``tl.histogram`` on chip, then one atomic add per bin).
+3. **Exact selection by radix select** (``_radix_kernel`` ×3, ``_select_kernel``): three more
+   passes each count the next 8 bits of the keys that share the prefix found so far (each program
+   re-derives the prefix from the finished histograms: no launch in between), giving the exact
+   k-th largest key ``τ`` and how many keys equal to ``τ`` are taken. The last kernel, one program
+   per row, walks the row once and writes the indices of keys ``> τ``, then of keys ``= τ`` by
+   increasing token index until ``top_k`` — in increasing token order (a prefix sum per tile).
+   ``Config(select="torch")`` uses ``torch.topk(sorted=False)`` instead (ties as torch breaks them);
+   the benchmark measures both.
+4. **Sparse attention, split over the selected tokens** (``_attn_kernel``, ``_merge_kernel``):
+   ``splits`` programs per query head each gather their share of the selected rows (one
+   contiguous ``D``-element row of K and of V per index: whole 32-byte sectors), run an online
+   softmax in fp32 and write ``(m, l, acc)``; a second kernel merges the partial results by
+   log-sum-exp. Without a ``config`` the split count is chosen so that ``B · H · splits`` is about
+   four programs per multiprocessor (``B = 1, H = 32, top_k = 16k``: 16 splits of 1024 tokens).
+
+Dense case: when ``S ≤ top_k`` steps 1–3 are skipped and step 4 reads every row.
+
+Inputs ``q, k_cache, v_cache`` are fp32, fp16 or bf16 (one dtype); products accumulate in fp32
+(``q`` and every loaded row are converted to fp32 on chip: decoding is memory-bound, the tensor
+cores have nothing to do at one query per head). Shapes: ``q [B, H, D]``, ``k_cache [B, Hkv, S, D]``,
+``v_cache [B, Hkv, S, Dv]``, ``channels [Hkv, r]`` distinct indices into ``D``; ``D, Dv ≤ 256``. Runs on CUDA tensors, or on CPU
+tensors under ``TRITON_INTERPRET=1`` (bf16 is computed in fp32 there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import _triton
+from kernels._triton import check_device, check_dtype, check_scale, interpreter_upcasts, next_power_of_2
+
+__all__ = [
+    "decode",
+    "decode_with_labels",
+    "build_labels",
+    "append_labels",
+    "select",
+    "sparse_attention",
+    "Labels",
+    "Config",
+    "DEFAULT_CONFIG",
+]
+
+#: Bins of one radix digit (8 bits per pass, four passes over a 32-bit key).
+_BINS = 256
+_LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class Config:
+    """Launch settings (results do not depend on them beyond fp32 rounding in the softmax merge).
+
+    Attributes:
+        score_block: tokens per tile of the scoring and radix kernels.
+        score_tiles: tiles per program of those kernels (a program adds its histogram to the row's
+            once, so more tiles mean fewer atomics; fewer mean more programs).
+        select_block: tokens per tile of the per-row selection kernel.
+        select: ``"radix"`` (this module's exact selection, ties to the lower index) or
+            ``"torch"`` (``torch.topk(sorted=False)``, ties as torch breaks them).
+        attn_block: selected rows per tile of the attention kernel.
+        splits: programs per query head in the attention kernel; ``None`` sizes it to the GPU
+            (about four programs per multiprocessor in all).
+        num_warps: for the scoring, radix and selection kernels.
+        attn_num_warps, attn_num_stages: for the attention kernel (stages: gathers in flight).
+    """
+
+    score_block: int = 1024
+    score_tiles: int = 8
+    select_block: int = 2048
+    select: str = "radix"
+    attn_block: int = 64
+    splits: int | None = None
+    num_warps: int = 4
+    attn_num_warps: int = 4
+    attn_num_stages: int = 2
+
+    def clipped(self, S: int, nsel: int) -> "Config":
+        """Tiles no longer than the work (powers of two, at least 16): short caches launch small
+        programs, not long masked ones."""
+        block = min(self.score_block, max(16, next_power_of_2(S)))
+        return replace(
+            self,
+            score_block=block,
+            score_tiles=max(1, min(self.score_tiles, triton.cdiv(S, block))),
+            select_block=min(self.select_block, max(16, next_power_of_2(S))),
+            attn_block=min(self.attn_block, max(16, next_power_of_2(nsel))),
+        )
+
+
+DEFAULT_CONFIG = Config()
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A label cache: the heavy channels of the (post-RoPE) keys, one contiguous run per token.
+
+    Attributes:
+        values: ``[B, Hkv, S, r]``: fp32/fp16/bf16 labels, or int8 (then ``scale`` is given).
+        scale: ``[B, Hkv, S]`` fp16 per-token dequantisation scale of int8 labels, else ``None``.
+    """
+
+    values: torch.Tensor
+    scale: torch.Tensor | None = None
+
+    @property
+    def bits(self) -> int:
+        return self.values.element_size() * 8
+
+    def nbytes(self) -> int:
+        return self.values.numel() * self.values.element_size() + (
+            0 if self.scale is None else self.scale.numel() * self.scale.element_size()
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Label cache
+# --------------------------------------------------------------------------------------------
+
+
+def build_labels(k: torch.Tensor, channels: torch.Tensor, *, bits: int | None = None) -> Labels:
+    """The label cache of keys ``k [B, Hkv, S, D]`` at ``channels [Hkv, r]``.
+
+    ``bits=None`` keeps the keys' dtype (exact labels: what ``decode`` uses); ``16`` stores fp16;
+    ``8`` stores int8 with an fp16 scale per token and kv head (``max |x| / 127``, symmetric).
+    Works on any ``S``: the labels of one new decoding step are ``build_labels(k_new, channels)``
+    (written into a preallocated cache, or appended with ``append_labels``). Plain torch (the
+    label cache is written once per token, outside the hot path).
+    """
+    if not isinstance(k, torch.Tensor) or k.ndim != 4:
+        raise ValueError(f"k must be a [B, Hkv, S, D] tensor, got {getattr(k, 'shape', type(k).__name__)}")
+    ch = _check_channels(channels, k.shape[1], k.shape[-1]).to(k.device)
+    if bits not in (None, 8, 16):
+        raise ValueError(f"bits must be None, 8 or 16, got {bits!r}")
+    B, Hkv, S, _ = k.shape
+    index = ch.to(torch.int64)[None, :, None, :].expand(B, Hkv, S, ch.shape[1])
+    values = torch.gather(k, 3, index)
+    if bits is None:
+        return Labels(values.contiguous())
+    if bits == 16:
+        return Labels(values.to(torch.float16).contiguous())
+    x = values.float()
+    amax = x.abs().amax(dim=-1)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).to(torch.float16)
+    quant = torch.round(x / scale.float()[..., None]).clamp_(-127, 127).to(torch.int8)
+    return Labels(quant.contiguous(), scale.contiguous())
+
+
+def append_labels(labels: Labels, k_new: torch.Tensor, channels: torch.Tensor) -> Labels:
+    """``labels`` with the labels of ``k_new [B, Hkv, n, D]`` appended along ``S``, in their format
+    (a serving loop would write into a preallocated cache instead of concatenating)."""
+    new = build_labels(k_new, channels, bits=8 if labels.values.dtype == torch.int8 else None)
+    values = torch.cat([labels.values, new.values.to(labels.values.dtype)], dim=2)
+    scale = None if labels.scale is None else torch.cat([labels.scale, new.scale], dim=2)
+    return Labels(values, scale)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _prefix(hist_ptr, row, top_k, PASSES: tl.constexpr, NB: tl.constexpr, R):
+    """The key prefix after ``PASSES`` finished digits (an int32 key, its lower bits 0) and how many
+    keys with that prefix are still to take.
+
+    Per pass: the digit ``d*`` holding the ``k_rem``-th largest of the keys counted in that pass's
+    histogram is the largest ``d`` with ``#(digit ≥ d) ≥ k_rem``; the keys of larger digits are all
+    taken, so ``k_rem`` drops by their count. (One function, no nested calls: the interpreter pays
+    for each call of a jitted helper.)
+    """
+    d = tl.arange(0, NB)
+    k_rem = top_k
+    pref = 0
+    for p in tl.static_range(PASSES):
+        hist = tl.load(hist_ptr + (p * R + row) * NB + d)
+        ge = tl.cumsum(hist, 0, reverse=True)  # keys with digit ≥ d
+        dstar = tl.max(tl.where(ge >= k_rem, d, -1), 0)
+        k_rem = k_rem - tl.sum(tl.where(d > dstar, hist, 0), 0)
+        if p == 0:
+            pref = (dstar ^ 0x80) << 24  # the top digit counts the sign-flipped byte
+        else:
+            pref = pref | (dstar << (24 - 8 * p))
+    return pref, k_rem
+
+
+@triton.jit
+def _score_kernel(
+    q_ptr,  # [B, H, D]
+    ch_ptr,  # [Hkv, r] int32
+    lab_ptr,  # [B, Hkv, S, r]
+    lsc_ptr,  # [B, Hkv, S] per-token scale (if HAS_SCALE)
+    s_ptr,  # [B·H, S] fp32 out: label scores
+    hist_ptr,  # [4, B·H, NB] int32, zeroed: digit histograms (this kernel adds pass 0)
+    S,
+    H,
+    HKV,
+    R,
+    D: tl.constexpr,
+    RC: tl.constexpr,  # r
+    RP: tl.constexpr,  # r padded to a power of two
+    BLOCK: tl.constexpr,
+    TILES: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HIST: tl.constexpr,
+    NB: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    kvh = h // (H // HKV)
+    row = b * H + h
+    c = tl.arange(0, RP)
+    cm = c < RC
+    ch = tl.load(ch_ptr + kvh * RC + c, mask=cm, other=0)
+    qc = tl.load(q_ptr + row.to(tl.int64) * D + ch, mask=cm, other=0.0).to(tl.float32)
+    bk = (b * HKV + kvh).to(tl.int64) * S
+    hist = tl.zeros([NB], dtype=tl.int32)
+    outside = 0
+    for i in range(TILES):
+        t = (pid * TILES + i) * BLOCK + tl.arange(0, BLOCK)
+        tm = t < S
+        lab = tl.load(lab_ptr + (bk + t)[:, None] * RC + c[None, :], mask=tm[:, None] & cm[None, :], other=0)
+        s = tl.sum(lab.to(tl.float32) * qc[None, :], axis=1)
+        if HAS_SCALE:
+            s = s * tl.load(lsc_ptr + bk + t, mask=tm, other=0.0).to(tl.float32)
+        tl.store(s_ptr + row.to(tl.int64) * S + t, s, mask=tm)
+        if HIST:
+            bits = s.to(tl.int32, bitcast=True)
+            key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed order of key = order of s (see _radix_kernel)
+            digit = ((key >> 24) & 0xFF) ^ 0x80
+            hist += tl.histogram(tl.where(tm, digit, 0), NB)
+            outside += tl.sum((~tm).to(tl.int32), 0)
+    if HIST:
+        bins = tl.arange(0, NB)
+        hist -= tl.where(bins == 0, outside, 0)  # tokens past S were counted in bin 0
+        tl.atomic_add(hist_ptr + row * NB + bins, hist, mask=hist > 0)
+
+
+@triton.jit
+def _radix_kernel(
+    s_ptr,  # [B·H, S] fp32 scores
+    hist_ptr,  # [4, B·H, NB] int32
+    S,
+    top_k,
+    R,
+    PASS: tl.constexpr,  # 1, 2 or 3: the digit this launch counts
+    BLOCK: tl.constexpr,
+    TILES: tl.constexpr,
+    NB: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    row = tl.program_id(1)
+    pref, _ = _prefix(hist_ptr, row, top_k, PASS, NB, R)
+    hi = 32 - 8 * PASS  # bits of the prefix found so far
+    want = pref >> hi
+    hist = tl.zeros([NB], dtype=tl.int32)
+    skipped = 0
+    for i in range(TILES):
+        t = (pid * TILES + i) * BLOCK + tl.arange(0, BLOCK)
+        tm = t < S
+        bits = tl.load(s_ptr + row.to(tl.int64) * S + t, mask=tm, other=0.0).to(tl.int32, bitcast=True)
+        # an int32 whose signed order is the order of the fp32 scores: flip the magnitude bits of negatives
+        key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        keep = tm & ((key >> hi) == want)
+        digit = (key >> (24 - 8 * PASS)) & 0xFF
+        hist += tl.histogram(tl.where(keep, digit, 0), NB)
+        skipped += tl.sum((~keep).to(tl.int32), 0)
+    bins = tl.arange(0, NB)
+    hist -= tl.where(bins == 0, skipped, 0)
+    tl.atomic_add(hist_ptr + (PASS * R + row) * NB + bins, hist, mask=hist > 0)
+
+
+@triton.jit
+def _select_kernel(
+    s_ptr,  # [B·H, S] fp32 scores
+    hist_ptr,  # [4, B·H, NB] int32, complete
+    idx_ptr,  # [B·H, top_k] int32 out
+    S,
+    top_k,
+    R,
+    BLOCK: tl.constexpr,
+    NB: tl.constexpr,
+):
+    row = tl.program_id(0)
+    tau, k_eq = _prefix(hist_ptr, row, top_k, 4, NB, R)  # the top_k-th largest key; ties to take
+    base = 0
+    eq_base = 0
+    for start in range(0, S, BLOCK):
+        t = start + tl.arange(0, BLOCK)
+        tm = t < S
+        bits = tl.load(s_ptr + row.to(tl.int64) * S + t, mask=tm, other=0.0).to(tl.int32, bitcast=True)
+        key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        gt = tm & (key > tau)
+        eq = tm & (key == tau)
+        eq_rank = eq_base + tl.cumsum(eq.to(tl.int32), 0) - 1
+        take = gt | (eq & (eq_rank < k_eq))
+        pos = base + tl.cumsum(take.to(tl.int32), 0) - 1
+        tl.store(idx_ptr + row.to(tl.int64) * top_k + pos, t, mask=take)
+        base += tl.sum(take.to(tl.int32), 0)
+        eq_base += tl.sum(eq.to(tl.int32), 0)
+
+
+@triton.jit
+def _attn_kernel(
+    q_ptr,  # [B, H, D]
+    k_ptr,  # [B, Hkv, S, D]
+    v_ptr,  # [B, Hkv, S, DV]
+    idx_ptr,  # [B·H, NSEL] int32 (unless DENSE)
+    m_ptr,  # [B·H, NSPLIT] fp32 out: running max (log2 units)
+    l_ptr,  # [B·H, NSPLIT] fp32 out: running sum
+    acc_ptr,  # [B·H, NSPLIT, DV] fp32 out: unnormalised output
+    qk_scale,  # scale · log2(e)
+    S,
+    NSEL,
+    PER_SPLIT,
+    NSPLIT,
+    H,
+    HKV,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    DV: tl.constexpr,
+    DVP: tl.constexpr,
+    BN: tl.constexpr,
+    DENSE: tl.constexpr,
+):
+    split = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    kvh = h // (H // HKV)
+    row = b * H + h
+    d = tl.arange(0, DP)
+    dm = d < D
+    q = tl.load(q_ptr + row.to(tl.int64) * D + d, mask=dm, other=0.0).to(tl.float32) * qk_scale
+    e = tl.arange(0, DVP)
+    em = e < DV
+    head = (b * HKV + kvh).to(tl.int64) * S
+    m = tl.max(tl.full([BN], float("-inf"), tl.float32), 0)
+    l = tl.sum(tl.zeros([BN], tl.float32), 0)
+    acc = tl.zeros([DVP], tl.float32)
+    start = split * PER_SPLIT
+    end = tl.minimum(start + PER_SPLIT, NSEL)
+    for j in range(start, end, BN):
+        n = j + tl.arange(0, BN)
+        nm = n < end
+        if DENSE:
+            t = n.to(tl.int64)
+        else:
+            t = tl.load(idx_ptr + row.to(tl.int64) * NSEL + n, mask=nm, other=0).to(tl.int64)
+        kk = tl.load(k_ptr + (head + t)[:, None] * D + d[None, :], mask=nm[:, None] & dm[None, :], other=0.0)
+        kk = kk.to(tl.float32)
+        s = tl.sum(kk * q[None, :], axis=1)
+        s = tl.where(nm, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 0))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new)
+        vv = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm[:, None] & em[None, :], other=0.0)
+        vv = vv.to(tl.float32)
+        l = l * alpha + tl.sum(p, 0)
+        acc = acc * alpha + tl.sum(p[:, None] * vv, axis=0)
+        m = m_new
+    out = row.to(tl.int64) * NSPLIT + split
+    tl.store(m_ptr + out, m)
+    tl.store(l_ptr + out, l)
+    tl.store(acc_ptr + out * DV + e, acc, mask=em)
+
+
+@triton.jit
+def _merge_kernel(
+    m_ptr,
+    l_ptr,
+    acc_ptr,
+    o_ptr,  # [B·H, D] out (D: the value width)
+    NSPLIT,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    SP: tl.constexpr,  # NSPLIT padded to a power of two
+):
+    row = tl.program_id(0)
+    sp = tl.arange(0, SP)
+    spm = sp < NSPLIT
+    d = tl.arange(0, DP)
+    dm = d < D
+    base = row.to(tl.int64) * NSPLIT
+    m = tl.load(m_ptr + base + sp, mask=spm, other=float("-inf"))
+    l = tl.load(l_ptr + base + sp, mask=spm, other=0.0)
+    mx = tl.max(m, 0)
+    w = tl.where(spm, tl.exp2(m - mx), 0.0)
+    acc = tl.load(acc_ptr + (base + sp)[:, None] * D + d[None, :], mask=spm[:, None] & dm[None, :], other=0.0)
+    o = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, 0)
+    tl.store(o_ptr + row.to(tl.int64) * D + d, o.to(o_ptr.dtype.element_ty), mask=dm)
+
+
+@triton.jit
+def _gather_rows_kernel(
+    idx_ptr,  # [B·H, NSEL] int32
+    k_ptr,  # [B, Hkv, S, D] source (device memory, or pinned host memory the GPU maps)
+    v_ptr,
+    ko_ptr,  # [B, H, NSEL, D] out
+    vo_ptr,
+    S,
+    NSEL,
+    H,
+    HKV,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BN: tl.constexpr,
+):
+    """The selected rows of each query head copied out contiguously (the offloaded decoder's fetch)."""
+    j = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    kvh = h // (H // HKV)
+    row = b * H + h
+    n = j * BN + tl.arange(0, BN)
+    nm = n < NSEL
+    d = tl.arange(0, DP)
+    lm = nm[:, None] & (d < D)[None, :]
+    t = tl.load(idx_ptr + row.to(tl.int64) * NSEL + n, mask=nm, other=0).to(tl.int64)
+    src = (b * HKV + kvh).to(tl.int64) * S * D + t[:, None] * D + d[None, :]
+    dst = (row.to(tl.int64) * NSEL + n)[:, None] * D + d[None, :]
+    tl.store(ko_ptr + dst, tl.load(k_ptr + src, mask=lm, other=0.0), mask=lm)
+    tl.store(vo_ptr + dst, tl.load(v_ptr + src, mask=lm, other=0.0), mask=lm)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_channels(channels, Hkv: int, D: int) -> torch.Tensor:
+    if not isinstance(channels, torch.Tensor):
+        raise TypeError(f"channels must be a torch tensor of integer indices, got {type(channels).__name__}")
+    if channels.dtype.is_floating_point or channels.dtype.is_complex or channels.dtype == torch.bool:
+        raise TypeError(f"channels must hold integer channel indices, got {channels.dtype}")
+    if channels.ndim != 2 or channels.shape[0] != Hkv or channels.shape[1] < 1:
+        raise ValueError(f"channels must have shape [Hkv, r] = [{Hkv}, r ≥ 1], got {tuple(channels.shape)}")
+    if channels.shape[1] > D:
+        raise ValueError(f"channels may name at most D = {D} channels per kv head, got r = {channels.shape[1]}")
+    if channels.device.type == "cpu":  # checked where it costs no device synchronisation
+        lo, hi = int(channels.min()), int(channels.max())
+        if lo < 0 or hi >= D:
+            raise ValueError(f"channels must lie in 0..{D - 1}, got values in {lo}..{hi}")
+        if channels.shape[1] > 1 and bool((channels.sort(dim=1).values.diff(dim=1) == 0).any()):
+            raise ValueError("channels must not repeat a channel within a kv head (its label would count twice)")
+    return channels
+
+
+def _check_caches(q, k_cache, v_cache) -> tuple[int, int, int, int, int]:
+    for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        check_device(name, x)
+        check_dtype(name, x)
+    if q.ndim != 3:
+        raise ValueError(f"q must have 3 dimensions [B, H, D] (one decoding step), got shape {tuple(q.shape)}")
+    for name, x in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have 4 dimensions [B, Hkv, S, D], got shape {tuple(x.shape)}")
+    if not (q.dtype == k_cache.dtype == v_cache.dtype):
+        raise TypeError(f"q, k_cache and v_cache must share one dtype, got {q.dtype}, {k_cache.dtype} and {v_cache.dtype}")
+    if len({q.device, k_cache.device, v_cache.device}) != 1:
+        raise ValueError(f"q, k_cache and v_cache must be on one device, got {q.device}, {k_cache.device}, {v_cache.device}")
+    B, H, D = q.shape
+    Bk, Hkv, S, Dk = k_cache.shape
+    if Bk != B or Dk != D:
+        raise ValueError(f"k_cache must have shape [B, Hkv, S, D] with B = {B}, D = {D}, got {tuple(k_cache.shape)}")
+    if tuple(v_cache.shape[:3]) != (B, Hkv, S):
+        raise ValueError(f"v_cache must have [B, Hkv, S] = {(B, Hkv, S)} like k_cache, got {tuple(v_cache.shape[:3])}")
+    if Hkv < 1 or H % Hkv:
+        raise ValueError(f"k_cache must have a number of kv heads dividing the {H} query heads, got {Hkv}")
+    if S < 1:
+        raise ValueError(f"the cache must hold at least one token, got S = {S}")
+    if not (1 <= D <= 256 and 1 <= v_cache.shape[3] <= 256):
+        raise ValueError(f"k_cache and v_cache head widths must lie in 1..256, got D = {D}, Dv = {v_cache.shape[3]}")
+    return B, H, Hkv, S, D
+
+
+def _check_top_k(top_k) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise TypeError(f"top_k must be an int, got {top_k!r}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    return top_k
+
+
+def _check_config(config) -> Config:
+    cfg = DEFAULT_CONFIG if config is None else config
+    if not isinstance(cfg, Config):
+        raise TypeError(f"config must be a kernels.double_sparsity.Config, got {type(cfg).__name__}")
+    for field in ("score_block", "select_block", "attn_block"):
+        size = getattr(cfg, field)
+        if not isinstance(size, int) or size < 16 or size & (size - 1):
+            raise ValueError(f"config.{field} must be a power of two ≥ 16, got {size!r}")
+    if cfg.select not in ("radix", "torch"):
+        raise ValueError(f"config.select must be 'radix' or 'torch', got {cfg.select!r}")
+    if cfg.splits is not None and (not isinstance(cfg.splits, int) or cfg.splits < 1):
+        raise ValueError(f"config.splits must be None or a positive int, got {cfg.splits!r}")
+    if not isinstance(cfg.score_tiles, int) or cfg.score_tiles < 1:
+        raise ValueError(f"config.score_tiles must be a positive int, got {cfg.score_tiles!r}")
+    return cfg
+
+
+def _check_labels(labels, B: int, Hkv: int, S: int, r: int, device) -> Labels:
+    if isinstance(labels, torch.Tensor):
+        labels = Labels(labels)
+    if not isinstance(labels, Labels):
+        raise TypeError(f"labels must be a kernels.double_sparsity.Labels or a tensor, got {type(labels).__name__}")
+    v = labels.values
+    check_device("labels", v)
+    if tuple(v.shape) != (B, Hkv, S, r):
+        raise ValueError(f"labels must have shape [B, Hkv, S, r] = {(B, Hkv, S, r)}, got {tuple(v.shape)}")
+    if v.device != device:
+        raise ValueError(f"labels must be on {device}, got {v.device}")
+    if v.dtype == torch.int8:
+        if labels.scale is None or tuple(labels.scale.shape) != (B, Hkv, S):
+            raise ValueError(f"int8 labels need a per-token scale of shape {(B, Hkv, S)}, got "
+                             f"{None if labels.scale is None else tuple(labels.scale.shape)}")  # fmt: skip
+        if labels.scale.device != device or not labels.scale.is_floating_point():
+            raise ValueError("the labels' scale must be a floating tensor on the labels' device")
+    elif v.dtype not in _triton.SUPPORTED_DTYPES:
+        raise TypeError(f"labels must be fp32, fp16, bf16 or int8 (with a scale), got {v.dtype}")
+    return labels
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _empty_index(*shape: int, device) -> torch.Tensor:
+    """An int32 buffer from the one allocation point (poisoned, its NaN bits read as an index far
+    outside any cache: an unwritten slot cannot pass for a token)."""
+    return _triton.empty(*shape, device=device, dtype=torch.float32).view(torch.int32)
+
+
+def _select_radix(scores: torch.Tensor, hist: torch.Tensor, top_k: int, cfg: Config) -> torch.Tensor:
+    R, S = scores.shape
+    idx = _empty_index(R, top_k, device=scores.device)
+    per_prog = cfg.score_block * cfg.score_tiles
+    for p in (1, 2, 3):
+        _radix_kernel[(triton.cdiv(S, per_prog), R)](
+            scores, hist, S, top_k, R, PASS=p, BLOCK=cfg.score_block, TILES=cfg.score_tiles, NB=_BINS,
+            num_warps=cfg.num_warps,
+        )  # fmt: skip
+    _select_kernel[(R,)](scores, hist, idx, S, top_k, R, BLOCK=cfg.select_block, NB=_BINS, num_warps=cfg.num_warps)
+    return idx
+
+
+def _select(q, labels: Labels, channels: torch.Tensor, top_k: int, Hkv: int, cfg: Config) -> torch.Tensor:
+    """``[B·H, top_k]`` int32 token indices per query head (``S > top_k``)."""
+    B, H, D = q.shape
+    S, r = labels.values.shape[2], labels.values.shape[3]
+    R = B * H
+    cfg = cfg.clipped(S, top_k)
+    radix = cfg.select == "radix"
+    scores = _triton.empty(R, S, device=q.device, dtype=torch.float32)
+    hist = torch.zeros(4, R, _BINS, device=q.device, dtype=torch.int32) if radix else scores
+    per_prog = cfg.score_block * cfg.score_tiles
+    _score_kernel[(triton.cdiv(S, per_prog), H, B)](
+        q, channels, labels.values, labels.scale if labels.scale is not None else labels.values, scores, hist,
+        S, H, Hkv, R, D=D, RC=r, RP=max(2, next_power_of_2(r)), BLOCK=cfg.score_block, TILES=cfg.score_tiles,
+        HAS_SCALE=labels.scale is not None, HIST=radix, NB=_BINS, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    if radix:
+        return _select_radix(scores, hist, top_k, cfg)
+    return torch.topk(scores, top_k, dim=-1, sorted=False).indices.to(torch.int32)
+
+
+def _splits(BH: int, nsel: int, cfg: Config, device) -> tuple[int, int]:
+    """(splits, tokens per split) for the attention kernel."""
+    blocks = triton.cdiv(nsel, cfg.attn_block)
+    if cfg.splits is not None:
+        want = cfg.splits
+    elif device.type == "cuda":
+        want = triton.cdiv(4 * torch.cuda.get_device_properties(device).multi_processor_count, BH)
+    else:
+        want = 2
+    want = max(1, min(want, blocks))
+    per = triton.cdiv(blocks, want) * cfg.attn_block
+    return triton.cdiv(nsel, per), per
+
+
+def _attend(q, k_cache, v_cache, idx, nsel: int, scale: float, cfg: Config) -> torch.Tensor:
+    """Sparse (``idx [B·H, nsel]``) or dense (``idx is None``: the first ``nsel`` rows) attention."""
+    B, H, D = q.shape
+    Hkv, S, Dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
+    R = B * H
+    cfg = cfg.clipped(S, nsel)
+    nsplit, per = _splits(R, nsel, cfg, q.device)
+    m = _triton.empty(R, nsplit, device=q.device, dtype=torch.float32)
+    l = _triton.empty(R, nsplit, device=q.device, dtype=torch.float32)
+    acc = _triton.empty(R, nsplit, Dv, device=q.device, dtype=torch.float32)
+    o = _triton.empty(B, H, Dv, device=q.device, dtype=q.dtype)
+    DVP = max(16, next_power_of_2(Dv))
+    _attn_kernel[(nsplit, H, B)](
+        q, k_cache, v_cache, idx if idx is not None else m, m, l, acc, scale * _LOG2E, S, nsel, per, nsplit, H,
+        Hkv, D=D, DP=max(16, next_power_of_2(D)), DV=Dv, DVP=DVP, BN=cfg.attn_block, DENSE=idx is None,
+        num_warps=cfg.attn_num_warps, num_stages=cfg.attn_num_stages,
+    )  # fmt: skip
+    _merge_kernel[(R,)](m, l, acc, o, nsplit, D=Dv, DP=DVP, SP=max(2, next_power_of_2(nsplit)), num_warps=4)
+    return o
+
+
+def gather_rows(idx: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, H: int, *, out=None, block: int = 32):
+    """``(k_sel, v_sel)``, each ``[B, H, n, D]``: rows ``idx [B·H, n]`` of the caches ``[B, Hkv, S, D]``
+    copied out contiguously, per query head. The sources may be pinned host memory (the GPU reads
+    it over PCIe, one row per index); ``out`` reuses two preallocated ``[B, H, n, D]`` buffers."""
+    B, Hkv, S, D = k_src.shape
+    n = idx.shape[-1]
+    if out is None:
+        out = tuple(_triton.empty(B, H, n, D, device=idx.device, dtype=k_src.dtype) for _ in range(2))
+    _gather_rows_kernel[(triton.cdiv(n, block), H, B)](
+        idx, k_src, v_src, out[0], out[1], S, n, H, Hkv, D=D, DP=max(16, next_power_of_2(D)), BN=block, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare(q, k_cache, v_cache, channels, top_k, scale, config):
+    B, H, Hkv, S, D = _check_caches(q, k_cache, v_cache)
+    ch = _check_channels(channels, Hkv, D)
+    top_k = _check_top_k(top_k)
+    scale = check_scale(scale, default=D**-0.5)
+    cfg = _check_config(config)
+    ch = ch.to(device=q.device, dtype=torch.int32).contiguous()
+    return (B, H, Hkv, S, D), ch, top_k, scale, cfg
+
+
+def select(q, labels, channels, *, top_k: int, config: Config | None = None) -> torch.Tensor:
+    """The ``top_k`` tokens of every query head by label score, ``[B, H, top_k]`` int32.
+
+    ``q [B, H, D]``; ``labels`` a ``Labels`` (or a ``[B, Hkv, S, r]`` tensor) of ``channels [Hkv, r]``.
+    With ``select="radix"`` (default) the indices come in increasing token order, ties in the score
+    to the lower index. Needs ``S > top_k`` (with fewer tokens every token is selected).
+    """
+    check_device("q", q)
+    check_dtype("q", q)
+    if q.ndim != 3:
+        raise ValueError(f"q must have 3 dimensions [B, H, D], got shape {tuple(q.shape)}")
+    B, H, D = q.shape
+    values = labels.values if isinstance(labels, Labels) else labels
+    if not isinstance(values, torch.Tensor) or values.ndim != 4:
+        raise ValueError("labels must hold a [B, Hkv, S, r] tensor")
+    Hkv, S = values.shape[1], values.shape[2]
+    ch = _check_channels(channels, Hkv, D)
+    lab = _check_labels(labels, B, Hkv, S, ch.shape[1], q.device)
+    top_k = _check_top_k(top_k)
+    if top_k >= S:
+        raise ValueError(f"select needs more tokens than top_k: S = {S}, top_k = {top_k}")
+    cfg = _check_config(config)
+    if interpreter_upcasts(q.dtype):
+        q = q.float()
+    if interpreter_upcasts(lab.values.dtype):
+        lab = Labels(lab.values.float(), lab.scale)
+    if lab.scale is not None and interpreter_upcasts(lab.scale.dtype):
+        lab = Labels(lab.values, lab.scale.float())
+    ch = ch.to(device=q.device, dtype=torch.int32).contiguous()
+    idx = _select(q.contiguous(), lab, ch, top_k, Hkv, cfg)
+    return idx.view(B, H, top_k)
+
+
+def sparse_attention(q, k_cache, v_cache, idx, *, scale=None, config: Config | None = None) -> torch.Tensor:
+    """``o [B, H, D]``: exact softmax attention of each query head over its rows ``idx [B, H, n]``
+    (int32/int64 token indices, each in ``0..S-1``; not checked on the device) of its kv head."""
+    B, H, Hkv, S, D = _check_caches(q, k_cache, v_cache)
+    scale = check_scale(scale, default=D**-0.5)
+    cfg = _check_config(config)
+    if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"idx must be an int32 or int64 tensor, got {getattr(idx, 'dtype', type(idx).__name__)}")
+    if idx.ndim != 3 or tuple(idx.shape[:2]) != (B, H) or idx.shape[2] < 1:
+        raise ValueError(f"idx must have shape [B, H, n ≥ 1] with B, H = {B}, {H}, got {tuple(idx.shape)}")
+    if idx.device != q.device:
+        raise ValueError(f"idx must be on {q.device}, got {idx.device}")
+    if interpreter_upcasts(q.dtype):
+        o = sparse_attention(q.float(), k_cache.float(), v_cache.float(), idx, scale=scale, config=config)
+        return o.to(q.dtype)
+    n = idx.shape[2]
+    idx = idx.reshape(B * H, n).to(torch.int32).contiguous()
+    return _attend(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), idx, n, scale, cfg)
+
+
+def decode_with_labels(q, k_cache, v_cache, labels, channels, *, top_k: int, scale=None,
+                       config: Config | None = None) -> torch.Tensor:  # fmt: skip
+    """One Double Sparsity decoding step from a kept label cache (what a serving loop calls).
+
+    Args:
+        q: ``[B, H, D]`` queries of this step (fp32, fp16 or bf16; CUDA, or CPU under the interpreter).
+        k_cache, v_cache: ``[B, Hkv, S, D]`` post-RoPE keys and values, dtype of ``q``; ``Hkv`` divides ``H``.
+        labels: the label cache of ``k_cache`` at ``channels`` (``build_labels``: exact, 16- or 8-bit).
+        channels: ``[Hkv, r]`` integer heavy-channel indices per kv head.
+        top_k: tokens attended per query head; all ``S`` when ``S ≤ top_k``.
+        scale: multiplies ``q · k`` in the softmax (default ``D ** -0.5``); label scores are unscaled.
+        config: launch settings (``Config``); ``None``: ``DEFAULT_CONFIG``, splits sized to the GPU.
+
+    Returns:
+        ``o: [B, H, D]`` in the dtype of ``q``.
+    """
+    (B, H, Hkv, S, D), ch, top_k, scale, cfg = _prepare(q, k_cache, v_cache, channels, top_k, scale, config)
+    lab = _check_labels(labels, B, Hkv, S, ch.shape[1], q.device)
+    if interpreter_upcasts(q.dtype):
+        lab32 = Labels(lab.values.float() if lab.values.is_floating_point() else lab.values,
+                       None if lab.scale is None else lab.scale.float())  # fmt: skip
+        o = decode_with_labels(q.float(), k_cache.float(), v_cache.float(), lab32, ch, top_k=top_k, scale=scale,
+                               config=config)  # fmt: skip
+        return o.to(q.dtype)
+    if interpreter_upcasts(lab.values.dtype) or (lab.scale is not None and interpreter_upcasts(lab.scale.dtype)):
+        lab = Labels(lab.values.float() if lab.values.is_floating_point() else lab.values,
+                     None if lab.scale is None else lab.scale.float())  # fmt: skip
+    q, k_cache, v_cache = q.contiguous(), k_cache.contiguous(), v_cache.contiguous()
+    if S <= top_k:
+        return _attend(q, k_cache, v_cache, None, S, scale, cfg)
+    lab = Labels(lab.values.contiguous(), None if lab.scale is None else lab.scale.contiguous())
+    idx = _select(q, lab, ch, top_k, Hkv, cfg)
+    return _attend(q, k_cache, v_cache, idx, top_k, scale, cfg)
+
+
+def decode(q, k_cache, v_cache, channels, *, top_k: int, scale=None, config: Config | None = None) -> torch.Tensor:
+    """One Double Sparsity decoding step (arXiv 2408.07092, Algorithm 1), the package's contract.
+
+    ``q [B, H, D]``, ``k_cache, v_cache [B, Hkv, S, D]``, ``channels [Hkv, r]``: label scores
+    ``q[C] · K[:, C]ᵀ`` per query head, its ``top_k`` tokens (all when ``S ≤ top_k``), exact softmax
+    over those with ``scale`` (default ``D ** -0.5``). Returns ``o [B, H, D]`` in the dtype of ``q``.
+    Builds exact labels (the cache's dtype) on the fly; ``decode_with_labels`` takes a kept label cache.
+    """
+    (B, H, Hkv, S, D), ch, top_k, scale, cfg = _prepare(q, k_cache, v_cache, channels, top_k, scale, config)
+    if S <= top_k:  # every token: no labels needed
+        if interpreter_upcasts(q.dtype):
+            return _attend(q.float(), k_cache.float().contiguous(), v_cache.float().contiguous(), None, S, scale,
+                           cfg).to(q.dtype)  # fmt: skip
+        return _attend(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), None, S, scale, cfg)
+    return decode_with_labels(q, k_cache, v_cache, build_labels(k_cache, ch), ch, top_k=top_k, scale=scale,
+                              config=config)  # fmt: skip
+
+
+def bytes_moved(B: int, H: int, Hkv: int, S: int, D: int, top_k: int, *, label_bytes_per_token: float,
+                elem: int = 2) -> dict:  # fmt: skip
+    """Bytes a perfect implementation moves for one step: dense (every K and V row once) and sparse
+    (labels once, ``top_k`` rows of K and V per query head, and the fp32 scores written and read)."""
+    dense = 2 * B * Hkv * S * D * elem + 2 * B * H * D * elem
+    sel = min(top_k, S)
+    sparse = B * Hkv * S * label_bytes_per_token + 2 * B * H * sel * D * elem + 2 * B * H * D * elem
+    return {"dense": dense, "sparse": sparse, "sparse_with_scores": sparse + 2 * B * H * S * 4}
