@@ -441,19 +441,34 @@ def decode_with_labels(
     return _attend_selected(xp, q, k_cache, v_cache, scores, top_k, scale, block)
 
 
-def causal_decode(q, k, v, channels, *, top_k: int, scale: float | None = None):
+def _row_budgets(top_k, T: int, like):
+    """``top_k`` as an int, or a ``[T, 1]`` integer array of per-row budgets."""
+    if isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool):
+        return check_positive_int("top_k", top_k)
+    host = np.asarray(top_k.detach().cpu().numpy() if is_torch(top_k) else top_k)
+    if host.dtype == bool or not np.issubdtype(host.dtype, np.integer) or host.shape != (T,) or host.min() < 1:
+        raise ValueError(f"top_k must be a positive integer or T = {T} positive integers (one per row), got {top_k!r}")
+    xp = namespace(like)
+    return xp.asarray(host.astype(np.int64)[:, None], device=device_of(like))
+
+
+def causal_decode(q, k, v, channels, *, top_k, scale: float | None = None, bits: int | None = None):
     r"""Every row of a sequence decoded over its own prefix: row ``t`` is ``decode(q_t, k[:t+1], v[:t+1])``.
 
     The same function as ``T`` successive decoding steps (each step's cache holds the keys up to and
     including its own token), computed at once with a ``T × T`` masked score matrix: how the
     held-out loss of a model decoding with Double Sparsity is measured without a Python loop over
-    positions. Rows ``t < top_k`` see at most ``top_k`` tokens and so are dense.
+    positions. Rows that see no more than ``top_k`` tokens are dense.
 
     Args:
         q: ``[B, H, T, D]`` queries (post-RoPE).
         k: ``[B, Hkv, T, D]`` keys (post-RoPE), ``Hkv`` dividing ``H``.
         v: ``[B, Hkv, T, Dv]`` values.
-        channels, top_k, scale: as in ``decode``.
+        channels, scale: as in ``decode``.
+        top_k: the token budget: one integer for every row, or ``T`` integers (row ``t``'s budget,
+            e.g. ``token_budget(t + 1, sparsity)`` for a budget proportional to the context).
+        bits: ``None`` for exact labels; 8 or 4 to rank by the labels a quantised ``LabelCache``
+            would hold (per-token scales: the same whether appended at once or step by step).
 
     Returns:
         ``o: [B, H, T, Dv]``.
@@ -476,18 +491,22 @@ def causal_decode(q, k, v, channels, *, top_k: int, scale: float | None = None):
     if T < 1:
         raise ValueError(f"q must hold at least one token, got T = {T}")
     channels = _check_channels(channels, Hkv, D, q)
-    top_k = check_positive_int("top_k", top_k)
+    budget = _row_budgets(top_k, T, q)
     scale = default_scale(D) if scale is None else check_scale("scale", scale)
+    bits = _check_bits(bits)
     dev = device_of(q)
     qg = xp.reshape(q, (B, Hkv, g, T, D))
     kg, vg = k[:, :, None, :, :], v[:, :, None, :, :]
     visible = causal_mask(xp, T, T, dev)
     labels = _take_channels(xp, kg, channels)  # [B, Hkv, 1, T, r]
+    if bits is not None:
+        labels = dequantise(*quantise(labels, bits=bits))
     approx = _take_channels(xp, qg, channels) @ transpose(xp, labels)  # [B, Hkv, g, T, T]
     approx = xp.where(visible, approx, -xp.inf)  # future tokens sort last and are never kept
-    keep = select(approx, top_k) & visible
+    order = xp.argsort(-approx, axis=-1, stable=True)
+    keep = (xp.argsort(order, axis=-1) < budget) & visible  # rank < row budget: select(), row by row
     exact = xp.where(keep, (qg * scale) @ transpose(xp, kg), -xp.inf)
-    exact = exact - xp.max(exact, axis=-1, keepdims=True)  # the diagonal is always kept: finite max
+    exact = exact - xp.max(exact, axis=-1, keepdims=True)  # the top label score is always kept: finite max
     weights = xp.exp(exact)
     o = (weights / xp.sum(weights, axis=-1, keepdims=True)) @ vg
     return xp.reshape(o, (B, H, T, v.shape[3]))
@@ -717,3 +736,216 @@ def decode_overrides(channels, *, top_k: int, scale: float | None = None):
         return fn
 
     return {layer: make(c) for layer, c in enumerate(channels)}
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring a model: recall, channel concentration, held-out loss (python -m reference.double_sparsity)
+# --------------------------------------------------------------------------------------------
+
+
+def topk_recall(q, k, channels, top_k: int, *, bits: int | None = None) -> float:
+    r"""Mean ``|label top-k ∩ exact top-k| / top_k`` over the rows of a causal sequence that see more than ``top_k`` keys.
+
+    ``q: [B, H, T, D]``, ``k: [B, Hkv, T, D]`` (post-RoPE). The exact top-k ranks row ``t``'s keys
+    ``0..t`` by the real logits ``q_t · k_j``; the label top-k by ``q_t[C] · k_j[C]`` (quantised with
+    ``bits``). Rows with ``t + 1 ≤ top_k`` keep everything either way and are left out.
+    """
+    xp = namespace(q, k)
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    g = _check_heads(H, Hkv, "k")
+    top_k = check_positive_int("top_k", top_k)
+    if T <= top_k:
+        raise ValueError(f"top_k must be below the sequence length T = {T} for any row to be sparse, got {top_k}")
+    channels = _check_channels(channels, Hkv, D, q)
+    qg, kg = xp.reshape(q, (B, Hkv, g, T, D)), k[:, :, None, :, :]
+    visible = causal_mask(xp, T, T, device_of(q))
+    labels = _take_channels(xp, kg, channels)
+    if bits is not None:
+        labels = dequantise(*quantise(labels, bits=bits))
+    exact = xp.where(visible, qg @ transpose(xp, kg), -xp.inf)
+    approx = xp.where(visible, _take_channels(xp, qg, channels) @ transpose(xp, labels), -xp.inf)
+    both = xp.sum(xp.astype(select(exact, top_k) & select(approx, top_k) & visible, xp.float64), axis=-1)
+    return float(xp.mean(both[..., top_k:] / top_k))
+
+
+def channel_concentration(stats, r: int):
+    r"""The share of each row's statistic mass carried by its ``r`` heaviest channels: ``[rows]`` in ``(0, 1]``.
+
+    Uniform channels give ``r / D``; a head with strong outlier channels gives much more.
+    """
+    xp = namespace(stats)
+    r = check_positive_int("r", r)
+    ordered = xp.sort(stats, axis=-1, descending=True)
+    return xp.sum(ordered[:, :r], axis=-1) / xp.sum(stats, axis=-1)
+
+
+def _windows(data, n: int, seq_len: int) -> np.ndarray:
+    """``n`` windows of ``seq_len + 1`` bytes at evenly spread, non-overlapping offsets of ``data``."""
+    starts = np.linspace(0, len(data) - seq_len - 1, n).round().astype(np.int64)
+    return np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+
+
+def _bits_per_byte(model, windows: np.ndarray, override=None, batch_size: int = 4) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(windows), batch_size):
+            w = torch.from_numpy(windows[s : s + batch_size])
+            logits = model(w[:, :-1], attention_override=override)
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), w[:, 1:].reshape(-1), reduction="sum"))
+            count += w[:, 1:].numel()
+    return total / count / math.log(2)
+
+
+def _proportional(channels, sparsity, seq_len: int):
+    """Overrides with row ``t``'s budget ``token_budget(t + 1, sparsity)``."""
+    budgets = np.array([token_budget(t + 1, sparsity) for t in range(seq_len)])
+
+    def make(layer_channels):
+        def fn(q, k, v, *, q_pre=None, k_pre=None, layer=None):
+            return causal_decode(q, k, v, layer_channels, top_k=budgets[: q.shape[2]])
+
+        return fn
+
+    return {layer: make(c) for layer, c in enumerate(channels)}
+
+
+def tiny_lm_study(model=None, *, calibration_windows: int = 8, eval_windows: int = 16, seq_len: int = 512,
+                  seed: int = 0, progress=None) -> dict:  # fmt: skip
+    r"""Calibrate the tiny model's heads, then measure recall and held-out loss at 1/4, 1/8 and 1/16.
+
+    Calibration: ``calibration_windows`` windows of ``seq_len`` training bytes (``reference.data``,
+    seeded), one forward pass, ``calibrate`` with each statistic. Held-out: ``eval_windows`` evenly
+    spread windows of the held-out split, every position predicted with its window as context.
+    Each sparsity ``s`` uses 16-bit labels, ``r = channels_for(s, D)`` and either a fixed budget
+    ``k = token_budget(seq_len, s)`` (rows with fewer tokens dense) or a proportional one (row
+    ``t`` keeps ``token_budget(t + 1, s)``). Returns a JSON-ready dict.
+    """
+    import time
+
+    import torch
+
+    from reference import data as corpus_data
+    from reference import model as tiny
+
+    say = progress or (lambda msg: None)
+    model = tiny.pretrained("softmax") if model is None else model
+    cfg = model.config
+    D, Hkv, layers = cfg.head_dim, cfg.n_kv_heads, [l for l, a in enumerate(cfg.attention) if a == "softmax"]
+    if layers != list(range(cfg.n_layers)):
+        raise ValueError(f"model must have softmax attention in every layer, got {cfg.attention}")
+    started = time.time()
+    calib = corpus_data.sample_batch(corpus_data.corpus("train"), batch_size=calibration_windows, seq_len=seq_len, rng=seed)
+    captures: list = []
+    with torch.no_grad():
+        model(torch.from_numpy(calib[:, :-1]), capture=captures)
+    caps = [{name: t.double() for name, t in c.items()} for c in captures]
+    result: dict = {"model": {"config": cfg.to_dict(), "meta": getattr(model, "meta", {})}}
+
+    # How concentrated are the channels? (A 7B model's qk-outlier channels carry most of q·k.)
+    conc = {}
+    for kind in KINDS:
+        side = "_pre" if ROPE_SIDE[kind] == "pre" else ""
+        per_layer = []
+        for c in caps:
+            stats = group_statistics(channel_outliers(c["q" + side], c["k" + side], kind=kind), Hkv)
+            per_layer.append({f"top{r}_share": [round(float(x), 4) for x in channel_concentration(stats, r)]
+                              for r in (2, 4, 8)})  # fmt: skip
+            per_layer[-1]["max_over_mean"] = [round(float(x), 3) for x in (stats.max(dim=-1).values / stats.mean(dim=-1))]
+        conc[kind] = per_layer
+    result["channel_concentration"] = {"uniform_share": {f"top{r}": r / D for r in (2, 4, 8)}, "per_layer_kv_head": conc}
+    say("channel statistics done")
+
+    # Label top-k recall against the exact top-k, on the calibration text's own q, k (post-RoPE).
+    held = corpus_data.corpus("held_out")
+    windows = _windows(held, eval_windows, seq_len)
+    eval_caps: list = []
+    with torch.no_grad():
+        model(torch.from_numpy(windows[:4, :-1]), capture=eval_caps)
+    eval_caps = [{n: t.double() for n, t in c.items()} for c in eval_caps]
+    chosen = {kind: {r: calibrate(caps, kind=kind, r=r) for r in (2, 4, 8, 16)} for kind in KINDS}
+    recall = []
+    for r in (2, 4, 8, 16):
+        for kk in (16, 32, 64, 128):
+            per_layer = [topk_recall(c["q"], c["k"], chosen["qk"][r][l], kk) for l, c in enumerate(eval_caps)]
+            recall.append({"r": r, "top_k": kk, "recall_per_layer": [round(x, 4) for x in per_layer],
+                           "recall_mean": round(float(np.mean(per_layer)), 4)})  # fmt: skip
+    result["recall"] = {"text": "4 held-out windows", "seq_len": seq_len, "statistic": "qk", "rows": recall}
+    say("recall done")
+
+    # Held-out loss: dense, and Double Sparsity at 1/4, 1/8, 1/16 (16-bit labels).
+    dense = _bits_per_byte(model, windows)
+    rows = []
+    for s in (Fraction(1, 4), Fraction(1, 8), Fraction(1, 16)):
+        r, kk = channels_for(s, D), token_budget(seq_len, s)
+        entry = {"sparsity": str(s), "label_bits": 16, "r": r, "top_k_fixed": kk}
+        entry["bpb_fixed"] = _bits_per_byte(model, windows, attention_overrides(chosen["qk"][r], top_k=kk))
+        entry["bpb_proportional"] = _bits_per_byte(model, windows, _proportional(chosen["qk"][r], s, seq_len))
+        every = [np.tile(np.arange(D), (Hkv, 1))] * cfg.n_layers
+        entry["bpb_exact_topk_fixed"] = _bits_per_byte(model, windows, attention_overrides(every, top_k=kk))
+        # mean fraction of its context a row attends to with the fixed budget (dense rows count fully)
+        entry["fixed_mean_context_fraction"] = round(float(np.mean([min(kk, t + 1) / (t + 1) for t in range(seq_len)])), 4)
+        rows.append(entry)
+        say(f"loss at {s} done")
+    s = Fraction(1, 16)
+    extras = []
+    for kind in ("q", "k"):
+        r = channels_for(s, D)
+        extras.append({"what": f"{kind}-outlier channels, 1/16", "r": r, "top_k_fixed": token_budget(seq_len, s),
+                       "bpb_fixed": _bits_per_byte(model, windows, attention_overrides(chosen[kind][r], top_k=token_budget(seq_len, s)))})  # fmt: skip
+    rng = np.random.default_rng(seed)
+    random_sets = [np.sort(np.stack([rng.permutation(D)[:2] for _ in range(Hkv)]), axis=1) for _ in range(cfg.n_layers)]
+    extras.append({"what": "random channels, 1/16", "r": 2, "top_k_fixed": token_budget(seq_len, s),
+                   "bpb_fixed": _bits_per_byte(model, windows, attention_overrides(random_sets, top_k=token_budget(seq_len, s)))})  # fmt: skip
+    r4 = channels_for(s, D, bits=4)
+    fixed = token_budget(seq_len, s)
+    q4 = {l: (lambda c: (lambda q, k, v, **_: causal_decode(q, k, v, c, top_k=fixed, bits=4)))(chosen["qk"][r4][l])
+          for l in range(cfg.n_layers)}  # fmt: skip
+    extras.append({"what": "qk-outlier channels, 4-bit labels, 1/16", "r": r4, "top_k_fixed": fixed,
+                   "bpb_fixed": _bits_per_byte(model, windows, q4)})  # fmt: skip
+    result["held_out"] = {"windows": eval_windows, "seq_len": seq_len, "bytes_predicted": int(eval_windows * seq_len),
+                          "dense_bpb": dense, "double_sparsity": rows, "variants": extras}  # fmt: skip
+    result["calibration"] = {"windows": calibration_windows, "seq_len": seq_len, "seed": seed, "split": "train",
+                             "channels_qk_1_16": [c.tolist() for c in chosen["qk"][2]]}  # fmt: skip
+    result["seconds"] = round(time.time() - started, 1)
+    return result
+
+
+def main(argv=None) -> int:
+    """``python -m reference.double_sparsity [--out PATH] [--eval-windows N]``: the tiny-model study as JSON."""
+    import argparse
+    import datetime
+    import json
+    import platform
+    import sys
+
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python -m reference.double_sparsity", description=main.__doc__)
+    parser.add_argument("--out", default="docs/benchmarks/double_sparsity_tiny_lm.json")
+    parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--calibration-windows", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)  # a command line owns its process
+    result = tiny_lm_study(eval_windows=args.eval_windows, calibration_windows=args.calibration_windows,
+                           progress=lambda m: print(m, flush=True))  # fmt: skip
+    result = {
+        "command": "python -m reference.double_sparsity " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} torch threads",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        **result,
+    }
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,7 +6,6 @@ label scores pair the wrong channels of ``q`` with the labels whenever ``g > 1``
 
 import numpy as np
 
-from reference.double_sparsity import *  # noqa: F401,F403
 from reference.double_sparsity import top_k_indices
 
 ALGORITHM = "double_sparsity"

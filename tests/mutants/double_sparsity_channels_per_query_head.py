@@ -4,7 +4,6 @@ The statistics of the other query heads of a group are ignored, so the kv head's
 the top r of the group's summed statistic.
 """
 
-from reference.double_sparsity import *  # noqa: F401,F403
 from reference.double_sparsity import heavy_channels as _right
 
 ALGORITHM = "double_sparsity"

@@ -6,7 +6,6 @@ label score) is dropped.
 
 import numpy as np
 
-from reference.double_sparsity import *  # noqa: F401,F403
 from reference.double_sparsity import top_k_indices
 
 ALGORITHM = "double_sparsity"

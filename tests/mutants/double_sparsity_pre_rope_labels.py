@@ -6,7 +6,6 @@ The exact softmax still uses the post-RoPE ``q, k``; only the label scores come 
 
 import numpy as np
 
-from reference.double_sparsity import *  # noqa: F401,F403  (every other contract function is right)
 from reference.double_sparsity import select
 
 ALGORITHM = "double_sparsity"

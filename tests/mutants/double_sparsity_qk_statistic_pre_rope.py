@@ -4,7 +4,6 @@ The qk-outlier statistic belongs to the post-RoPE ``q, k`` (each token with its 
 channels that carry the real logits.
 """
 
-from reference.double_sparsity import *  # noqa: F401,F403
 from reference.double_sparsity import channel_outliers, heavy_channels
 
 ALGORITHM = "double_sparsity"

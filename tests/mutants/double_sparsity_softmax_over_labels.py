@@ -6,7 +6,6 @@ channel the two coincide, so only a property with ``r < D`` sees it.
 
 import numpy as np
 
-from reference.double_sparsity import *  # noqa: F401,F403
 from reference.double_sparsity import top_k_indices
 
 ALGORITHM = "double_sparsity"

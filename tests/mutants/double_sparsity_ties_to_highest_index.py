@@ -6,7 +6,6 @@ documented way, as soon as two tokens tie at the budget's edge.
 
 import numpy as np
 
-from reference.double_sparsity import *  # noqa: F401,F403
 
 ALGORITHM = "double_sparsity"
 CAUGHT_BY = ("ties_go_to_the_lowest_index",)
