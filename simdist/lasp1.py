@@ -66,9 +66,7 @@ class _Lasp1(torch.autograd.Function):
             send = comm.isend(M, 1, group=group, label="KV")
         elif r > 0:  # post the receive; the intra-chunk work overlaps it
             recv = comm.irecv(P, r - 1, group=group, label="KV")
-        with accounting.span("compute", "intra"), torch.enable_grad():
-            qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
-            o_intra = local.intra(qd, kd, vd, rates, scale)
+        o_intra, ctx.graph = local.intra_forward(q, k, v, rates, scale)
         if recv is not None:
             recv.wait()
             if r < W - 1:
@@ -76,10 +74,9 @@ class _Lasp1(torch.autograd.Function):
                     S = local.advance(P, M, rates, C)
                 send = comm.isend(S, r + 1, group=group, label="KV")
         with accounting.span("compute", "inter"):
-            o = o_intra.detach() + local.inter(q, P, f, scale)
+            o = o_intra + local.inter(q, P, f, scale)
         if send is not None:
             send.wait()
-        ctx.graph = (qd, kd, vd, o_intra)
         ctx.save_for_backward(q, k, v, P)
         ctx.f, ctx.rates, ctx.scale, ctx.layout = f, rates, scale, layout
         return o
@@ -87,7 +84,6 @@ class _Lasp1(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, P = ctx.saved_tensors
-        qd, kd, vd, o_intra = ctx.graph
         f, rates, scale, layout = ctx.f, ctx.rates, ctx.scale, ctx.layout
         r, W, group = layout.rank, layout.world_size, layout.group
         do = do.contiguous()
@@ -99,9 +95,7 @@ class _Lasp1(torch.autograd.Function):
         elif r < W - 1:
             dS = torch.zeros_like(P)
             recv = comm.irecv(dS, r + 1, group=group, label="dKV")
-        with accounting.span("compute", "intra backward"):
-            dq, dk, dv = torch.autograd.grad(o_intra, (qd, kd, vd), do)
-            dq = dq + local.grad_inter_q(do, P, f, scale)
+        dq, dk, dv = local.intra_backward(ctx.graph, do, P, f, scale)
         if recv is not None:
             recv.wait()
             if r > 0:

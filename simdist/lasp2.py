@@ -108,17 +108,14 @@ class _Lasp2Causal(torch.autograd.Function):
             M = local.chunk_state(k, v, f)
         if W > 1:
             gather, states = comm.all_gather(M, group=group, label="M", async_op=True)
-        with accounting.span("compute", "intra"), torch.enable_grad():
-            qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
-            o_intra = local.intra(qd, kd, vd, rates, scale)
+        o_intra, ctx.graph = local.intra_forward(q, k, v, rates, scale)
         if W > 1:
             gather.wait()
         else:
             states = [M]
         with accounting.span("compute", "prefix + inter"):
             P = exclusive_prefix(states, layout.lengths, r, rates)
-            o = o_intra.detach() + local.inter(q, P, f, scale)
-        ctx.graph = (qd, kd, vd, o_intra)
+            o = o_intra + local.inter(q, P, f, scale)
         ctx.save_for_backward(q, k, v, P)
         ctx.f, ctx.scale, ctx.layout, ctx.rates = f, scale, layout, rates
         return o
@@ -126,7 +123,6 @@ class _Lasp2Causal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, P = ctx.saved_tensors
-        qd, kd, vd, o_intra = ctx.graph
         f, scale, layout, rates = ctx.f, ctx.scale, ctx.layout, ctx.rates
         r, W, group = layout.rank, layout.world_size, layout.group
         do = do.contiguous()
@@ -134,9 +130,7 @@ class _Lasp2Causal(torch.autograd.Function):
             dM = local.grad_incoming(q, do, f, scale)
         if W > 1:
             gather, grads = comm.all_gather(dM, group=group, label="dM", async_op=True)
-        with accounting.span("compute", "intra backward"):
-            dq, dk, dv = torch.autograd.grad(o_intra, (qd, kd, vd), do)
-            dq = dq + local.grad_inter_q(do, P, f, scale)
+        dq, dk, dv = local.intra_backward(ctx.graph, do, P, f, scale)
         if W > 1:
             gather.wait()
             with accounting.span("compute", "suffix"):

@@ -37,6 +37,8 @@ import functools
 
 import torch
 
+from simdist import accounting
+
 __all__ = [
     "state_dtype",
     "rates",
@@ -47,6 +49,8 @@ __all__ = [
     "gram",
     "gram_operands",
     "intra",
+    "intra_forward",
+    "intra_backward",
     "inter",
     "chunk_state",
     "grad_inter_q",
@@ -276,6 +280,24 @@ def intra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rates_, scale: floa
     decay = torch.tensor(rates_ or (1.0,) * q.shape[1], dtype=q.dtype)
     o, _ = ref.chunked(q, k, v, decay, scale=scale, chunk_size=64)
     return o
+
+
+def intra_forward(q, k, v, rates_, scale: float):
+    """``intra`` under autograd inside a scheme's hand-written forward: ``(o_intra, graph)``, the output
+    detached and the graph that ``intra_backward`` differentiates later (``kernel_path.forward``'s twin)."""
+    with accounting.span("compute", "intra"), torch.enable_grad():
+        qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
+        o = intra(qd, kd, vd, rates_, scale)
+    return o.detach(), (qd, kd, vd, o)
+
+
+def intra_backward(graph, do: torch.Tensor, P: torch.Tensor, f: Factors, scale: float):
+    """``(dq, dk, dv)`` of ``intra`` (by autograd of ``intra_forward``'s graph) plus ``inter``'s
+    ``dq``, ``scale · Λ dO Pᵀ``; the state terms of ``dk, dv`` are the scheme's (``grad_chunk_state``)."""
+    qd, kd, vd, o = graph
+    with accounting.span("compute", "intra backward"):
+        dq, dk, dv = torch.autograd.grad(o, (qd, kd, vd), do)
+        return dq + grad_inter_q(do, P, f, scale), dk, dv
 
 
 def local_forward(q, k, v, decay, scale: float = 1.0, initial_state=None):
