@@ -864,6 +864,13 @@ def sparse_override(model, gates, *, selection: str, density: float, block: int,
     return {l: attend for l in _softmax_layers(model)}
 
 
+def _uniform_log_probs(like):
+    """The gate that knows nothing: ``log 1/(i+1)`` on the causal blocks of row ``i``, ``-inf`` above."""
+    n = like.shape[-1]
+    row = -torch.log(torch.arange(1, n + 1, dtype=like.dtype))[:, None]
+    return torch.where(torch.ones(n, n, dtype=torch.bool).tril(), row, -torch.inf).expand_as(like)
+
+
 class _Overridden(nn.Module):
     """The model with a fixed ``attention_override``, in the shape ``reference.model.bits_per_byte`` reads."""
 
@@ -922,17 +929,17 @@ def evaluate(
         tokens = torch.from_numpy(next(stream)[:, :-1])
         for l, (q_pre, k_pre, gt) in layer_targets(model, tokens, block=block).items():
             n = gt.shape[-1]
-            uniform = torch.where(torch.ones(n, n, dtype=torch.bool).tril(), -torch.log(torch.arange(1.0, n + 1))[:, None], -torch.inf)
             kl_gate[l] = kl_gate.get(l, 0.0) + float(kl_loss(gt, gates[str(l)](q_pre, k_pre))) / kl_batches
-            kl_uniform[l] = kl_uniform.get(l, 0.0) + float(kl_loss(gt, uniform.expand_as(gt).to(gt.dtype))) / kl_batches
+            kl_uniform[l] = kl_uniform.get(l, 0.0) + float(kl_loss(gt, _uniform_log_probs(gt))) / kl_batches
 
-    # the walk and the vectorised form agree on real activations (one window, layer 0, density 0.3)
+    # the walk and the vectorised form agree on real activations (one window, first gated layer, ρ = 0.3)
     capture: list = []
     model(torch.from_numpy(held_out[None, :seq_len].astype(np.int64)), capture=capture)
-    c = capture[0]
-    mask = select_topk(gates["0"](c["q_pre"], c["k_pre"], log=False), density=0.3)
-    walk = block_sparse_attention(c["q"], c["k"], c["v"], mask, block=block, scale=_layer_scale(model, 0))
-    vec = masked_attention(c["q"], c["k"], c["v"], mask, block=block, scale=_layer_scale(model, 0))
+    first = _softmax_layers(model)[0]
+    c, scale = capture[first], _layer_scale(model, first)
+    mask = select_topk(gates[str(first)](c["q_pre"], c["k_pre"], log=False), density=0.3)
+    walk = block_sparse_attention(c["q"], c["k"], c["v"], mask, block=block, scale=scale)
+    vec = masked_attention(c["q"], c["k"], c["v"], mask, block=block, scale=scale)
     walk_gap = float((walk - vec).abs().max())
 
     rows = []
@@ -967,6 +974,8 @@ def main(argv=None) -> int:
     from pathlib import Path
 
     parser = argparse.ArgumentParser(prog="python -m reference.seer", description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for this process (default 1: the gate's tensors are small)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train-gate", help="train one AttnGate per layer of the frozen tiny model (CPU, < 2 min)")
     train.add_argument("--windows", type=int, default=96)
@@ -984,6 +993,7 @@ def main(argv=None) -> int:
     ev.add_argument("--json", dest="out_path", default=None, help="write the result here")
     args = parser.parse_args(argv)
     command = "python -m reference.seer " + " ".join(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(args.threads)  # the command line owns its process
 
     if args.command == "train-gate":
         gates, log = train_gates(windows=args.windows, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, block=args.block,

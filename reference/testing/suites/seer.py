@@ -7,8 +7,17 @@ float64 loop oracles of ``reference.testing.oracles_seer`` (which share no code 
 (``"numpy"`` by default, or ``"torch"``) says which arrays it is fed, ``impl.TOLERANCE`` overrides
 the 1e-9 relative tolerance (a float32 kernel needs about 1e-5).
 
-The two non-contract functions some properties call: ``ground_truth_tiled`` (the ground truth
-without materialising the probabilities) and ``kl_loss(target, log_probs, *, reduction)``.
+The functions (``CONTRACT``)::
+
+    pool(x, *, block, kind) -> [B, H, n, D]                 kind: "avg" | "max" | "min"
+    ground_truth(q, k, *, block, scale=None) -> [B, H, n, n]
+    ground_truth_tiled(q, k, *, block, scale=None) -> [B, H, n, n]   (without the T × T probabilities)
+    kl_loss(target, log_probs, *, reduction) -> scalar       reduction: "batchmean" | "sum"
+    select_topk(scores, *, density) -> bool [B, H, n, n]
+    select_threshold(probs, *, threshold) -> bool [B, H, n, n]
+    block_sparse_attention(q, k, v, block_mask, *, block, scale=None) -> [B, H, T, V]
+
+with ``q: [B, H, T, D]``, ``k, v: [B, Hkv, T, D | V]`` (``Hkv`` divides ``H``), ``n = ceil(T / block)``.
 """
 
 from __future__ import annotations
@@ -25,8 +34,12 @@ from reference.testing.checks import assert_close, assert_rejects, tolerance
 from reference.testing.strategies import seeds, to_backend, to_numpy
 from reference.testing.suites._base import Property, backend_of, configured, registrar
 
-__all__ = ["PROPERTIES", "SeerCase", "seer_cases", "random_block_mask", "FIXED_CASES"]
+__all__ = ["CONTRACT", "PROPERTIES", "SeerCase", "seer_cases", "random_block_mask", "FIXED_CASES"]
 
+#: The functions a SeerAttention implementation defines: the five of the package's contract, the
+#: tiled ground truth a kernel computes, and the gate's loss.
+CONTRACT = ("pool", "ground_truth", "ground_truth_tiled", "kl_loss", "select_topk", "select_threshold",
+            "block_sparse_attention")  # fmt: skip
 PROPERTIES: list[Property] = []
 prop = registrar(PROPERTIES)
 
