@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,14 @@ GENERATED = {
 }
 
 #: Names that look like a path but are not one: patterns and the placeholders of instructions.
-NOT_PATHS = re.compile(r"[*{}<>]|(?:^|/)NN_|^path/to/|^my_script\.py$|^\.\./docs/page\.md$")
+NOT_PATHS = re.compile(r"[*{}<>]|(?:^|/)NN_|^path/to/|^(?:my_script|train|script)\.py$|^\.\./docs/page\.md$")
+
+#: In code, ``.json`` and ``.png`` names are files the code reads or writes (a benchmark's results, a
+#: plot), which exist once it has run; pages and Markdown cite them, and there they must exist.
+OUTPUTS_IN_CODE = (".json", ".png")
+
+#: Python's own library: a name there (a corpus of standard-library sources, say) is no citation.
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 FORBIDDEN = [
     (re.compile(r"\bALGORITHMS\.md\b"), "a specification outside the repository"),
@@ -69,7 +77,7 @@ def resolves(token: str, where: Path) -> bool:
         return True
     # The site's pages link relative to docs/ (a page's ``../`` climbs out of its own URL folder);
     # benchmark artefacts and lessons are named by their base names beside the code that writes them.
-    bases = [ROOT, where.parent, ROOT / "docs", ROOT / "docs" / "benchmarks", ROOT / "lessons"]
+    bases = [ROOT, where.parent, ROOT / "docs", ROOT / "docs" / "benchmarks", ROOT / "lessons", STDLIB]
     candidates = [base / token for base in bases] + [ROOT / "docs" / token.removeprefix("../")]
     if any(c.exists() for c in candidates):
         return True
@@ -102,6 +110,8 @@ def missing_paths(path: Path, text: str | None = None) -> list[str]:
         for match in PATH_TOKEN.finditer(line) if names_checked else ():
             token = match.group(1)
             if NOT_PATHS.search(token) or is_url_part(line, match.start(1)):
+                continue
+            if path.suffix == ".py" and token.endswith(OUTPUTS_IN_CODE):
                 continue
             if not resolves(token, path):
                 problems.append(f"{own}:{lineno}: names {token!r}, which is not in the repository")
