@@ -743,12 +743,17 @@ def decode_overrides(channels, *, top_k: int, scale: float | None = None):
 # --------------------------------------------------------------------------------------------
 
 
-def topk_recall(q, k, channels, top_k: int, *, bits: int | None = None) -> float:
-    r"""Mean ``|label top-k ∩ exact top-k| / top_k`` over the rows of a causal sequence that see more than ``top_k`` keys.
+def topk_recall(q, k, channels, top_k: int, *, bits: int | None = None, scale: float | None = None) -> dict:
+    r"""How well the label top-k stands in for the exact top-k, over the rows of a causal sequence.
 
-    ``q: [B, H, T, D]``, ``k: [B, Hkv, T, D]`` (post-RoPE). The exact top-k ranks row ``t``'s keys
-    ``0..t`` by the real logits ``q_t · k_j``; the label top-k by ``q_t[C] · k_j[C]`` (quantised with
-    ``bits``). Rows with ``t + 1 ≤ top_k`` keep everything either way and are left out.
+    ``q: [B, H, T, D]``, ``k: [B, Hkv, T, D]`` (post-RoPE). Row ``t`` ranks keys ``0..t`` by the real
+    logits ``q_t · k_j`` (the exact top-k) and by ``q_t[C] · k_j[C]`` (the label top-k; labels
+    quantised with ``bits``). Only rows that see more than ``top_k`` keys count (the others keep
+    everything either way). Returns the means over those rows of
+
+    * ``recall``: ``|label top-k ∩ exact top-k| / top_k``;
+    * ``mass``: the softmax weight (``scale``, default ``D^-1/2``) of the dense row on the label top-k;
+    * ``exact_mass``: the same on the exact top-k, the most any ``top_k`` tokens can hold.
     """
     xp = namespace(q, k)
     B, H, T, D = q.shape
@@ -758,6 +763,7 @@ def topk_recall(q, k, channels, top_k: int, *, bits: int | None = None) -> float
     if T <= top_k:
         raise ValueError(f"top_k must be below the sequence length T = {T} for any row to be sparse, got {top_k}")
     channels = _check_channels(channels, Hkv, D, q)
+    scale = default_scale(D) if scale is None else check_scale("scale", scale)
     qg, kg = xp.reshape(q, (B, Hkv, g, T, D)), k[:, :, None, :, :]
     visible = causal_mask(xp, T, T, device_of(q))
     labels = _take_channels(xp, kg, channels)
@@ -765,8 +771,19 @@ def topk_recall(q, k, channels, top_k: int, *, bits: int | None = None) -> float
         labels = dequantise(*quantise(labels, bits=bits))
     exact = xp.where(visible, qg @ transpose(xp, kg), -xp.inf)
     approx = xp.where(visible, _take_channels(xp, qg, channels) @ transpose(xp, labels), -xp.inf)
-    both = xp.sum(xp.astype(select(exact, top_k) & select(approx, top_k) & visible, xp.float64), axis=-1)
-    return float(xp.mean(both[..., top_k:] / top_k))
+    in_exact, in_label = select(exact, top_k) & visible, select(approx, top_k) & visible
+    weights = xp.exp(scale * (exact - xp.max(exact, axis=-1, keepdims=True)))
+    weights = weights / xp.sum(weights, axis=-1, keepdims=True)
+    zero = xp.zeros_like(weights)
+
+    def rows_mean(x):
+        return float(xp.mean(x[..., top_k:]))
+
+    return {
+        "recall": rows_mean(xp.sum(xp.astype(in_exact & in_label, weights.dtype), axis=-1) / top_k),
+        "mass": rows_mean(xp.sum(xp.where(in_label, weights, zero), axis=-1)),
+        "exact_mass": rows_mean(xp.sum(xp.where(in_exact, weights, zero), axis=-1)),
+    }
 
 
 def channel_concentration(stats, r: int):
@@ -871,9 +888,12 @@ def tiny_lm_study(model=None, *, calibration_windows: int = 8, eval_windows: int
     for r in (2, 4, 8, 16):
         for kk in (16, 32, 64, 128):
             per_layer = [topk_recall(c["q"], c["k"], chosen["qk"][r][l], kk) for l, c in enumerate(eval_caps)]
-            recall.append({"r": r, "top_k": kk, "recall_per_layer": [round(x, 4) for x in per_layer],
-                           "recall_mean": round(float(np.mean(per_layer)), 4)})  # fmt: skip
-    result["recall"] = {"text": "4 held-out windows", "seq_len": seq_len, "statistic": "qk", "rows": recall}
+            recall.append({"r": r, "top_k": kk,
+                           **{f"{key}_per_layer": [round(x[key], 4) for x in per_layer] for key in ("recall", "mass", "exact_mass")},
+                           **{f"{key}_mean": round(float(np.mean([x[key] for x in per_layer])), 4)
+                              for key in ("recall", "mass", "exact_mass")}})  # fmt: skip
+    result["recall"] = {"text": "4 held-out windows", "seq_len": seq_len, "statistic": "qk", "label_bits": 16,
+                        "rows_counted": "rows that see more than top_k keys", "rows": recall}  # fmt: skip
     say("recall done")
 
     # Held-out loss: dense, and Double Sparsity at 1/4, 1/8, 1/16 (16-bit labels).

@@ -246,3 +246,21 @@ def test_every_row_over_its_prefix_is_token_by_token_decoding():
         cache.append(k[:, :, t : t + 1])
         row = ds.decode_with_labels(q[:, :, t], k[:, :, : t + 1], v[:, :, : t + 1], cache.labels(), channels[0], top_k=budgets[t])
         assert np.allclose(whole[:, :, t], row, rtol=0, atol=1e-12)
+
+
+def test_topk_recall_is_one_with_every_channel_and_counts_only_sparse_rows():
+    rng = np.random.default_rng(6)
+    q, k = rng.standard_normal((2, 4, 30, 8)), rng.standard_normal((2, 2, 30, 8))
+    full = ds.topk_recall(q, k, np.tile(np.arange(8), (2, 1)), 6)
+    assert full["recall"] == 1.0 and full["mass"] == pytest.approx(full["exact_mass"], abs=1e-15)
+    part = ds.topk_recall(q, k, np.array([[0, 1], [2, 3]]), 6)
+    assert 0 < part["recall"] < 1 and part["mass"] < part["exact_mass"] <= 1
+    # by hand: row 10 of batch 0, head 3 (kv head 1, channels 2 and 3); rows 6.. see more than 6 keys
+    exact = q[0, 3, 10] @ k[0, 1, :11].T
+    label = q[0, 3, 10, [2, 3]] @ k[0, 1, :11][:, [2, 3]].T
+    want = len(set(np.argsort(-exact, kind="stable")[:6]) & set(np.argsort(-label, kind="stable")[:6])) / 6
+
+    def summed(T):  # the sum over the counted rows 6..T-1 of a sequence of T tokens
+        return ds.topk_recall(q[:1, 3:4, :T], k[:1, 1:2, :T], np.array([[2, 3]]), 6)["recall"] * (T - 6)
+
+    assert summed(11) - summed(10) == pytest.approx(want)
