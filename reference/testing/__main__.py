@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import traceback
 
 
@@ -61,11 +63,15 @@ def main(argv=None) -> int:
     def progress(outcome):
         print(f"  {outcome.status:<15} {outcome.name}  ({outcome.seconds:.1f} s)", file=sys.stderr, flush=True)
 
-    report = grader.grade(
-        args.algorithm, module, max_examples=args.max_examples, derandomize=args.derandomize or None,
-        backend=args.backend, tolerance=args.tolerance, only=only, require=require,
-        target_name=args.target, progress=progress,
-    )  # fmt: skip
+    # Hypothesis caches what it learns under .hypothesis/ in the working directory: keep the
+    # student's directory clean (this process is the grader's own, so its environment may change).
+    with tempfile.TemporaryDirectory(prefix="reference-testing-") as scratch:
+        os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", scratch)
+        report = grader.grade(
+            args.algorithm, module, max_examples=args.max_examples, derandomize=args.derandomize or None,
+            backend=args.backend, tolerance=args.tolerance, only=only, require=require,
+            target_name=args.target, progress=progress,
+        )  # fmt: skip
     print(report.text())
     _write_json(args.json, report.gradescope())
     return 0 if report.ok else 1

@@ -112,9 +112,9 @@ def assert_close(got, want, *, tol: float, what: str, name: str = "o", case=None
     err = diff / denom if denom > 0 else diff
     if not err <= tol:
         idx = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(got - want)), got.shape))
-        kind = "relative" if denom > 0 else "absolute (the expected values are all 0)"
+        kind = "relative error" if denom > 0 else "absolute error, as the expected values are all 0"
         raise AssertionError(
-            f"{what}: {name} differs by {err:.3g} ({kind} error; tolerance {tol:.0e}); "
+            f"{what}: {name} differs by {err:.3g} ({kind}; tolerance {tol:.0e}); "
             f"largest gap at index {list(idx)}: got {got[idx]:.6g}, expected {want[idx]:.6g}{where}"
         )
 

@@ -10,6 +10,7 @@ imports a student's ``.py`` file (in isolation, under a private module name) or 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -198,6 +199,33 @@ def load_target(target: str):
     return importlib.import_module(target)
 
 
+class _Unimplemented(BaseException):
+    """A contract function raised ``NotImplementedError``: a ``BaseException`` so that Hypothesis
+    stops at once instead of shrinking a stub's failure."""
+
+
+class _Guarded:
+    """``impl`` with its contract functions wrapped to raise ``_Unimplemented`` for a stub."""
+
+    def __init__(self, impl, names):
+        self._impl = impl
+        self._names = frozenset(names)
+
+    def __getattr__(self, attr):
+        value = getattr(self._impl, attr)
+        if attr not in self._names or not callable(value):
+            return value
+
+        @functools.wraps(value)
+        def guarded(*args, **kwargs):
+            try:
+                return value(*args, **kwargs)
+            except NotImplementedError as err:
+                raise _Unimplemented(f"{attr} raised NotImplementedError: {err}") from err
+
+        return guarded
+
+
 def _describe_failure(err: BaseException) -> str:
     notes = [n.strip("\n") for n in getattr(err, "__notes__", [])]
     if isinstance(err, AssertionError):
@@ -257,6 +285,8 @@ def grade(
     Raises:
         ValueError: an unknown algorithm. ``suites.SuiteUnavailable``: a suite not installed yet.
     """
+    from hypothesis.reporting import with_reporter
+
     suite = suites.load(algorithm)
     if backend is not None or tolerance is not None or not isinstance(impl, Target):
         impl = Target(impl, backend=backend, tolerance=tolerance, name=target_name)
@@ -265,6 +295,7 @@ def grade(
     unknown = [fn for fn in require if fn not in contract]
     if unknown:
         raise ValueError(f"require: {', '.join(unknown)} not in the {algorithm} contract ({', '.join(contract)})")
+    guarded = _Guarded(impl, contract)
     chosen = grading_settings(max_examples, derandomize)
     report = Report(
         algorithm=algorithm,
@@ -288,13 +319,17 @@ def grade(
             report.not_run.append((p.name, why))
             continue
         start = time.perf_counter()
+        said: list[str] = []  # what Hypothesis reports (how to replay a random failure), kept per property
         try:
-            with using(chosen):
-                p.check(impl)
+            with using(chosen), with_reporter(said.append):
+                p.check(guarded)
             outcome = Outcome(p.name, "held", doc=p.doc)
+        except _Unimplemented as err:
+            outcome = Outcome(p.name, "not implemented", str(err), doc=p.doc)
         except Exception as err:  # noqa: BLE001  (whatever the implementation raises is the finding)
             status = "not implemented" if _not_implemented(err) else "failed"
-            outcome = Outcome(p.name, status, _describe_failure(err), doc=p.doc)
+            output = "\n".join([_describe_failure(err), *(str(x).strip() for x in said)])
+            outcome = Outcome(p.name, status, output, doc=p.doc)
         outcome.seconds = time.perf_counter() - start
         report.outcomes.append(outcome)
         if progress is not None:

@@ -205,6 +205,9 @@ class Case:
                 shown.append(f"{f.name}={value!r}")
         return f"Case({', '.join(shown)})"
 
+    def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis prints examples with this: one line
+        printer.text(repr(self))
+
     @property
     def keys(self) -> int:
         return self.T if self.Tk is None else self.Tk
