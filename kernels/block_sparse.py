@@ -275,6 +275,21 @@ def _check_mask(block_mask, nq) -> None:
     check_device("block_mask", block_mask)
 
 
+def _check_compacted(pair, shape, device) -> None:
+    """``(indices, counts)`` as ``compact`` returns them for ``shape = (B, H, nq)``."""
+    B, H, nq = shape
+    if len(pair) != 2 or not all(isinstance(x, torch.Tensor) for x in pair):
+        raise TypeError("block_mask given as a tuple must be (indices, counts) from kernels.block_sparse.compact")
+    idx, cnt = pair
+    if idx.dtype != torch.int32 or cnt.dtype != torch.int32:
+        raise TypeError(f"compacted block_mask must hold int32 indices and counts, got {idx.dtype} and {cnt.dtype}")
+    if tuple(idx.shape) != (B, H, nq, nq) or tuple(cnt.shape) != (B, H, nq):
+        raise ValueError(f"compacted block_mask must have shapes {(B, H, nq, nq)} and {(B, H, nq)}, "
+                         f"got {tuple(idx.shape)} and {tuple(cnt.shape)}")  # fmt: skip
+    if not (idx.is_contiguous() and cnt.is_contiguous()) or idx.device != device or cnt.device != device:
+        raise ValueError(f"compacted block_mask must be contiguous and on {device}")
+
+
 def check_inputs(q, k, v, *extra) -> tuple[int, int, int, int, int, int]:
     """Check ``q [B, H, T, K]``, ``k [B, Hkv, T, K]``, ``v [B, Hkv, T, V]`` (GQA: ``Hkv`` divides
     ``H``); ``(B, H, Hkv, T, K, V)``. ``extra``: further ``(name, tensor)`` on the same device."""
@@ -342,7 +357,8 @@ def attention(
         block_mask: bool ``[B, H, nq, nq]``, ``nq = ceil(T / block)``: ``block_mask[b, h, i, j]``
             keeps key block ``j`` for query block ``i``. Entries above the diagonal are ignored.
             Keep the diagonal (every query then sees itself); a block-row that keeps nothing gets
-            zeros (and ``lse = −inf``).
+            zeros (and ``lse = −inf``). Or the pair ``compact(block_mask)`` returns, to reuse one
+            compaction across calls.
         block: tokens per block: 16, 32, 64 or 128.
         scale: multiplies ``q kᵀ`` (default ``K ** -0.5``).
         return_lse: also return the natural-log log-sum-exp of each row's kept scores.
@@ -354,11 +370,17 @@ def attention(
     Raises:
         ValueError: if ``q``, ``k`` or ``v`` requires a gradient while autograd is on (no backward).
     """
-    _check_mask(block_mask, None)
-    B, H, Hkv, T, K, V = check_inputs(q, k, v, ("block_mask", block_mask))
+    compacted = isinstance(block_mask, tuple)
+    if compacted:
+        B, H, Hkv, T, K, V = check_inputs(q, k, v)
+    else:
+        _check_mask(block_mask, None)
+        B, H, Hkv, T, K, V = check_inputs(q, k, v, ("block_mask", block_mask))
     block = check_block(block)
     nq = triton.cdiv(T, block)
-    if tuple(block_mask.shape) != (B, H, nq, nq):
+    if compacted:
+        _check_compacted(block_mask, (B, H, nq), q.device)
+    elif tuple(block_mask.shape) != (B, H, nq, nq):
         raise ValueError(f"block_mask must have shape [B, H, nq, nq] = {(B, H, nq, nq)}, got {tuple(block_mask.shape)}")
     scale = _triton.check_scale(scale, default=K**-0.5)
     _triton.check_flag("return_lse", return_lse)
@@ -374,7 +396,7 @@ def attention(
         o, lse = out[0].to(v.dtype), out[1]
         return (o, lse) if return_lse else o
 
-    idx, cnt = _compact(block_mask, B, H, nq)
+    idx, cnt = block_mask if compacted else _compact(block_mask, B, H, nq)
     return _attend(q, k, v, idx, cnt, block=block, scale=scale, return_lse=return_lse, cfg=cfg)
 
 

@@ -229,6 +229,13 @@ def test_compact_lists_the_kept_blocks_in_order():
                 assert cnt_c[b, h, i] == len(want)
                 assert idx_c[b, h, i, : len(want)].tolist() == want
                 assert sorted(idx_c[b, h, i].tolist()) == list(range(n))  # a permutation: all written
+    # the pair is accepted in place of the mask, with the same result
+    q, k, v = inputs(2, 3, 1, 200, 16, 16, dtype=torch.float32, seed=2)
+    assert torch.equal(block_sparse.attention(q, k, v, (idx, cnt), block=16), block_sparse.attention(q, k, v, mask, block=16))
+    with pytest.raises(ValueError, match="compacted block_mask must have shapes"):
+        block_sparse.attention(q, k, v, (idx[:, :1], cnt), block=16)
+    with pytest.raises(TypeError, match="int32 indices and counts"):
+        block_sparse.attention(q, k, v, (idx.long(), cnt), block=16)
 
 
 @pytest.mark.skipif(HAS_GPU, reason="the interpreter's bf16 path")
@@ -449,7 +456,7 @@ def test_gpu_outputs_are_fully_written_and_lse_matches():
 @pytest.mark.gpu
 def test_gpu_empty_rows_and_every_config():
     """Rows that keep nothing, and the other tilings the benchmark may pick, on the GPU."""
-    for cfg in (None, block_sparse.Config(64, 4, 2), block_sparse.Config(64, 8, 3), block_sparse.Config(128, 8, 3)):
+    for cfg in (None, block_sparse.Config(64, 4, 3)):
         err, _ = compare(1, 2, 1, 1500, 128, 128, block=128, density=0.3, dtype=torch.bfloat16, config=cfg,
                          diagonal=False, seed=11)  # fmt: skip
         assert err < TOL[torch.bfloat16], (cfg, err)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("lightning", "gla")
+BENCHMARKS = ("lightning", "gla", "block_sparse")
 
 
 def main(argv: list[str] | None = None) -> int:
