@@ -44,6 +44,7 @@ import math
 import numbers
 from fractions import Fraction
 
+import array_api_compat
 import numpy as np
 
 from reference._arrays import (
@@ -86,6 +87,9 @@ __all__ = [
     "calibrate",
     "attention_overrides",
     "decode_overrides",
+    "topk_recall",
+    "channel_concentration",
+    "tiny_lm_study",
 ]
 
 #: The three outlier statistics of the paper's offline calibration.
@@ -141,8 +145,8 @@ def _check_channels(channels, Hkv: int, D: int, like):
     """``channels: [Hkv, r]``, distinct integers in ``[0, D)`` per row, as an index array of ``like``'s library."""
     if is_torch(channels):
         host = channels.detach().cpu().numpy()
-    elif isinstance(channels, np.ndarray) or isinstance(channels, (list, tuple)):
-        host = np.asarray(channels)
+    elif isinstance(channels, (np.ndarray, list, tuple)) or array_api_compat.is_array_api_obj(channels):
+        host = np.asarray(channels)  # a few small integers: validated on the host
     else:
         raise TypeError(f"channels must be an integer array [Hkv, r], got {type(channels).__name__}")
     if host.dtype == bool or not np.issubdtype(host.dtype, np.integer):

@@ -264,3 +264,23 @@ def test_topk_recall_is_one_with_every_channel_and_counts_only_sparse_rows():
         return ds.topk_recall(q[:1, 3:4, :T], k[:1, 1:2, :T], np.array([[2, 3]]), 6)["recall"] * (T - 6)
 
     assert summed(11) - summed(10) == pytest.approx(want)
+
+
+def test_every_form_runs_on_array_api_strict():
+    """Nothing outside the array API standard: strict arrays in, strict arrays out, equal to NumPy's."""
+    xs = pytest.importorskip("array_api_strict")
+    rng = np.random.default_rng(7)
+    q, k, v = rng.standard_normal((1, 4, 9, 8)), rng.standard_normal((1, 2, 9, 8)), rng.standard_normal((1, 2, 9, 3))
+    ch = np.array([[0, 3], [1, 7]])
+    forms = {
+        "decode": lambda a, b, c: ds.decode(a[:, :, -1], b, c, ch, top_k=4, block=3),
+        "causal_decode": lambda a, b, c: ds.causal_decode(a, b, c, ch, top_k=3, bits=8),
+        "channel_outliers": lambda a, b, c: ds.channel_outliers(a, b, kind="qk"),
+        "heavy_channels": lambda a, b, c: ds.heavy_channels(ds.channel_outliers(a, b, kind="q"), 2, num_kv_heads=2),
+        "LabelCache": lambda a, b, c: ds.LabelCache(ch, bits=4).append(b).labels(),
+    }
+    for name, form in forms.items():
+        want = form(q, k, v)
+        got = form(xs.asarray(q), xs.asarray(k), xs.asarray(v))
+        assert isinstance(got, type(xs.asarray(0.0))), f"{name} returned {type(got).__name__}"
+        assert np.allclose(np.asarray(got), want, rtol=0, atol=1e-14), name
