@@ -273,7 +273,7 @@ def test_every_form_runs_on_array_api_strict():
     q, k, v = rng.standard_normal((1, 4, 9, 8)), rng.standard_normal((1, 2, 9, 8)), rng.standard_normal((1, 2, 9, 3))
     ch = np.array([[0, 3], [1, 7]])
     forms = {
-        "decode": lambda a, b, c: ds.decode(a[:, :, -1], b, c, ch, top_k=4, block=3),
+        "decode": lambda a, b, c: ds.decode(a[:, :, -1, :], b, c, ch, top_k=4, block=3),
         "causal_decode": lambda a, b, c: ds.causal_decode(a, b, c, ch, top_k=3, bits=8),
         "channel_outliers": lambda a, b, c: ds.channel_outliers(a, b, kind="qk"),
         "heavy_channels": lambda a, b, c: ds.heavy_channels(ds.channel_outliers(a, b, kind="q"), 2, num_kv_heads=2),
