@@ -29,14 +29,17 @@ fills all multiprocessors.
    tokens) reads the labels of its kv head, computes fp32 scores (``q`` gathered at the channels
    on chip), writes them, and counts the top 8 bits of each score's order-preserving integer key
    into a per-row histogram (``tl.histogram`` on chip, then one atomic add per bin).
-3. **Exact selection by radix select** (``_radix_kernel`` ×3, ``_select_kernel``): three more
-   passes each count the next 8 bits of the keys that share the prefix found so far (each program
-   re-derives the prefix from the finished histograms: no launch in between), giving the exact
-   k-th largest key ``τ`` and how many keys equal to ``τ`` are taken. The last kernel, one program
-   per row, walks the row once and writes the indices of keys ``> τ``, then of keys ``= τ`` by
-   increasing token index until ``top_k`` — in increasing token order (a prefix sum per tile).
-   ``Config(select="torch")`` uses ``torch.topk(sorted=False)`` instead (ties as torch breaks them);
-   the benchmark measures both.
+3. **Exact selection by radix select** (``_radix_kernel`` ×3, ``_count_kernel``, ``_write_kernel``):
+   three more passes each count the next 8 bits of the keys that still share the prefix found so
+   far — every program re-derives the prefix from the finished histograms (no launch in between);
+   from the third digit on, with one atomic add per matching key, since only a few keys in a
+   thousand still match. That gives the exact k-th largest key ``τ`` and how many keys equal to
+   ``τ`` are taken. Two parallel passes then write the indices: per block of tokens, the count of
+   keys ``> τ`` and ``= τ``; then each block writes its keys ``> τ``, and its keys ``= τ`` while
+   their rank among equal keys (by token index) is below the number still to take, at the offset
+   the earlier blocks leave — so the indices come in increasing token order, deterministically.
+   ``Config(select="torch")`` uses ``torch.topk(sorted=False)`` instead (ties as torch breaks
+   them); the benchmark measures both.
 4. **Sparse attention, split over the selected tokens** (``_attn_kernel``, ``_merge_kernel``):
    ``splits`` programs per query head each gather their share of the selected rows (one
    contiguous ``D``-element row of K and of V per index: whole 32-byte sectors), run an online
@@ -63,7 +66,16 @@ import triton
 import triton.language as tl
 
 from kernels import _triton
-from kernels._triton import check_device, check_dtype, check_scale, interpreter_upcasts, next_power_of_2
+from kernels._triton import (
+    INTERPRETER,
+    check_config,
+    check_device,
+    check_dtype,
+    check_scale,
+    interpreter_upcasts,
+    launch,
+    next_power_of_2,
+)
 
 __all__ = [
     "decode",
@@ -93,6 +105,9 @@ class Config:
         select_block: tokens per tile of the per-row selection kernel.
         select: ``"radix"`` (this module's exact selection, ties to the lower index) or
             ``"torch"`` (``torch.topk(sorted=False)``, ties as torch breaks them).
+        atomic_from_pass: radix passes from this one on (1–3; 4: none) count with one atomic add
+            per key that still matches the prefix, instead of a histogram over every key of the
+            tile (after one or two digits only a few keys in a thousand still match).
         attn_block: selected rows per tile of the attention kernel.
         splits: programs per query head in the attention kernel; ``None`` sizes it to the GPU
             (about four programs per multiprocessor in all).
@@ -104,6 +119,7 @@ class Config:
     score_tiles: int = 8
     select_block: int = 2048
     select: str = "radix"
+    atomic_from_pass: int = 2
     attn_block: int = 64
     splits: int | None = None
     num_warps: int = 4
@@ -281,6 +297,7 @@ def _radix_kernel(
     top_k,
     R,
     PASS: tl.constexpr,  # 1, 2 or 3: the digit this launch counts
+    ATOMIC: tl.constexpr,  # count with one atomic per matching key (few match) instead of tl.histogram
     BLOCK: tl.constexpr,
     TILES: tl.constexpr,
     NB: tl.constexpr,
@@ -290,6 +307,7 @@ def _radix_kernel(
     pref, _ = _prefix(hist_ptr, row, top_k, PASS, NB, R)
     hi = 32 - 8 * PASS  # bits of the prefix found so far
     want = pref >> hi
+    out = hist_ptr + (PASS * R + row) * NB
     hist = tl.zeros([NB], dtype=tl.int32)
     skipped = 0
     for i in range(TILES):
@@ -300,41 +318,79 @@ def _radix_kernel(
         key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
         keep = tm & ((key >> hi) == want)
         digit = (key >> (24 - 8 * PASS)) & 0xFF
-        hist += tl.histogram(tl.where(keep, digit, 0), NB)
-        skipped += tl.sum((~keep).to(tl.int32), 0)
-    bins = tl.arange(0, NB)
-    hist -= tl.where(bins == 0, skipped, 0)
-    tl.atomic_add(hist_ptr + (PASS * R + row) * NB + bins, hist, mask=hist > 0)
+        if ATOMIC:
+            tl.atomic_add(out + digit, tl.full([BLOCK], 1, tl.int32), mask=keep)
+        else:
+            hist += tl.histogram(tl.where(keep, digit, 0), NB)
+            skipped += tl.sum((~keep).to(tl.int32), 0)
+    if not ATOMIC:
+        bins = tl.arange(0, NB)
+        hist -= tl.where(bins == 0, skipped, 0)
+        tl.atomic_add(out + bins, hist, mask=hist > 0)
 
 
 @triton.jit
-def _select_kernel(
+def _count_kernel(
     s_ptr,  # [B·H, S] fp32 scores
     hist_ptr,  # [4, B·H, NB] int32, complete
+    cnt_ptr,  # [B·H, NBLK, 2] int32 out: keys > τ and keys = τ in each block
+    S,
+    top_k,
+    R,
+    NBLK,
+    BLOCK: tl.constexpr,
+    NB: tl.constexpr,
+):
+    blk = tl.program_id(0)
+    row = tl.program_id(1)
+    tau, _ = _prefix(hist_ptr, row, top_k, 4, NB, R)  # the top_k-th largest key
+    t = blk * BLOCK + tl.arange(0, BLOCK)
+    tm = t < S
+    bits = tl.load(s_ptr + row.to(tl.int64) * S + t, mask=tm, other=0.0).to(tl.int32, bitcast=True)
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    c = (row.to(tl.int64) * NBLK + blk) * 2
+    tl.store(cnt_ptr + c, tl.sum((tm & (key > tau)).to(tl.int32), 0))
+    tl.store(cnt_ptr + c + 1, tl.sum((tm & (key == tau)).to(tl.int32), 0))
+
+
+@triton.jit
+def _write_kernel(
+    s_ptr,  # [B·H, S] fp32 scores
+    hist_ptr,  # [4, B·H, NB] int32, complete
+    cnt_ptr,  # [B·H, NBLK, 2] int32 from _count_kernel
     idx_ptr,  # [B·H, top_k] int32 out
     S,
     top_k,
     R,
+    NBLK,
     BLOCK: tl.constexpr,
     NB: tl.constexpr,
+    NBLKP: tl.constexpr,  # NBLK padded to a power of two
 ):
-    row = tl.program_id(0)
-    tau, k_eq = _prefix(hist_ptr, row, top_k, 4, NB, R)  # the top_k-th largest key; ties to take
-    base = 0
-    eq_base = 0
-    for start in range(0, S, BLOCK):
-        t = start + tl.arange(0, BLOCK)
-        tm = t < S
-        bits = tl.load(s_ptr + row.to(tl.int64) * S + t, mask=tm, other=0.0).to(tl.int32, bitcast=True)
-        key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-        gt = tm & (key > tau)
-        eq = tm & (key == tau)
-        eq_rank = eq_base + tl.cumsum(eq.to(tl.int32), 0) - 1
-        take = gt | (eq & (eq_rank < k_eq))
-        pos = base + tl.cumsum(take.to(tl.int32), 0) - 1
-        tl.store(idx_ptr + row.to(tl.int64) * top_k + pos, t, mask=take)
-        base += tl.sum(take.to(tl.int32), 0)
-        eq_base += tl.sum(eq.to(tl.int32), 0)
+    """Each block writes its selected tokens in token order at the position the blocks before it
+    leave: keys > τ all, keys = τ while their rank among equal keys (by token) is below k_eq."""
+    blk = tl.program_id(0)
+    row = tl.program_id(1)
+    tau, k_eq = _prefix(hist_ptr, row, top_k, 4, NB, R)
+    j = tl.arange(0, NBLKP)
+    jm = j < NBLK
+    c = (row.to(tl.int64) * NBLK + j) * 2
+    gt_j = tl.load(cnt_ptr + c, mask=jm, other=0)
+    eq_j = tl.load(cnt_ptr + c + 1, mask=jm, other=0)
+    eq_before_j = tl.cumsum(eq_j, 0) - eq_j
+    take_j = gt_j + tl.minimum(tl.maximum(k_eq - eq_before_j, 0), eq_j)
+    earlier = j < blk
+    base = tl.sum(tl.where(earlier, take_j, 0), 0)
+    eq_base = tl.sum(tl.where(earlier, eq_j, 0), 0)
+    t = blk * BLOCK + tl.arange(0, BLOCK)
+    tm = t < S
+    bits = tl.load(s_ptr + row.to(tl.int64) * S + t, mask=tm, other=0.0).to(tl.int32, bitcast=True)
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    eq = tm & (key == tau)
+    eq_rank = eq_base + tl.cumsum(eq.to(tl.int32), 0) - 1
+    take = (tm & (key > tau)) | (eq & (eq_rank < k_eq))
+    pos = base + tl.cumsum(take.to(tl.int32), 0) - 1
+    tl.store(idx_ptr + row.to(tl.int64) * top_k + pos, t, mask=take)
 
 
 @triton.jit
@@ -383,17 +439,16 @@ def _attn_kernel(
             t = n.to(tl.int64)
         else:
             t = tl.load(idx_ptr + row.to(tl.int64) * NSEL + n, mask=nm, other=0).to(tl.int64)
+        # both gathers issued before any arithmetic: twice the bytes in flight per program
         kk = tl.load(k_ptr + (head + t)[:, None] * D + d[None, :], mask=nm[:, None] & dm[None, :], other=0.0)
-        kk = kk.to(tl.float32)
-        s = tl.sum(kk * q[None, :], axis=1)
+        vv = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm[:, None] & em[None, :], other=0.0)
+        s = tl.sum(kk.to(tl.float32) * q[None, :], axis=1)
         s = tl.where(nm, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 0))
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new)
-        vv = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm[:, None] & em[None, :], other=0.0)
-        vv = vv.to(tl.float32)
         l = l * alpha + tl.sum(p, 0)
-        acc = acc * alpha + tl.sum(p[:, None] * vv, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * vv.to(tl.float32), axis=0)
         m = m_new
     out = row.to(tl.int64) * NSPLIT + split
     tl.store(m_ptr + out, m)
@@ -519,9 +574,7 @@ def _check_top_k(top_k) -> int:
 
 
 def _check_config(config) -> Config:
-    cfg = DEFAULT_CONFIG if config is None else config
-    if not isinstance(cfg, Config):
-        raise TypeError(f"config must be a kernels.double_sparsity.Config, got {type(cfg).__name__}")
+    cfg = DEFAULT_CONFIG if config is None else check_config(config, Config)
     for field in ("score_block", "select_block", "attn_block"):
         size = getattr(cfg, field)
         if not isinstance(size, int) or size < 16 or size & (size - 1):
@@ -530,6 +583,8 @@ def _check_config(config) -> Config:
         raise ValueError(f"config.select must be 'radix' or 'torch', got {cfg.select!r}")
     if cfg.splits is not None and (not isinstance(cfg.splits, int) or cfg.splits < 1):
         raise ValueError(f"config.splits must be None or a positive int, got {cfg.splits!r}")
+    if cfg.atomic_from_pass not in (1, 2, 3, 4):
+        raise ValueError(f"config.atomic_from_pass must be 1, 2, 3 or 4, got {cfg.atomic_from_pass!r}")
     if not isinstance(cfg.score_tiles, int) or cfg.score_tiles < 1:
         raise ValueError(f"config.score_tiles must be a positive int, got {cfg.score_tiles!r}")
     return cfg
@@ -573,11 +628,22 @@ def _select_radix(scores: torch.Tensor, hist: torch.Tensor, top_k: int, cfg: Con
     idx = _empty_index(R, top_k, device=scores.device)
     per_prog = cfg.score_block * cfg.score_tiles
     for p in (1, 2, 3):
-        _radix_kernel[(triton.cdiv(S, per_prog), R)](
-            scores, hist, S, top_k, R, PASS=p, BLOCK=cfg.score_block, TILES=cfg.score_tiles, NB=_BINS,
-            num_warps=cfg.num_warps,
+        launch(
+            _radix_kernel, (triton.cdiv(S, per_prog), R),
+            scores, hist, S, top_k, R, PASS=p, ATOMIC=p >= cfg.atomic_from_pass, BLOCK=cfg.score_block,
+            TILES=cfg.score_tiles, NB=_BINS, num_warps=cfg.num_warps,
         )  # fmt: skip
-    _select_kernel[(R,)](scores, hist, idx, S, top_k, R, BLOCK=cfg.select_block, NB=_BINS, num_warps=cfg.num_warps)
+    # at most 1024 blocks per row: the write kernel reads every block's counts
+    block = max(cfg.select_block, next_power_of_2(triton.cdiv(S, 1024)))
+    nblk = triton.cdiv(S, block)
+    counts = _empty_index(R, nblk, 2, device=scores.device)
+    launch(_count_kernel, (nblk, R), scores, hist, counts, S, top_k, R, nblk, BLOCK=block, NB=_BINS,
+           num_warps=cfg.num_warps)  # fmt: skip
+    launch(
+        _write_kernel, (nblk, R),
+        scores, hist, counts, idx, S, top_k, R, nblk, BLOCK=block, NB=_BINS, NBLKP=max(2, next_power_of_2(nblk)),
+        num_warps=cfg.num_warps,
+    )  # fmt: skip
     return idx
 
 
@@ -587,11 +653,16 @@ def _select(q, labels: Labels, channels: torch.Tensor, top_k: int, Hkv: int, cfg
     S, r = labels.values.shape[2], labels.values.shape[3]
     R = B * H
     cfg = cfg.clipped(S, top_k)
+    if q.device.type == "cuda":  # at least ~4 programs per multiprocessor: fewer tiles per program at small B·H·S
+        wanted = 4 * _sm_count(q.device)
+        tiles = max(1, min(cfg.score_tiles, triton.cdiv(triton.cdiv(S, cfg.score_block) * R, wanted)))
+        cfg = replace(cfg, score_tiles=tiles)
     radix = cfg.select == "radix"
     scores = _triton.empty(R, S, device=q.device, dtype=torch.float32)
     hist = torch.zeros(4, R, _BINS, device=q.device, dtype=torch.int32) if radix else scores
     per_prog = cfg.score_block * cfg.score_tiles
-    _score_kernel[(triton.cdiv(S, per_prog), H, B)](
+    launch(
+        _score_kernel, (triton.cdiv(S, per_prog), H, B),
         q, channels, labels.values, labels.scale if labels.scale is not None else labels.values, scores, hist,
         S, H, Hkv, R, D=D, RC=r, RP=max(2, next_power_of_2(r)), BLOCK=cfg.score_block, TILES=cfg.score_tiles,
         HAS_SCALE=labels.scale is not None, HIST=radix, NB=_BINS, num_warps=cfg.num_warps,
@@ -601,13 +672,23 @@ def _select(q, labels: Labels, channels: torch.Tensor, top_k: int, Hkv: int, cfg
     return torch.topk(scores, top_k, dim=-1, sorted=False).indices.to(torch.int32)
 
 
+_SM_COUNT: dict = {}
+
+
+def _sm_count(device) -> int:
+    key = str(device)
+    if key not in _SM_COUNT:
+        _SM_COUNT[key] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SM_COUNT[key]
+
+
 def _splits(BH: int, nsel: int, cfg: Config, device) -> tuple[int, int]:
     """(splits, tokens per split) for the attention kernel."""
     blocks = triton.cdiv(nsel, cfg.attn_block)
     if cfg.splits is not None:
         want = cfg.splits
     elif device.type == "cuda":
-        want = triton.cdiv(4 * torch.cuda.get_device_properties(device).multi_processor_count, BH)
+        want = triton.cdiv(4 * _sm_count(device), BH)
     else:
         want = 2
     want = max(1, min(want, blocks))
@@ -627,12 +708,13 @@ def _attend(q, k_cache, v_cache, idx, nsel: int, scale: float, cfg: Config) -> t
     acc = _triton.empty(R, nsplit, Dv, device=q.device, dtype=torch.float32)
     o = _triton.empty(B, H, Dv, device=q.device, dtype=q.dtype)
     DVP = max(16, next_power_of_2(Dv))
-    _attn_kernel[(nsplit, H, B)](
+    launch(
+        _attn_kernel, (nsplit, H, B),
         q, k_cache, v_cache, idx if idx is not None else m, m, l, acc, scale * _LOG2E, S, nsel, per, nsplit, H,
         Hkv, D=D, DP=max(16, next_power_of_2(D)), DV=Dv, DVP=DVP, BN=cfg.attn_block, DENSE=idx is None,
         num_warps=cfg.attn_num_warps, num_stages=cfg.attn_num_stages,
     )  # fmt: skip
-    _merge_kernel[(R,)](m, l, acc, o, nsplit, D=Dv, DP=DVP, SP=max(2, next_power_of_2(nsplit)), num_warps=4)
+    launch(_merge_kernel, (R,), m, l, acc, o, nsplit, D=Dv, DP=DVP, SP=max(2, next_power_of_2(nsplit)), num_warps=4)
     return o
 
 
@@ -644,7 +726,8 @@ def gather_rows(idx: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, H: 
     n = idx.shape[-1]
     if out is None:
         out = tuple(_triton.empty(B, H, n, D, device=idx.device, dtype=k_src.dtype) for _ in range(2))
-    _gather_rows_kernel[(triton.cdiv(n, block), H, B)](
+    launch(
+        _gather_rows_kernel, (triton.cdiv(n, block), H, B),
         idx, k_src, v_src, out[0], out[1], S, n, H, Hkv, D=D, DP=max(16, next_power_of_2(D)), BN=block, num_warps=4,
     )  # fmt: skip
     return out
@@ -779,3 +862,52 @@ def bytes_moved(B: int, H: int, Hkv: int, S: int, D: int, top_k: int, *, label_b
     sel = min(top_k, S)
     sparse = B * Hkv * S * label_bytes_per_token + 2 * B * H * sel * D * elem + 2 * B * H * D * elem
     return {"dense": dense, "sparse": sparse, "sparse_with_scores": sparse + 2 * B * H * S * 4}
+
+
+
+def _compile_for_gpu(*, arch: int = 90, S: int = 262144, B: int = 1, H: int = 32) -> dict:
+    """Every kernel as the benchmark launches it (fp16 caches, ``D = 128``, ``top_k = S/16``; int8
+    ``r = 16`` and fp16 ``r = 8`` labels; sparse and dense attention; the offload gather), compiled
+    for ``sm_<arch>`` without a GPU (``kernels.tools``): the interpreter accepts what the GPU
+    compiler may reject. Needs a process without ``TRITON_INTERPRET=1``.
+
+    Returns ``{launch name: {"shared_bytes", "num_warps", "num_stages", "registers", "stack_bytes"}}``.
+    """
+    from kernels import tools
+
+    def meta(*shape, dtype=torch.float16):
+        return torch.empty(*shape, device="meta", dtype=dtype)
+
+    cfg = DEFAULT_CONFIG
+    D, top_k = 128, S // 16
+    q, k, v = meta(B, H, D), meta(B, H, S, D), meta(B, H, S, D)
+    ch = meta(H, 16, dtype=torch.int32)
+    with _triton.recorded_launches() as launches:
+        idx = _select(q, Labels(meta(B, H, S, 16, dtype=torch.int8), meta(B, H, S)), ch, top_k, H, cfg)
+        _select(q, Labels(meta(B, H, S, 8)), ch[:, :8], top_k, H, cfg)
+        _attend(q, k, v, idx, top_k, 0.1, cfg)
+        _attend(q, k, v, None, S, 0.1, cfg)
+        gather_rows(idx, k, v, H)
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32", torch.int8: "i8"}
+    results = {}
+    for i, (kernel, args, kwargs) in enumerate(launches):  # as kernels.tools.compile_launches, with integer pointers
+        kwargs = dict(kwargs)
+        options = {"num_warps": kwargs.pop("num_warps", 4), "num_stages": kwargs.pop("num_stages", 2)}
+        signature, constexprs, attrs = {}, {}, {}
+        for j, name in enumerate(kernel.arg_names):
+            value = args[j] if j < len(args) else kwargs[name]
+            if name in kwargs:
+                signature[name], constexprs[name] = "constexpr", value
+            elif isinstance(value, torch.Tensor):
+                signature[name] = "*" + names[value.dtype]
+                attrs[(j,)] = [["tt.divisibility", 16]]
+            else:
+                signature[name] = "fp32" if isinstance(value, float) else "i32"
+        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+        results[f"{i:02d} {kernel.fn.__name__}"] = {"shared_bytes": compiled.metadata.shared, **options,
+                                                    **tools.resource_usage(compiled.asm.get("cubin"))}  # fmt: skip
+    return results

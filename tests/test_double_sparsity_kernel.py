@@ -148,6 +148,23 @@ def test_ties_go_to_the_lower_index_with_negative_and_zero_scores():
     assert torch.equal(idx.cpu().long(), want)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        ds.Config(score_block=16, score_tiles=2, select_block=16, atomic_from_pass=1),  # many blocks, all atomic
+        ds.Config(score_block=32, score_tiles=1, select_block=32, atomic_from_pass=4),  # histograms only
+    ],
+    ids=["atomic", "histogram"],
+)
+@pytest.mark.parametrize("integer", [False, True], ids=["random", "ties"])
+def test_selection_is_the_same_for_every_launch_setting(config, integer):
+    """Small tiles: ties straddle blocks, and every way of counting a digit gives the same set."""
+    q, k, _, ch = problem(1, 2, 2, 230, 8, 3, integer=integer, seed=4)
+    idx = ds.select(q, ds.build_labels(k, ch), ch, top_k=61, config=config)
+    scores = ref.label_scores(q.double().cpu(), ref.gather_labels(k.double().cpu(), ch), ch)
+    assert torch.equal(idx.cpu().long(), ref.top_k_indices(scores, 61).sort(dim=-1).values)
+
+
 def test_torch_topk_selection_gives_the_same_set_without_ties():
     q, k, _, ch = problem(1, 2, 2, 150, 16, 4)
     lab = ds.build_labels(k, ch)
@@ -254,6 +271,45 @@ def test_bf16_in_the_interpreter_is_computed_in_fp32():
     o = ds.decode(q, k, v, ch, top_k=9)
     assert o.dtype == torch.bfloat16
     assert rel_err(o, reference_decode(q, k, v, ch, 9)) < TOL[torch.bfloat16]
+
+
+_COMPILE_FOR_H100 = """
+import json
+from kernels import double_sparsity as ds
+for name, info in ds._compile_for_gpu().items():
+    print(json.dumps({"launch": name, **info}))
+"""
+
+
+def test_kernels_compile_for_the_h100():
+    """Every launch of the benchmark's path (int8 and fp16 labels, the radix passes, sparse and dense
+    attention, the offload gather), compiled to an sm_90 cubin without a GPU: no register spills,
+    shared memory within an H100 block."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if HAS_GPU:
+        pytest.skip("a GPU is here: the gpu tests compile and run the kernels for real")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this Triton build has no NVIDIA backend (no ptxas)")
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H100], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, f"compiling for sm_90 failed:\n{done.stderr[-4000:]}"
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    kernels = {r["launch"].split()[1] for r in reports}
+    assert kernels == {"_score_kernel", "_radix_kernel", "_count_kernel", "_write_kernel", "_attn_kernel",
+                       "_merge_kernel", "_gather_rows_kernel"}, done.stdout  # fmt: skip
+    for r in reports:
+        assert r["shared_bytes"] <= 227 * 1024, r
+        assert r.get("stack_bytes", 0) == 0, f"register spills: {r}"
 
 
 # ------------------------------------------------------------------------ argument errors
