@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("lightning", "gla", "block_sparse")
+BENCHMARKS = ("lightning", "gla", "block_sparse", "double_sparsity")
 
 
 def main(argv: list[str] | None = None) -> int:
