@@ -182,3 +182,22 @@ def test_the_command_line_on_a_mutant_and_on_a_correct_implementation(tmp_path):
 
     missing = _cli("lightning", str(tmp_path / "nope.py"), tmp_path=tmp_path)
     assert missing.returncode == 1 and "could not load" in missing.stderr
+
+
+def test_the_pytest_plugin(tmp_path):
+    """``pytest -p reference.testing.pytest_plugin --grade lightning FILE``: one item per property."""
+    (tmp_path / "wrong.py").write_text((ROOT / "tests" / "mutants" / "lightning_off_by_one_lambda_inter.py").read_text())
+    (tmp_path / "right.py").write_text(STUDENT.read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "reference.testing.pytest_plugin", "--grade", "lightning",
+         "--grade-max-examples", "2", "-p", "no:cacheprovider", "-q", "-rfs", "wrong.py", "right.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = run.stdout
+    assert run.returncode == 1, out + run.stderr
+    assert "FAILED wrong.py::lightning::chunked_equals_the_oracle" in out
+    assert "chunked vs the float64 oracle: o differs by" in out
+    assert "wrong.py does not define recurrent" in out  # skipped, saying why
+    assert "FAILED right.py" not in out  # the control passes
+    assert "2 failed, 15 passed" in out  # wrong.py: 2 of its 4 chunked properties; right.py: all 13
