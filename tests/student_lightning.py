@@ -46,10 +46,17 @@ def recurrent(q, k, v, decay, *, scale=1.0, initial_state=None):
     return o, S
 
 
+def _causal(scores, lam):
+    """``scores ⊙ D``, selecting 0 above the diagonal (multiplying by 0 would keep a NaN there)."""
+    n = scores.shape[-1]
+    below = np.arange(n)[:, None] >= np.arange(n)[None, :]
+    return np.where(below, scores * decay_mask(lam, n), 0.0)
+
+
 def parallel(q, k, v, decay, *, scale=1.0):
     lam = _check(q, k, v, decay)
     scores = scale * np.einsum("bhtk,bhsk->bhts", q, k)
-    return np.einsum("bhts,bhsv->bhtv", scores * decay_mask(lam, q.shape[2]), v)
+    return np.einsum("bhts,bhsv->bhtv", _causal(scores, lam), v)
 
 
 def chunked(q, k, v, decay, *, scale=1.0, chunk_size=64, initial_state=None):
@@ -64,7 +71,7 @@ def chunked(q, k, v, decay, *, scale=1.0, chunk_size=64, initial_state=None):
         n = b - a
         j = np.arange(1, n + 1)
         qc, kc, vc = q[:, :, a:b] * scale, k[:, :, a:b], v[:, :, a:b]
-        intra = np.einsum("bhts,bhsv->bhtv", np.einsum("bhtk,bhsk->bhts", qc, kc) * decay_mask(lam, n), vc)
+        intra = np.einsum("bhts,bhsv->bhtv", _causal(np.einsum("bhtk,bhsk->bhts", qc, kc), lam), vc)
         inter = np.einsum("htx,bhtk,bhkv->bhtv", lam[:, None, None] ** j[None, :, None], qc, S)
         o[:, :, a:b] = intra + inter
         S = (lam**n)[:, None, None] * S + np.einsum("hj,bhjk,bhjv->bhkv", lam[:, None] ** (n - j)[None, :], kc, vc)

@@ -104,7 +104,8 @@ def test_an_independent_correct_implementation_passes():
     assert imported == {"numpy"}, imported
     report = grader.grade("lightning", grader.load_target(str(STUDENT)), max_examples=10, derandomize=True)
     assert report.ok, report.text()
-    assert len(report.outcomes) == 13 and not report.missing
+    numpy_properties = [p for p in suites.load("lightning").PROPERTIES if "numpy" in p.backends]
+    assert len(report.outcomes) == len(numpy_properties) >= 13 and not report.missing
 
 
 @pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.stem)
@@ -177,11 +178,21 @@ def test_the_command_line_on_a_mutant_and_on_a_correct_implementation(tmp_path):
     good = _cli("lightning", str(STUDENT), "--max-examples", "3", "--json", str(out), tmp_path=tmp_path)
     assert good.returncode == 0, good.stdout + good.stderr
     data = json.loads(out.read_text())
-    assert data["score"] == len(data["tests"]) == 13 and data["extra_data"]["passed"]
+    assert data["score"] == len(data["tests"]) >= 13 and data["extra_data"]["passed"]
     assert not list(tmp_path.glob(".hypothesis"))  # the grader writes no example database
 
-    missing = _cli("lightning", str(tmp_path / "nope.py"), tmp_path=tmp_path)
-    assert missing.returncode == 1 and "could not load" in missing.stderr
+
+
+def test_the_command_line_on_a_file_that_does_not_load(tmp_path, capsys):
+    from reference.testing.__main__ import main
+
+    out = tmp_path / "results.json"
+    assert main(["lightning", str(tmp_path / "nope.py"), "--json", str(out)]) == 1
+    assert "could not load" in capsys.readouterr().err
+    assert json.loads(out.read_text())["tests"][0]["status"] == "failed"
+    (tmp_path / "broken.py").write_text("def chunked(:\n")
+    assert main(["lightning", str(tmp_path / "broken.py")]) == 1
+    assert "SyntaxError" in capsys.readouterr().err
 
 
 def test_the_pytest_plugin(tmp_path):
@@ -200,4 +211,5 @@ def test_the_pytest_plugin(tmp_path):
     assert "chunked vs the float64 oracle: o differs by" in out
     assert "wrong.py does not define recurrent" in out  # skipped, saying why
     assert "FAILED right.py" not in out  # the control passes
-    assert "2 failed, 15 passed" in out  # wrong.py: 2 of its 4 chunked properties; right.py: all 13
+    failed = {line.split("::")[-1].split()[0] for line in out.splitlines() if line.startswith("FAILED")}
+    assert {"chunked_equals_the_oracle", "chunked_handles_a_short_last_chunk"} <= failed
