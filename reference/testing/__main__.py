@@ -26,7 +26,8 @@ def main(argv=None) -> int:
         "A Triton kernel runs on a CPU in Triton's interpreter: set TRITON_INTERPRET=1.",
     )
     parser.add_argument("algorithm", choices=list(suites.SUITES), help="which suite")
-    parser.add_argument("target", help="a .py file or an importable module defining some contract functions")
+    parser.add_argument("target", nargs="?", help="a .py file or an importable module defining some contract functions")
+    parser.add_argument("--list", action="store_true", help="list the algorithm's contract and properties, and exit")
     parser.add_argument("--json", metavar="FILE", help="also write a Gradescope-style results.json to FILE")
     parser.add_argument("--max-examples", type=int, metavar="N", help=f"Hypothesis examples per property (default {grader.DEFAULT_EXAMPLES})")
     parser.add_argument("--backend", choices=["numpy", "torch"], help="the inputs' library (default: TARGET's BACKEND, else numpy); torch also runs the autograd properties")
@@ -39,10 +40,18 @@ def main(argv=None) -> int:
         parser.error(f"--max-examples must be a positive integer, got {args.max_examples}")
 
     try:
-        suites.load(args.algorithm)
+        suite = suites.load(args.algorithm)
     except suites.SuiteUnavailable as err:
         print(f"{args.algorithm}: not available yet ({err})", file=sys.stderr)
         return 2
+    if args.list:
+        print(f"{args.algorithm}: contract {', '.join(suites.contract(suite))}")
+        for p in suite.PROPERTIES:
+            backends = "" if set(p.backends) == {"numpy", "torch"} else f" [{'/'.join(p.backends)} only]"
+            print(f"  {p.name}  (needs {', '.join(p.needs)}){backends}\n      {' '.join(p.doc.split())}")
+        return 0
+    if args.target is None:
+        parser.error("TARGET is required (or --list)")
     try:
         module = grader.load_target(args.target)
     except Exception as err:  # noqa: BLE001  (a student's file may fail to import in any way)

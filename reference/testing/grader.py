@@ -155,7 +155,7 @@ def grading_settings(max_examples: int | None = None, derandomize: bool | None =
     database (a grader writes nothing into the student's directory); the first failure is reported
     (not every distinct one), with the blob that replays it.
     """
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
 
     if derandomize is None:
         derandomize = bool(os.environ.get("CI"))
@@ -167,6 +167,8 @@ def grading_settings(max_examples: int | None = None, derandomize: bool | None =
         print_blob=True,
         report_multiple_bugs=False,
         suppress_health_check=list(HealthCheck),
+        # No "explain" phase: its lines point into the grader's own code, not the student's.
+        phases=[Phase.explicit, Phase.generate, Phase.target, Phase.shrink],
     )
 
 
