@@ -211,6 +211,19 @@ def _level(L, C: tl.constexpr):
     return upper, block
 
 
+#: Gates are raised to this floor as they are loaded. ``e^-1e4`` is 0 in every float dtype, so the
+#: result is that of any smaller gate, and ``-inf`` (a reset, ``α = 0``) never meets a 0 of the level
+#: tables in a product (``0 · -inf = NaN``) or a tf32x3 split (``-inf − -inf``). A NaN stays NaN.
+GATE_FLOOR = tl.constexpr(-1.0e4)
+
+
+@triton.jit
+def _load_gate(ptrs, mask):
+    """``log α`` at ``ptrs`` (0 where ``mask`` is false), raised to ``GATE_FLOOR``, in the gates' dtype."""
+    g = tl.load(ptrs, mask=mask, other=0.0)
+    return tl.where(g < GATE_FLOOR, GATE_FLOOR, g).to(g.dtype)
+
+
 @triton.jit
 def _exp(x, FAST: tl.constexpr):
     """``e^x`` for ``x ≤ 0``: on the GPU one ``ex2.approx.ftz`` (results below 2^-126 flush to 0,
@@ -277,7 +290,7 @@ def _fwd_states_kernel(
         rows = i_t * C + o_t
         m_kt = m_k[:, None] & (rows < T)[None, :]
         k_t = tl.load(k_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0)
-        g_t = tl.load(g_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0)
+        g_t = _load_gate(g_base + rows[None, :] * K + o_k[:, None], m_kt)
         v_c = tl.load(v_base + rows[:, None] * V + o_v[None, :], mask=(rows < T)[:, None] & m_v[None, :], other=0.0)
         # padded rows have g = 0: b stays at the last real row's value
         decay_to_end = _exp(tl.dot(g_t, later, input_precision=G_PRECISION), FAST)  # e^{b_C − b}: [BK, C]
@@ -338,7 +351,7 @@ def _fwd_output_kernel(
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         q_c = tl.load(q_ptr + off, mask=m_tk, other=0.0)
         k_c = tl.load(k_ptr + off, mask=m_tk, other=0.0)
-        g_c = tl.load(g_ptr + off, mask=m_tk, other=0.0)
+        g_c = _load_gate(g_ptr + off, m_tk)
         qk = tl.sum(q_c.to(tl.float32) * k_c.to(tl.float32), axis=1)
         acc = tl.where(o_t[:, None] == o_t[None, :], qk[:, None], 0.0)  # the gate-free diagonal
         for L in range(LOG2C):  # a loop, not unrolled: the compiler must not overlap the levels' live values
@@ -349,7 +362,9 @@ def _fwd_output_kernel(
             acc = tl.dot(q_l, tl.trans(k_l), acc, input_precision=PRECISION)
             acc = tl.where(block, acc, 0.0)  # (the top level's block is the whole chunk)
         P += acc
-    P = P * scale
+    # Entries above the diagonal are zero in exact arithmetic, but a level's product also pairs a
+    # query with later keys of its block (0 · NaN = NaN for a poisoned key): select, never multiply.
+    P = tl.where(o_t[:, None] >= o_t[None, :], P * scale, 0.0)
     if i_v == 0:
         tl.store(A_ptr + (i_bh * NT + i_t) * C * C + cc, P.to(A_ptr.dtype.element_ty))
 
@@ -364,7 +379,7 @@ def _fwd_output_kernel(
         off = i_bh * T * K + rows[:, None] * K + o_k[None, :]
         m_tk = m_t[:, None] & m_k[None, :]
         q_c = tl.load(q_ptr + off, mask=m_tk, other=0.0)
-        g_c = tl.load(g_ptr + off, mask=m_tk, other=0.0)
+        g_c = _load_gate(g_ptr + off, m_tk)
         b = tl.dot(tl.load(tab_ptr + LOG2C * C * C + cc), g_c, input_precision=G_PRECISION)  # b_j
         q_hat = q_c * _exp(b, FAST).to(dt)
         s_c = tl.load(h_base + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
@@ -434,7 +449,7 @@ def _bwd_dstates_kernel(
         rows = i_t * C + o_t
         m_kt = m_k[:, None] & (rows < T)[None, :]
         q_t = tl.load(q_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0).to(tl.float32) * scale
-        g_t = tl.load(g_base + rows[None, :] * K + o_k[:, None], mask=m_kt, other=0.0)
+        g_t = _load_gate(g_base + rows[None, :] * K + o_k[:, None], m_kt)
         do_c = tl.load(do_base + rows[:, None] * V + o_v[None, :], mask=(rows < T)[:, None] & m_v[None, :], other=0.0)
         q_hat = (q_t * _exp(tl.dot(g_t, upto, input_precision=G_PRECISION), FAST)).to(dt)  # Q ⊙ e^b, transposed
         total = tl.sum(g_t.to(tl.float32), axis=1)
@@ -503,7 +518,7 @@ def _bwd_dv_kernel(
         off_t = i_bh * T * K + rows[None, :] * K + o_k[:, None]  # [BK, C]: keys and gates transposed
         m_kt = m_k[:, None] & m_t[None, :]
         k_t = tl.load(k_ptr + off_t, mask=m_kt, other=0.0)
-        g_t = tl.load(g_ptr + off_t, mask=m_kt, other=0.0)
+        g_t = _load_gate(g_ptr + off_t, m_kt)
         to_end = _exp(tl.dot(g_t, later, input_precision=G_PRECISION), FAST)
         ds_c = tl.load(dh_base + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
         dv_t = tl.dot(tl.trans(ds_c.to(dt)), (k_t * to_end).to(dt), dv_t, input_precision=PRECISION)
@@ -576,7 +591,7 @@ def _bwd_kernel(
     m_tk = m_t[:, None] & m_k[None, :]
     q_c = tl.load(q_ptr + off, mask=m_tk, other=0.0)
     k_c = tl.load(k_ptr + off, mask=m_tk, other=0.0)
-    g_c = tl.load(g_ptr + off, mask=m_tk, other=0.0)
+    g_c = _load_gate(g_ptr + off, m_tk)
     kv = o_k[:, None] * V + o_v[None, :]
     m_kv = m_k[:, None] & m_v[None, :]
     s_c = tl.load(h_base + kv, mask=m_kv, other=0.0).to(dt)

@@ -34,7 +34,10 @@ are fp32, fp16 or bf16; products accumulate in fp32; the fp32 state is rounded t
 as an operand of the inter product. fp32 inputs use IEEE fp32 products (no tf32) on the GPU.
 
 Decay powers are formed as ``exp2(e · log2 λ)`` with ``e ≥ 0`` always (padding rows get 0), so
-strong decays underflow to 0 and never overflow.
+strong decays underflow to 0 and never overflow. The intra-block mask is applied with ``where``, not
+only as a weight of 0: a NaN or inf in a later token's ``q`` or ``k`` leaves every earlier row bit for
+bit unchanged; a poisoned ``v`` reaches the rows of its own block (``P V`` multiplies it by the
+zeros above the diagonal) and no earlier one.
 
 Shapes: ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``decay: [H]`` in ``(0, 1]``, states
 ``[B, H, K, V]``. Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
@@ -164,7 +167,8 @@ def _chunk_scan_kernel(
         distance = cols - rows  # s - t: the future feeds the past
     else:
         distance = rows - cols  # t - s: the past feeds the present
-    mask_weight = tl.where(distance >= 0, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0)
+    causal = distance >= 0
+    mask_weight = tl.where(causal, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0)
     mask_weight = mask_weight * scale_b
     for i in range(n_blocks):
         if REVERSE:
@@ -195,7 +199,8 @@ def _chunk_scan_kernel(
         b_weight = tl.where(t_valid, tl.exp2(tl.maximum(b_exp, 0.0) * log2_decay), 0.0) * scale_b
 
         # intra: [(a bᵀ) ⊙ D] c
-        scores = tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION) * mask_weight
+        # selected with where, not only weighted: 0 · NaN = NaN would carry a later token's NaN back
+        scores = tl.where(causal, tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION) * mask_weight, 0.0)
         out = tl.dot(scores.to(c.dtype), c, input_precision=DOT_PRECISION)
         # inter: the carried state, seen by every row with its decay
         inter = tl.dot(a, state.to(a.dtype), input_precision=DOT_PRECISION)
@@ -270,7 +275,8 @@ def _dkdv_kernel(
 
     # Reverse mask: entry (t, s) = λ^(s-t) for s ≥ t — the transpose of the forward's D.
     distance = offs_t[None, :] - offs_t[:, None]
-    mask_weight = tl.where(distance >= 0, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0) * scale
+    causal = distance >= 0
+    mask_weight = tl.where(causal, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0) * scale
 
     base_k = i_bh * T * DK
     base_v = i_bh * T * DV
@@ -292,11 +298,11 @@ def _dkdv_kernel(
 
         dkv_low = dkv.to(q.dtype)
         # dV = [(Q Kᵀ) ⊙ D]ᵀ dO + (λ^(n-j) K) dKV
-        s_kq = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * mask_weight
+        s_kq = tl.where(causal, tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * mask_weight, 0.0)
         dv = tl.dot(s_kq.to(do.dtype), do, input_precision=DOT_PRECISION)
         dv += tl.dot(k, dkv_low, input_precision=DOT_PRECISION) * k_weight[:, None]
         # dK = [(dO Vᵀ) ⊙ D]ᵀ Q + (λ^(n-j) V) dKVᵀ
-        s_vdo = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION) * mask_weight
+        s_vdo = tl.where(causal, tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION) * mask_weight, 0.0)
         dk = tl.dot(s_vdo.to(q.dtype), q, input_precision=DOT_PRECISION)
         dk += tl.dot(v, tl.trans(dkv_low), input_precision=DOT_PRECISION) * k_weight[:, None]
         tl.store(dk_ptr + base_k + rows_k, dk.to(dk_ptr.dtype.element_ty), mask=mk)

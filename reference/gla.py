@@ -1,7 +1,8 @@
 r"""Gated Linear Attention (GLA, arXiv 2312.06635; ``docs/gla.md``).
 
 Shapes (head-first): ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``o: [B, H, T, V]``, the state
-``S: [B, H, K, V]`` and the log-space gates ``log_alpha: [B, H, T, K]`` with every entry ``≤ 0``.
+``S: [B, H, K, V]`` and the log-space gates ``log_alpha: [B, H, T, K]`` with every entry ``≤ 0``
+(``-inf`` is a full reset of that key channel: ``α = 0``).
 ``scale`` multiplies ``q`` (default 1.0, the paper's math; the GLA layer uses ``K ** -0.5``).
 
 The recurrence is ``S_t = Diag(α_t) S_{t-1} + k_tᵀ v_t``, ``o_t = q_t S_t``: each of the ``K`` key
@@ -30,7 +31,10 @@ The forms:
 ``parallel_factorised`` is the naive form ``((Q ⊙ e^b)(K ⊙ e^{−b})ᵀ ⊙ M) V``, kept only to show
 that it overflows: do not use it for anything else.
 
-No function here ever exponentiates a positive number.
+No function here ever exponentiates a positive number, or forms an exponent as the difference of
+two cumulative sums (see "Sums of gates"); masks are applied with ``where``, never by multiplying
+(``0 · NaN = NaN`` would let a poisoned later token into earlier rows). Every form computes in at
+least float32 and rounds its results to the input dtype once.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ __all__ = [
 
 
 def _check_log_alpha(xp, log_alpha, B: int, H: int, T: int, K: int, like):
-    """``log_alpha`` must be an array like ``q`` of shape ``[B, H, T, K]`` with finite entries ``≤ 0``."""
+    """``log_alpha`` must be an array like ``q`` of shape ``[B, H, T, K]`` with entries ``≤ 0`` (``-inf`` allowed)."""
     if not same_library(log_alpha, like):
         raise TypeError(
             f"log_alpha must be an array of the same library as q, k and v, got {type(log_alpha).__name__}"
@@ -85,10 +89,11 @@ def _check_log_alpha(xp, log_alpha, B: int, H: int, T: int, K: int, like):
     check_floating(xp, "log_alpha", log_alpha)
     if log_alpha.dtype != like.dtype:
         raise TypeError(f"log_alpha must have the dtype of q, k, v ({like.dtype}), got {log_alpha.dtype}")
-    if not bool(xp.all(xp.isfinite(log_alpha))):
-        raise ValueError("log_alpha must be finite (a gate α = exp(log_alpha) of exactly 0 has no logarithm)")
-    if not bool(xp.all(log_alpha <= 0)):
-        raise ValueError("log_alpha must be ≤ 0 everywhere (gates α = exp(log_alpha) lie in (0, 1])")
+    if not bool(xp.all(log_alpha <= 0)):  # also false for NaN
+        raise ValueError(
+            "log_alpha must be ≤ 0 and not NaN everywhere (gates α = exp(log_alpha) lie in [0, 1]; "
+            "-inf is a full reset)"
+        )
     return log_alpha
 
 
@@ -102,6 +107,61 @@ def _check_inputs(q, k, v, log_alpha, scale):
 def _check_sub_chunk(sub_chunk) -> int:
     """Any positive sub-chunk size works: sub-chunks tile each chunk from its start, the last shorter."""
     return check_positive_int("sub_chunk", sub_chunk)
+
+
+# --------------------------------------------------------------------------------------------
+# Sums of gates
+# --------------------------------------------------------------------------------------------
+#
+# Every exponent is a sum of gates over a range of steps, ``Σ_{s < r ≤ t} log α_r``, and is
+# formed as such a sum, never as the difference ``b_t − b_s`` of two cumulative sums: one gate of
+# -1e20 makes every later ``b`` equal -1e20 in floating point, and the difference of two of them
+# 0 instead of the gates between them (cancellation). Sums of numbers ``≤ 0`` lose nothing beyond
+# rounding, and ``-inf`` (a reset: ``α = 0``) only ever meets finite numbers or ``-inf`` in a sum,
+# never ``-inf − (-inf)``. Gates are summed in at least float32 (``_working_dtype``).
+
+
+def _working_dtype(xp, dtype):
+    """``dtype``, or float32 for a 16-bit one: gates and states are never kept in 16 bits."""
+    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+
+
+def _upcast(xp, *arrays):
+    """``arrays`` (``None`` passes through) in ``_working_dtype`` of the first one's dtype."""
+    work = _working_dtype(xp, arrays[0].dtype)
+    return tuple(a if a is None or a.dtype == work else xp.astype(a, work) for a in arrays)
+
+
+def _zero_rows(xp, a, keep):
+    """``a`` with the rows where ``keep`` (a ``[n]`` boolean) is false replaced by exact zeros."""
+    return xp.where(xp.reshape(keep, (a.shape[-2], 1)), a, xp.zeros_like(a))
+
+
+def _segment_sums(xp, a):
+    r"""``[..., n, n, K]``: entry ``[j, s]`` is ``Σ_{s < r ≤ j} a_r`` for ``s ≤ j`` (0 on the diagonal).
+
+    Entries above the diagonal are meaningless (the caller masks them with ``where``). Each entry is
+    a cumulative sum that *starts* after ``s``: the gates from ``r = s + 1`` on, and nothing before.
+    """
+    n = a.shape[-2]
+    dev = device_of(a)
+    r = xp.arange(n, device=dev)
+    after = xp.reshape(r[:, None] > r[None, :], (n, n, 1))  # [r, s]: r > s
+    terms = xp.where(after, a[..., :, None, :], xp.zeros_like(a[..., :, None, :]))  # [..., r, s, K]
+    return xp.cumulative_sum(terms, axis=-3)  # [..., j, s, K]
+
+
+def _sums_after_first(xp, a):
+    """``[..., n, K]``: row ``j`` is ``Σ_{0 < r ≤ j} a_r`` (row 0 is 0): the gates since the first row."""
+    n = a.shape[-2]
+    return xp.cumulative_sum(_zero_rows(xp, a, xp.arange(n, device=device_of(a)) > 0), axis=-2)
+
+
+def _sums_to_end(xp, a):
+    """``[..., n, K]``: row ``j`` is ``Σ_{j < r < n} a_r`` (the last row is 0): the gates after row ``j``."""
+    n = a.shape[-2]
+    shifted = xp.roll(_zero_rows(xp, a, xp.arange(n, device=device_of(a)) > 0), -1, axis=-2)  # row j: a_{j+1}
+    return xp.flip(xp.cumulative_sum(xp.flip(shifted, axis=-2), axis=-2), axis=-2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,7 +231,7 @@ def recurrent(q, k, v, log_alpha, *, scale: float = 1.0, initial_state=None):
 
     Args:
         q: ``[B, H, T, K]``; k: ``[B, H, T, K]``; v: ``[B, H, T, V]``.
-        log_alpha: ``[B, H, T, K]``, finite, ``≤ 0``.
+        log_alpha: ``[B, H, T, K]``, ``≤ 0`` (``-inf``: a reset, the state forgets everything).
         scale: multiplies ``q``.
         initial_state: ``[B, H, K, V]`` (zeros if ``None``).
 
@@ -180,35 +240,45 @@ def recurrent(q, k, v, log_alpha, *, scale: float = 1.0, initial_state=None):
     """
     xp, B, H, T, K, V, scale = _check_inputs(q, k, v, log_alpha, scale)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
+    out_dtype = q.dtype
+    q, k, v, log_alpha, state = _upcast(xp, q, k, v, log_alpha, state)
     outputs = []
     for t in range(T):
-        alpha_t = xp.exp(log_alpha[..., t, :])  # [B, H, K]
+        alpha_t = xp.exp(log_alpha[..., t, :])  # [B, H, K]; 0 for a reset (log α = -inf)
         state = alpha_t[..., :, None] * state + k[..., t, :, None] * v[..., t, None, :]
         outputs.append((q[..., t : t + 1, :] * scale) @ state)
-    return xp.concat(outputs, axis=-2), state
+    return xp.astype(xp.concat(outputs, axis=-2), out_dtype), xp.astype(state, out_dtype)
 
 
-def _decay_tensor(xp, b_rows, b_cols, mask):
-    """``exp(b_jk − b_sk)`` as ``[..., Tq, Tk, K]`` where ``mask[j, s]``, else 0.
+def _decay_tensor(xp, a, mask):
+    """``exp(Σ_{s < r ≤ j} a_r)`` as ``[..., n, n, K]`` where ``mask[j, s]``, else 0.
 
-    Masked-out pairs (``s > j``) would have a positive exponent; it is clipped to 0 *before* the
-    exponential, so nothing overflows and autograd never meets ``0 · inf``.
+    The exponents are segment sums (``_segment_sums``): ``≤ 0``, exact for every size of gate, and
+    ``-inf`` across a reset. Masked-out pairs get exponent 0 before the exponential and 0 after it,
+    so autograd never meets ``0 · inf``.
     """
-    diff = b_rows[..., :, None, :] - b_cols[..., None, :, :]
-    decay = xp.exp(xp.minimum(diff, xp.zeros_like(diff)))
-    return xp.where(mask[:, :, None], decay, xp.zeros_like(decay))
+    mask3 = mask[:, :, None]
+    seg = _segment_sums(xp, a)
+    decay = xp.exp(xp.where(mask3, seg, xp.zeros_like(seg)))
+    return xp.where(mask3, decay, xp.zeros_like(decay))
 
 
-def _gated_scores(xp, q, k, b_rows, b_cols, mask):
-    """``P_js = Σ_k q_jk k_sk exp(b_jk − b_sk)`` where ``mask``, computed element by element."""
-    return xp.sum(q[..., :, None, :] * k[..., None, :, :] * _decay_tensor(xp, b_rows, b_cols, mask), axis=-1)
+def _gated_scores(xp, q, k, a, mask):
+    """``P_js = Σ_k q_jk k_sk exp(Σ_{s < r ≤ j} a_rk)`` where ``mask``, else exactly 0, element by element.
+
+    The mask is applied with ``where`` after the sum, not only through the decay's zeros: a NaN
+    or inf in a later key would make ``0 · NaN = NaN`` and reach every earlier row.
+    """
+    P = xp.sum(q[..., :, None, :] * k[..., None, :, :] * _decay_tensor(xp, a, mask), axis=-1)
+    return xp.where(mask, P, xp.zeros_like(P))
 
 
 def parallel(q, k, v, log_alpha, *, scale: float = 1.0):
     r"""All tokens at once: ``O = P V`` with ``P_ts = Σ_k q_tk k_sk exp(b_tk − b_sk)`` for ``s ≤ t``.
 
-    ``b`` is the inclusive cumulative sum of ``log_alpha`` along the sequence; each exponent is a
-    difference ``b_tk − b_sk ≤ 0``, so nothing overflows however small the gates. Memory
+    Each exponent ``b_tk − b_sk = Σ_{s < r ≤ t} log α_rk ≤ 0`` is formed as that sum of gates
+    (``_segment_sums``), not as a difference of cumulative sums, so nothing overflows and nothing
+    cancels however small the gates, and a reset (``-inf``) gives exactly 0 across it. Memory
     ``O(T²·K)``: for teaching and testing, not for long sequences.
 
     Args:
@@ -219,9 +289,10 @@ def parallel(q, k, v, log_alpha, *, scale: float = 1.0):
         ``o: [B, H, T, V]``.
     """
     xp, _, _, T, _, _, scale = _check_inputs(q, k, v, log_alpha, scale)
-    b = xp.cumulative_sum(log_alpha, axis=-2)
+    out_dtype = q.dtype
+    q, k, v, log_alpha = _upcast(xp, q, k, v, log_alpha)
     mask = causal_mask(xp, T, T, device_of(q))
-    return _gated_scores(xp, q * scale, k, b, b, mask) @ v
+    return xp.astype(_gated_scores(xp, q * scale, k, log_alpha, mask) @ v, out_dtype)
 
 
 def parallel_factorised(q, k, v, log_alpha, *, scale: float = 1.0):
@@ -243,57 +314,60 @@ def parallel_factorised(q, k, v, log_alpha, *, scale: float = 1.0):
 # --------------------------------------------------------------------------------------------
 
 
-def _intra_scores(xp, q, k, b, sub_chunk: int):
+def _to_first_row(xp, a, ws: int, we: int, us: int):
+    """``Σ_{s < r ≤ us} a_r`` for every key ``s`` of the sub-chunk ``ws..we-1`` (``we ≤ us``): ``[..., we-ws, K]``."""
+    return _sums_to_end(xp, a[..., ws : us + 1, :])[..., : we - ws, :]
+
+
+def _intra_scores(xp, q, k, a, sub_chunk: int):
     r"""The intra-chunk matrix ``P: [..., n, n]`` of one chunk by secondary chunking.
 
-    ``q, k, b: [..., n, K]`` with ``b`` the cumulative gate *from the chunk start*. Sub-chunk ``u``
+    ``q, k, a: [..., n, K]`` with ``a`` the chunk's gates and ``b`` their cumulative sum from the
+    chunk start (every ``b`` difference below is formed as a sum of gates). Sub-chunk ``u``
     (queries) against an earlier sub-chunk ``w`` (keys) is a matrix product after rescaling by
     ``b_n``, the cumulative gate at the first position of ``u``::
 
         P_uw = (Q_u ⊙ exp(b_u − b_n)) (K_w ⊙ exp(b_n − b_w))ᵀ      both exponents ≤ 0
 
     (``b`` never increases, and every query of ``u`` comes at or after ``n``, every key of ``w``
-    before it). A diagonal sub-block ``P_uu`` is computed element by element in log space; blocks
-    above the diagonal are zero.
+    before it). A diagonal sub-block ``P_uu`` is computed element by element in log space and masked
+    with ``where``; blocks above the diagonal are zeros, never products (a NaN in a later key or
+    query stays out of every earlier row).
     """
     n = q.shape[-2]
     dev = device_of(q)
     bounds = chunk_bounds(n, sub_chunk)
     rows = []
     for u, (us, ue) in enumerate(bounds):
-        q_u, k_u, b_u = q[..., us:ue, :], k[..., us:ue, :], b[..., us:ue, :]
-        b_n = b[..., us : us + 1, :]  # [..., 1, K]: the cumulative gate at the first query of u
-        q_hat = q_u * xp.exp(b_u - b_n)
+        q_u, k_u, a_u = q[..., us:ue, :], k[..., us:ue, :], a[..., us:ue, :]
+        q_hat = q_u * xp.exp(_sums_after_first(xp, a_u))  # e^{b_j − b_n}
         blocks = []
         for w, (ws, we) in enumerate(bounds):
             if w < u:
-                k_hat = k[..., ws:we, :] * xp.exp(b_n - b[..., ws:we, :])
+                k_hat = k[..., ws:we, :] * xp.exp(_to_first_row(xp, a, ws, we, us))  # e^{b_n − b_s}
                 blocks.append(q_hat @ transpose(xp, k_hat))
             elif w == u:
-                blocks.append(_gated_scores(xp, q_u, k_u, b_u, b_u, causal_mask(xp, ue - us, ue - us, dev)))
+                blocks.append(_gated_scores(xp, q_u, k_u, a_u, causal_mask(xp, ue - us, ue - us, dev)))
             else:
                 blocks.append(xp.zeros((*q.shape[:-2], ue - us, we - ws), dtype=q.dtype, device=dev))
         rows.append(xp.concat(blocks, axis=-1))
     return xp.concat(rows, axis=-2)
 
 
-def _chunk_output(xp, q, k, v, b, state, sub_chunk: int):
+def _chunk_output(xp, q, k, v, a, state, sub_chunk: int):
     """``O_i = P V + (Q ⊙ e^b) S_prev``: intra by secondary chunking, inter from the state before."""
-    return _intra_scores(xp, q, k, b, sub_chunk) @ v + (q * xp.exp(b)) @ state
+    return _intra_scores(xp, q, k, a, sub_chunk) @ v + (q * xp.exp(xp.cumulative_sum(a, axis=-2))) @ state
 
 
-def _chunk_update(xp, state, k, v, b):
-    """``S_new = Diag(γ) S_prev + (K ⊙ exp(b_C − b))ᵀ V`` with ``γ = exp(b_C)`` (``b_C``: last row)."""
-    b_last = b[..., -1:, :]  # [..., 1, K]
-    return transpose(xp, xp.exp(b_last)) * state + transpose(xp, k * xp.exp(b_last - b)) @ v
+def _chunk_update(xp, state, k, v, a):
+    """``S_new = Diag(γ) S_prev + (K ⊙ exp(b_C − b))ᵀ V`` with ``γ = exp(b_C)``, ``b_C`` the sum of the chunk's gates."""
+    b_last = xp.sum(a, axis=-2)[..., None, :]  # [..., 1, K]
+    return transpose(xp, xp.exp(b_last)) * state + transpose(xp, k * xp.exp(_sums_to_end(xp, a))) @ v
 
 
 def _chunks(xp, T: int, chunk_size: int, log_alpha):
-    """``[(start, stop, b), ...]`` with ``b`` the cumulative gate from each chunk's start."""
-    return [
-        (start, stop, xp.cumulative_sum(log_alpha[..., start:stop, :], axis=-2))
-        for start, stop in chunk_bounds(T, chunk_size)
-    ]
+    """``[(start, stop, a), ...]`` with ``a`` the gates of each chunk."""
+    return [(start, stop, log_alpha[..., start:stop, :]) for start, stop in chunk_bounds(T, chunk_size)]
 
 
 def chunk_states(k, v, log_alpha, *, chunk_size: int = 64, initial_state=None):
@@ -314,11 +388,13 @@ def chunk_states(k, v, log_alpha, *, chunk_size: int = 64, initial_state=None):
     _check_log_alpha(xp, log_alpha, B, H, T, K, like=k)
     chunk_size = check_positive_int("chunk_size", chunk_size)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=k)
+    out_dtype = k.dtype
+    k, v, log_alpha, state = _upcast(xp, k, v, log_alpha, state)
     states = [state]
-    for start, stop, b in _chunks(xp, T, chunk_size, log_alpha):
-        state = _chunk_update(xp, state, k[..., start:stop, :], v[..., start:stop, :], b)
+    for start, stop, a in _chunks(xp, T, chunk_size, log_alpha):
+        state = _chunk_update(xp, state, k[..., start:stop, :], v[..., start:stop, :], a)
         states.append(state)
-    return xp.stack(states, axis=2)
+    return xp.astype(xp.stack(states, axis=2), out_dtype)
 
 
 def chunked(
@@ -368,27 +444,29 @@ def chunked(
     if not isinstance(materialize, bool):
         raise TypeError(f"materialize must be True or False, got {materialize!r}")
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
+    out_dtype = q.dtype
+    q, k, v, log_alpha, state = _upcast(xp, q, k, v, log_alpha, state)
     q = q * scale
     chunks = _chunks(xp, T, chunk_size, log_alpha)
 
     if not materialize:
         outputs = []
-        for start, stop, b in chunks:
+        for start, stop, a in chunks:
             q_i, k_i, v_i = q[..., start:stop, :], k[..., start:stop, :], v[..., start:stop, :]
-            outputs.append(_chunk_output(xp, q_i, k_i, v_i, b, state, sub_chunk))
-            state = _chunk_update(xp, state, k_i, v_i, b)
-        return xp.concat(outputs, axis=-2), state
+            outputs.append(_chunk_output(xp, q_i, k_i, v_i, a, state, sub_chunk))
+            state = _chunk_update(xp, state, k_i, v_i, a)
+        return xp.astype(xp.concat(outputs, axis=-2), out_dtype), xp.astype(state, out_dtype)
 
     # Pass 1 (sequential, K×V work only): the state before every chunk.
     states = [state]
-    for start, stop, b in chunks:
-        states.append(_chunk_update(xp, states[-1], k[..., start:stop, :], v[..., start:stop, :], b))
+    for start, stop, a in chunks:
+        states.append(_chunk_update(xp, states[-1], k[..., start:stop, :], v[..., start:stop, :], a))
     # Pass 2 (independent per chunk: parallel on a GPU).
     outputs = [
-        _chunk_output(xp, q[..., start:stop, :], k[..., start:stop, :], v[..., start:stop, :], b, states[i], sub_chunk)
-        for i, (start, stop, b) in enumerate(chunks)
+        _chunk_output(xp, q[..., start:stop, :], k[..., start:stop, :], v[..., start:stop, :], a, states[i], sub_chunk)
+        for i, (start, stop, a) in enumerate(chunks)
     ]
-    return xp.concat(outputs, axis=-2), states[-1]
+    return xp.astype(xp.concat(outputs, axis=-2), out_dtype), xp.astype(states[-1], out_dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,7 +474,7 @@ def chunked(
 # --------------------------------------------------------------------------------------------
 
 
-def _intra_grads(xp, q, k, b, dP, sub_chunk: int):
+def _intra_grads(xp, q, k, a, dP, sub_chunk: int):
     r"""``dQ, dK`` of the intra-chunk term through ``P`` (given ``dP = (dO Vᵀ) ⊙ M``), secondary chunking.
 
     For a query sub-chunk ``u`` after a key sub-chunk ``w`` (rescaled by ``b_n``, the first row of
@@ -414,15 +492,14 @@ def _intra_grads(xp, q, k, b, dP, sub_chunk: int):
     dq = [xp.zeros_like(q[..., us:ue, :]) for us, ue in bounds]
     dk = [xp.zeros_like(k[..., us:ue, :]) for us, ue in bounds]
     for u, (us, ue) in enumerate(bounds):
-        q_u, k_u, b_u = q[..., us:ue, :], k[..., us:ue, :], b[..., us:ue, :]
-        b_n = b[..., us : us + 1, :]
-        q_scale = xp.exp(b_u - b_n)
+        q_u, k_u, a_u = q[..., us:ue, :], k[..., us:ue, :], a[..., us:ue, :]
+        q_scale = xp.exp(_sums_after_first(xp, a_u))
         for w, (ws, we) in enumerate(bounds[:u]):
-            k_scale = xp.exp(b_n - b[..., ws:we, :])
+            k_scale = xp.exp(_to_first_row(xp, a, ws, we, us))
             dP_uw = dP[..., us:ue, ws:we]
             dq[u] = dq[u] + (dP_uw @ (k[..., ws:we, :] * k_scale)) * q_scale
             dk[w] = dk[w] + (transpose(xp, dP_uw) @ (q_u * q_scale)) * k_scale
-        decay = _decay_tensor(xp, b_u, b_u, causal_mask(xp, ue - us, ue - us, dev))  # [..., c, c, K]
+        decay = _decay_tensor(xp, a_u, causal_mask(xp, ue - us, ue - us, dev))  # [..., c, c, K]
         dP_uu = dP[..., us:ue, us:ue]
         dq[u] = dq[u] + xp.sum(dP_uu[..., :, :, None] * k_u[..., None, :, :] * decay, axis=-2)
         dk[u] = dk[u] + xp.sum(dP_uu[..., :, :, None] * q_u[..., :, None, :] * decay, axis=-3)
@@ -486,33 +563,35 @@ def chunked_backward(
     sub_chunk = _check_sub_chunk(sub_chunk)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     dstate = check_state(xp, "d_final_state", d_final_state, B, H, K, V, like=q)
+    out_dtype = q.dtype
+    q, k, v, log_alpha, do, state, dstate = _upcast(xp, q, k, v, log_alpha, do, state, dstate)
     q = q * scale
     chunks = _chunks(xp, T, chunk_size, log_alpha)
 
     states = [state]  # S_[i], the state before chunk i (S_[n] the final state)
-    for start, stop, b in chunks:
-        states.append(_chunk_update(xp, states[-1], k[..., start:stop, :], v[..., start:stop, :], b))
+    for start, stop, a in chunks:
+        states.append(_chunk_update(xp, states[-1], k[..., start:stop, :], v[..., start:stop, :], a))
 
     dstates = [None] * len(chunks)  # dS_[i+1], the gradient w.r.t. the state after chunk i
     for i in reversed(range(len(chunks))):
-        start, stop, b = chunks[i]
+        start, stop, a = chunks[i]
         dstates[i] = dstate
         q_i, do_i = q[..., start:stop, :], do[..., start:stop, :]
-        dstate = transpose(xp, xp.exp(b[..., -1:, :])) * dstate + transpose(xp, q_i * xp.exp(b)) @ do_i
+        b_last = xp.sum(a, axis=-2)[..., None, :]
+        dstate = transpose(xp, xp.exp(b_last)) * dstate + transpose(xp, q_i * xp.exp(xp.cumulative_sum(a, axis=-2))) @ do_i
 
     dq, dk, dv, da = [], [], [], []
-    for i, (start, stop, b) in enumerate(chunks):
+    for i, (start, stop, a) in enumerate(chunks):
         q_i, k_i, v_i, do_i = (x[..., start:stop, :] for x in (q, k, v, do))
         n = stop - start
-        b_last = b[..., -1:, :]
-        P = _intra_scores(xp, q_i, k_i, b, sub_chunk)
+        to_end = xp.exp(_sums_to_end(xp, a))  # e^{b_C − b}
+        P = _intra_scores(xp, q_i, k_i, a, sub_chunk)
         mask = causal_mask(xp, n, n, device_of(q))
         dP = xp.where(mask, do_i @ transpose(xp, v_i), xp.zeros_like(P))
-        k_to_end = k_i * xp.exp(b_last - b)
-        dv_i = transpose(xp, P) @ do_i + k_to_end @ dstates[i]
-        dq_intra, dk_intra = _intra_grads(xp, q_i, k_i, b, dP, sub_chunk)
-        dq_i = dq_intra + xp.exp(b) * (do_i @ transpose(xp, states[i]))
-        dk_i = dk_intra + xp.exp(b_last - b) * (v_i @ transpose(xp, dstates[i]))
+        dv_i = transpose(xp, P) @ do_i + (k_i * to_end) @ dstates[i]
+        dq_intra, dk_intra = _intra_grads(xp, q_i, k_i, a, dP, sub_chunk)
+        dq_i = dq_intra + xp.exp(xp.cumulative_sum(a, axis=-2)) * (do_i @ transpose(xp, states[i]))
+        dk_i = dk_intra + to_end * (v_i @ transpose(xp, dstates[i]))
         db = q_i * dq_i - k_i * dk_i
         last_row = xp.sum(states[i + 1] * dstates[i], axis=-1)[..., None, :]  # [B, H, 1, K]
         is_last = xp.reshape(xp.arange(n, device=device_of(q)) == n - 1, (n, 1))
@@ -521,8 +600,8 @@ def chunked_backward(
         dk.append(dk_i)
         dv.append(dv_i)
         da.append(_reverse_cumsum(xp, db, axis=-2))
-    grads = tuple(xp.concat(g, axis=-2) for g in (dq, dk, dv, da))
-    return (*grads, dstate) if return_initial_state_grad else grads
+    grads = tuple(xp.astype(xp.concat(g, axis=-2), out_dtype) for g in (dq, dk, dv, da))
+    return (*grads, xp.astype(dstate, out_dtype)) if return_initial_state_grad else grads
 
 
 # --------------------------------------------------------------------------------------------

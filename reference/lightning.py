@@ -15,7 +15,9 @@ step, so ``o_t = Σ_{s ≤ t} λ^(t-s) (q_t · k_s) v_s``. The forms:
   ``dQ`` and one reverse sweep for ``dK`` and ``dV``.
 
 Powers of ``λ`` are always formed with a non-negative exponent (``λ^(B-j)``, never ``λ^B · λ^-j``),
-so nothing overflows for strong decays or long blocks.
+so nothing overflows for strong decays or long blocks. The causal mask is applied with ``where``, never by
+multiplying (``0 · NaN = NaN`` would let a poisoned later token into earlier rows), and every form
+computes in at least float32 (``_working_dtype``) whatever the inputs' dtype.
 """
 
 from __future__ import annotations
@@ -101,6 +103,22 @@ def tnl_decay(num_heads: int, layer_idx: int = 0, num_layers: int = 1, *, rule: 
     raise ValueError(f"rule must be 'tnl' or 'fla', got {rule!r}")
 
 
+def _working_dtype(xp, dtype):
+    """The dtype a form computes in: ``dtype``, or float32 for a 16-bit input dtype.
+
+    A decay rounded to a 16-bit dtype is a different decay (0.999 is 1.0 in bfloat16, which then
+    compounds as ``λ^(t-s)``), and so is a state accumulated in one. Every form therefore works in
+    at least float32 and rounds its results to the input dtype once, at the end.
+    """
+    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+
+
+def _upcast(xp, *arrays):
+    """``arrays`` (``None`` passes through) in ``_working_dtype`` of the first one's dtype."""
+    work = _working_dtype(xp, arrays[0].dtype)
+    return tuple(a if a is None or a.dtype == work else xp.astype(a, work) for a in arrays)
+
+
 def _precise(xp, like):
     """The dtype decay powers are formed in: float64 (float32 on a device without float64).
 
@@ -152,6 +170,17 @@ def _block_mask(xp, log_decay, n: int, device, dtype):
     return xp.astype(mask, dtype)
 
 
+def _masked(xp, scores, mask, n: int, device):
+    """``scores ⊙ mask`` on and below the diagonal, exactly 0 above it.
+
+    Selected with ``where``, never by multiplying with the mask's zeros: ``0 · NaN = NaN``, so a
+    NaN or inf in a later token's ``q`` or ``k`` would otherwise reach every earlier row.
+    """
+    rows = xp.arange(n, device=device)[:, None]
+    cols = xp.arange(n, device=device)[None, :]
+    return xp.where(rows >= cols, scores * mask, xp.zeros_like(scores))
+
+
 def decay_mask(decay, T: int):
     r"""The decay mask ``D: [H, T, T]``, ``D_ts = λ^(t-s)`` for ``t ≥ s`` and 0 above the diagonal.
 
@@ -190,13 +219,16 @@ def recurrent(q, k, v, decay, *, scale: float = 1.0, initial_state=None):
     """
     xp, B, H, T, _, K, V = check_qkv(q, k, v)
     scale = check_scale("scale", scale)
-    lam = xp.astype(xp.exp(_check_decay(xp, decay, H, like=q)), q.dtype)[:, None, None]  # [H, 1, 1]
+    out_dtype = q.dtype
+    log_decay = _check_decay(xp, decay, H, like=q)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
+    q, k, v, state = _upcast(xp, q, k, v, state)
+    lam = xp.astype(xp.exp(log_decay), q.dtype)[:, None, None]  # [H, 1, 1], at least float32
     outputs = []
     for t in range(T):
         state = lam * state + k[..., t, :, None] * v[..., t, None, :]
         outputs.append((q[..., t : t + 1, :] * scale) @ state)
-    return xp.concat(outputs, axis=-2), state
+    return xp.astype(xp.concat(outputs, axis=-2), out_dtype), xp.astype(state, out_dtype)
 
 
 def parallel(q, k, v, decay, *, scale: float = 1.0):
@@ -212,8 +244,11 @@ def parallel(q, k, v, decay, *, scale: float = 1.0):
     xp, _, H, T, _, _, _ = check_qkv(q, k, v)
     scale = check_scale("scale", scale)
     log_decay = _check_decay(xp, decay, H, like=q)
+    out_dtype = q.dtype
+    q, k, v = _upcast(xp, q, k, v)
     scores = (q * scale) @ transpose(xp, k)  # [B, H, T, T]
-    return (scores * _block_mask(xp, log_decay, T, device_of(q), q.dtype)) @ v
+    mask = _block_mask(xp, log_decay, T, device_of(q), q.dtype)
+    return xp.astype(_masked(xp, scores, mask, T, device_of(q)) @ v, out_dtype)
 
 
 def _block_factors(xp, log_decay, n: int, device, dtype):
@@ -255,17 +290,20 @@ def chunked(q, k, v, decay, *, scale: float = 1.0, chunk_size: int = 64, initial
     chunk_size = check_positive_int("chunk_size", chunk_size)
     log_decay = _check_decay(xp, decay, H, like=q)
     kv = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
+    out_dtype = q.dtype
+    q, k, v, kv = _upcast(xp, q, k, v, kv)
     q = q * scale
     dev = device_of(q)
     outputs = []
     for start, stop in chunk_bounds(T, chunk_size):
         q_i, k_i, v_i = q[..., start:stop, :], k[..., start:stop, :], v[..., start:stop, :]
-        q_decay, k_decay, block_decay, mask = _block_factors(xp, log_decay, stop - start, dev, q.dtype)
-        o_intra = ((q_i @ transpose(xp, k_i)) * mask) @ v_i
+        n = stop - start
+        q_decay, k_decay, block_decay, mask = _block_factors(xp, log_decay, n, dev, q.dtype)
+        o_intra = _masked(xp, q_i @ transpose(xp, k_i), mask, n, dev) @ v_i
         o_inter = (q_decay * q_i) @ kv
         outputs.append(o_intra + o_inter)
         kv = block_decay * kv + transpose(xp, k_decay * k_i) @ v_i
-    return xp.concat(outputs, axis=-2), kv
+    return xp.astype(xp.concat(outputs, axis=-2), out_dtype), xp.astype(kv, out_dtype)
 
 
 def chunked_backward(
@@ -316,6 +354,8 @@ def chunked_backward(
     log_decay = _check_decay(xp, decay, H, like=q)
     kv = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     dkv = check_state(xp, "d_final_state", d_final_state, B, H, K, V, like=q)
+    out_dtype = q.dtype
+    q, k, v, do, kv, dkv = _upcast(xp, q, k, v, do, kv, dkv)
     q = q * scale  # the forward used scale·q; the chain rule gives dq = scale · d(scale·q)
     dev = device_of(q)
     blocks = chunk_bounds(T, chunk_size)
@@ -324,7 +364,8 @@ def chunked_backward(
     dq_blocks = []
     for (start, stop), (q_decay, k_decay, block_decay, mask) in zip(blocks, factors):
         k_i, v_i, do_i = k[..., start:stop, :], v[..., start:stop, :], do[..., start:stop, :]
-        dq_intra = ((do_i @ transpose(xp, v_i)) * mask) @ k_i
+        n = stop - start
+        dq_intra = _masked(xp, do_i @ transpose(xp, v_i), mask, n, dev) @ k_i
         dq_inter = (q_decay * do_i) @ transpose(xp, kv)
         dq_blocks.append((dq_intra + dq_inter) * scale)
         kv = block_decay * kv + transpose(xp, k_decay * k_i) @ v_i
@@ -332,18 +373,19 @@ def chunked_backward(
     dk_blocks, dv_blocks = [], []
     for (start, stop), (q_decay, k_decay, block_decay, mask) in zip(reversed(blocks), reversed(factors)):
         q_i, k_i, v_i, do_i = (x[..., start:stop, :] for x in (q, k, v, do))
-        dk_intra = transpose(xp, (do_i @ transpose(xp, v_i)) * mask) @ q_i
+        n = stop - start
+        dk_intra = transpose(xp, _masked(xp, do_i @ transpose(xp, v_i), mask, n, dev)) @ q_i
         dk_inter = (k_decay * v_i) @ transpose(xp, dkv)
-        dv_intra = transpose(xp, (q_i @ transpose(xp, k_i)) * mask) @ do_i
+        dv_intra = transpose(xp, _masked(xp, q_i @ transpose(xp, k_i), mask, n, dev)) @ do_i
         dv_inter = (k_decay * k_i) @ dkv
         dk_blocks.append(dk_intra + dk_inter)
         dv_blocks.append(dv_intra + dv_inter)
         dkv = block_decay * dkv + transpose(xp, q_decay * q_i) @ do_i
 
-    dq = xp.concat(dq_blocks, axis=-2)
-    dk = xp.concat(dk_blocks[::-1], axis=-2)
-    dv = xp.concat(dv_blocks[::-1], axis=-2)
+    dq = xp.astype(xp.concat(dq_blocks, axis=-2), out_dtype)
+    dk = xp.astype(xp.concat(dk_blocks[::-1], axis=-2), out_dtype)
+    dv = xp.astype(xp.concat(dv_blocks[::-1], axis=-2), out_dtype)
     if return_initial_state_grad:
-        return dq, dk, dv, dkv
+        return dq, dk, dv, xp.astype(dkv, out_dtype)
     return dq, dk, dv
 

@@ -246,7 +246,8 @@ def _torch_chunked(q, k, v, rates_, scale: float, block: int = 128) -> torch.Ten
             log_lam = torch.tensor(rates_, dtype=torch.float64, device=q.device).log()
             mask = torch.where(rows[:, None] >= rows[None, :], torch.exp(log_lam[:, None, None] * dist), 0.0).to(sd)
             mask = mask[None, :, None]  # [1, H, 1, c, c]
-        o = ((qb @ kb.transpose(-1, -2)) * mask) @ vb  # [B, H, n, c, V]
+        causal = rows[:, None] >= rows[None, :]  # selected with where: 0 · NaN would let a later token in
+        o = torch.where(causal, (qb @ kb.transpose(-1, -2)) * mask, 0.0) @ vb  # [B, H, n, c, V]
         kdec = kb if f.k is None else kb * f.k[None, :, None]
         M = kdec.transpose(-1, -2) @ vb  # [B, H, n, K, V]
         prefix = []

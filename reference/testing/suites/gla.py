@@ -127,3 +127,10 @@ def gate_equals_its_definition(impl):
         assert_close(got, want, tol=tol, what=what, name="log_alpha")
 
     run()
+
+
+# Poisoned tokens: causality bit for bit (reference.testing.suites._adversarial).
+from reference.testing.suites import _adversarial  # noqa: E402
+
+_adversarial.register(prop, FAMILY)
+_adversarial.register_resets(prop, FAMILY)

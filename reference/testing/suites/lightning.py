@@ -118,3 +118,9 @@ def _strong_decay_long_block(form):
 
 for _form in ("parallel", "chunked"):
     _strong_decay_long_block(_form)
+
+
+# Poisoned tokens: causality bit for bit (reference.testing.suites._adversarial).
+from reference.testing.suites import _adversarial  # noqa: E402
+
+_adversarial.register(prop, FAMILY)

@@ -90,3 +90,9 @@ def initial_state_gradient_reaches_chunked(impl):
 
 def _state(case):
     return np.random.default_rng(case.seed + 7).standard_normal((case.B, case.H, case.K, case.V))
+
+
+# Poisoned tokens: causality bit for bit (reference.testing.suites._adversarial).
+from reference.testing.suites import _adversarial  # noqa: E402
+
+_adversarial.register(prop, FAMILY)
