@@ -32,16 +32,21 @@
 
 # %%
 import os
+import sys
 import time
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.patches import Rectangle
 from torch import nn
-from tqdm import tqdm
 
 from reference import gla, lightning
+
+with warnings.catch_warnings():  # tqdm.auto: a live widget in JupyterLab with ipywidgets, else a text bar
+    warnings.simplefilter("ignore")
+    from tqdm.auto import tqdm
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # kernels run on the CPU; set before importing them
@@ -171,7 +176,7 @@ def train(use_gate: bool, steps: int = 150, seed: int = 0):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     test = make_batch(256, np.random.default_rng(1234))
     curve = []
-    for step in tqdm(range(steps), desc="GLA" if use_gate else "no gate", mininterval=1.0):
+    for step in tqdm(range(steps), desc="GLA" if use_gate else "no gate", mininterval=1.0, file=sys.stdout):
         x, y, mask = make_batch(32, generator)
         loss = nn.functional.binary_cross_entropy_with_logits(model(x), y, reduction="none").mean(-1)
         loss = (loss * mask).sum() / mask.sum()

@@ -30,8 +30,8 @@ figures and two H100 figures measured before this package's benchmarks existed (
 matmul, ~12.4 M tokens/s for fla's ``chunk_simple_gla`` forward+backward at ``H=16, K=V=128``;
 ``docs/benchmarks/lightning.json`` has since measured 730 TFLOP/s and 15.0 M tokens/s at T = 2k);
 ``A100_PAPER`` approximates the paper's cluster (DGX-A100, NVLink 3, HDR InfiniBand). Neither is a
-measurement of communication: ``fit(path)`` refits ``α, β, R`` on ``docs/benchmarks/simdist_nccl.json``
-once ``python -m simdist.bench`` has produced it — one call.
+measurement of communication: ``fit(path)`` refits ``α, β, R`` on a benchmark JSON such as the
+committed ``docs/benchmarks/simdist_nccl.json`` (what ``python -m simdist.bench`` writes) — one call.
 
 The paper's anchors (64 A100s, Linear-Llama3-1B, ``PAPER``) are reported beside the projection;
 ``implied_step_latency`` asks what per-message cost would reproduce them.

@@ -12,7 +12,10 @@ records what happened; the tests below then each check one promise of the site:
 * no request leaves 127.0.0.1 (every other request is recorded and aborted);
 * every formula rendered by KaTeX, and no raw ``$...$``, ``\\(`` or ``\\[`` left in the visible text
   (code blocks excepted);
-* every ``<img>`` loaded, the lessons' base64 figures included, and every lesson shows a figure;
+* every ``<img>`` loaded, the lessons' base64 figures included, and every lesson page shows as many
+  figures as its executed notebook produced;
+* nothing is cut off at 1280 px: content wider than its box (a wide table, a long code line or
+  output) scrolls inside a box that fits the column, and the page itself never scrolls sideways;
 * every internal link resolves (status 200), fragments included: links inside the notebooks escape
   ``mkdocs --strict``'s checks, so they are crawled here;
 * search answers, and the light/dark toggle switches the palette.
@@ -178,9 +181,42 @@ async () => {
 }
 """
 
+# Horizontal clipping: an element whose content is wider than its box, or whose box reaches past the
+# content area, is fine only inside a box that scrolls sideways and itself fits the content area.
+_CLIPPED_BOXES = r"""
+  function clippedBoxes(article) {
+    const out = [];
+    const extra = document.documentElement.scrollWidth - window.innerWidth;
+    if (extra > 1) out.push(`the page scrolls sideways by ${extra}px at ${window.innerWidth}px`);
+    // the content area: the article and its side margins, into which mkdocs-material's table
+    // scroll boxes deliberately reach (.md-typeset__scrollwrap: margin 0 -0.8rem)
+    const column = (document.querySelector(".md-content") || article).getBoundingClientRect();
+    const scrolls = el => ["auto", "scroll"].includes(getComputedStyle(el).overflowX);
+    const scroller = el => {
+      for (let a = el; a && a !== article.parentElement; a = a.parentElement) {
+        if (scrolls(a) && a.getBoundingClientRect().right <= column.right + 1) return a;
+      }
+      return null;
+    };
+    article.querySelectorAll("pre, table, .jp-OutputArea-output, .jp-RenderedText, .katex-display, img").forEach(el => {
+      const box = el.getBoundingClientRect();
+      if (box.width === 0 || el.closest(".md-sidebar")) return;
+      const overflowing = el.tagName !== "IMG" && el.scrollWidth > el.clientWidth + 1;
+      const sticksOut = box.right > column.right + 1;
+      if ((overflowing || sticksOut) && !scroller(el)) {
+        const text = (el.textContent || el.getAttribute("src") || "").trim().slice(0, 60);
+        out.push(`<${el.tagName.toLowerCase()} class="${el.className}"> ${Math.round(el.scrollWidth)}px of content in ${Math.round(el.clientWidth)}px, right edge ${Math.round(box.right)} > column ${Math.round(column.right)}: ${JSON.stringify(text)}`);
+      }
+    });
+    return out;
+  }
+"""
+
 # Runs in each page once it has loaded and its math has been rendered.
 _COLLECT = r"""
 () => {
+""" + _CLIPPED_BOXES + r"""
+
   const article = document.querySelector("article") || document.body;
   const clone = article.cloneNode(true);
   clone.querySelectorAll("pre, code, script, style, textarea, [hidden], .katex, .highlight, .highlight-ipynb, .clipboard-copy-txt").forEach(e => e.remove());
@@ -198,6 +234,7 @@ _COLLECT = r"""
       ok: img.complete && img.naturalWidth > 0,
     })),
     figures: Array.from(article.querySelectorAll(".jp-OutputArea-output img")).filter(img => img.complete && img.naturalWidth > 0).length,
+    clipped: clippedBoxes(article),
     links: Array.from(document.querySelectorAll("a[href]")).map(a => a.href),
     ids: Array.from(document.querySelectorAll("[id], a[name]")).map(e => e.id || e.getAttribute("name")),
   };
@@ -211,7 +248,7 @@ _RAW_TEX = re.compile(r"\\\(|\\\[|\$\$|\$[^$\s][^$\n]{0,200}?[^$\s\\]\$|\$[^$\s]
 @pytest.fixture(scope="module")
 def crawl(site, server, browser):
     """Visit every built page once; record console errors, requests, math, images, links and ids."""
-    context = browser.new_context(service_workers="block")
+    context = browser.new_context(service_workers="block", viewport={"width": 1280, "height": 900})
     external: list[str] = []
     bad_responses: list[str] = []
     console: list[str] = []
@@ -292,10 +329,50 @@ def test_every_image_loads(crawl):
     assert not broken, "images that did not load:\n" + "\n".join(broken)
 
 
+def _notebook_figures(notebook: Path) -> int:
+    """Image outputs of an executed notebook: what its page must show."""
+    import json
+
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    outputs = [out for cell in nb["cells"] if cell["cell_type"] == "code" for out in cell.get("outputs", [])]
+    return sum(1 for out in outputs if any(mime.startswith("image/") for mime in out.get("data", {})))
+
+
 def test_every_lesson_shows_its_figures(crawl):
+    """Each lesson page shows every figure its notebook produced (a figure drawn while the library had
+    switched the backend to Agg, say, is missing from the notebook and so from the page: the count of
+    at least one per lesson and the executed notebook's own count both guard it)."""
+    problems = []
     for source in lessons.lesson_sources():
         info = crawl["pages"][f"lessons/{source.stem}/"]
-        assert info["figures"] >= 1, f"{source.name}: no figure visible on its page"
+        produced = _notebook_figures(lessons.notebook_path(source))
+        if produced < 1:
+            problems.append(f"{source.name}: its notebook has no figure")
+        if info["figures"] != produced:
+            problems.append(f"{source.name}: the page shows {info['figures']} figures, the notebook produced {produced}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_clipping_check_sees_a_clipped_table(browser):
+    """The check of ``test_nothing_is_cut_off_at_1280px`` reports a wide table in a box that hides its
+    overflow, and accepts the same table in a box that scrolls."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    wide = "<table><tr>" + "<td>column&nbsp;of&nbsp;numbers</td>" * 40 + "</tr></table>"
+    try:
+        found = {}
+        for overflow in ("hidden", "auto"):
+            page.set_content(f'<div class="md-content" style="width:800px"><article style="width:760px">'
+                             f'<div style="overflow-x:{overflow}; width:700px">{wide}</div></article></div>')  # fmt: skip
+            found[overflow] = page.evaluate("(" + _CLIPPED_BOXES.strip() + ")(document.querySelector('article'))")
+    finally:
+        page.close()
+    assert any("<table" in line for line in found["hidden"]), found
+    assert found["auto"] == [], found
+
+
+def test_nothing_is_cut_off_at_1280px(crawl):
+    problems = [f"/{rel}: {what}" for rel, info in crawl["pages"].items() for what in info["clipped"]]
+    assert not problems, "content cut off at 1280 px:\n" + "\n".join(problems)
 
 
 def test_every_internal_link_resolves(crawl):

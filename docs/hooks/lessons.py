@@ -43,7 +43,7 @@ NOTEBOOK_DIR = ROOT / "docs" / "lessons"
 #: Files whose change makes every executed lesson stale (globs relative to the repository root).
 DEPENDENCIES = ("reference/**/*.py", "kernels/**/*.py", "simdist/**/*.py", "docs/benchmarks/*.json")
 #: Bump when the way lessons are executed changes (kernel environment, metadata layout).
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 #: Seconds one cell may run before the lesson fails (override with ATLAS_CELL_TIMEOUT).
 CELL_TIMEOUT = int(os.environ.get("ATLAS_CELL_TIMEOUT", "120"))
 METADATA_KEY = "attention_atlas"
@@ -241,6 +241,9 @@ def execute_lesson(source: Path, *, timeout: int = CELL_TIMEOUT, cwd: Path = ROO
             timeout=timeout,
             allow_errors=False,
             record_timing=False,
+            # one output per stream and cell, carriage returns applied: a progress bar's updates
+            # collapse to its final line, as a terminal would show it
+            coalesce_streams=True,
             resources={"metadata": {"path": str(cwd)}},
         )
         try:
