@@ -1,4 +1,5 @@
-"""The packaged LASP suite run against simdist: LASP-2's exclusive decayed prefix scan.
+"""The packaged LASP suite run against simdist: LASP-2's exclusive decayed prefix scan, and LASP-1
+and LASP-2 on gloo ranks.
 
 ``simdist.lasp2.exclusive_prefix(states, lengths, rank, rates)`` is what each rank runs after the
 AllGather; the adapter calls it for every rank and stacks the prefixes, which is the contract's
@@ -9,9 +10,12 @@ bad-input property (a check of ``prefix_scan`` itself) does not apply to this in
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
+from reference.testing.checks import Target
 from reference.testing.suites import lasp as suite
 from simdist import lasp2, local
 
@@ -28,13 +32,21 @@ class Lasp2Scan:
         return torch.stack([lasp2.exclusive_prefix(per_rank, list(lengths), r, rates) for r in range(len(per_rank))])
 
 
-PARAMS = [pytest.param(p, id=p.name) for p in suite.PROPERTIES if "bad_inputs" not in p.name]
+PARAMS = [pytest.param(p, id=p.name) for p in suite.PROPERTIES if p.needs == ("prefix_scan",) and "bad_inputs" not in p.name]
 
 
 def test_every_value_property_runs():
-    assert len(PARAMS) == len(suite.PROPERTIES) - 1 >= 2
+    assert len(PARAMS) == 2
 
 
 @pytest.mark.parametrize("prop", PARAMS)
 def test_suite(prop):
     prop.check(Lasp2Scan)
+
+
+@pytest.mark.parametrize("scheme", ["lasp1", "lasp2"])
+def test_schemes_on_gloo_ranks(scheme):
+    """``simdist.lasp1.attention`` and ``simdist.lasp2.attention`` on 2 and 3 gloo ranks (one pool per
+    size for the whole session, shared with tests/test_lasp.py)."""
+    prop = next(p for p in suite.PROPERTIES if p.name == "attention_on_ranks_equals_one_device")
+    prop.check(Target(importlib.import_module(f"simdist.{scheme}"), backend="torch"))

@@ -1,11 +1,18 @@
-"""Properties of LASP-2's exclusive decayed prefix scan (``docs/sequence_parallel.md``).
+"""Properties of sequence-parallel linear attention: LASP-2's prefix scan, and a scheme on gloo ranks
+(``docs/sequence_parallel.md``).
 
-Contract function (one process; in ``simdist.lasp2`` each rank runs it after the AllGather)::
+Contract functions::
 
-    prefix_scan(states, lengths, decay=None) -> prefixes
+    prefix_scan(states, lengths, decay=None) -> prefixes       # one process
         # states: [W, B, H, K, V], chunk r's own decayed state M_r = (λ^C Λ⁻¹ K_r)ᵀ V_r
         # lengths: W chunk lengths C_r; decay: [H] rates in (0, 1] or None (λ = 1)
         # prefixes: [W, B, H, K, V], P_0 = 0, P_r = λ^{C_{r-1}} P_{r-1} + M_{r-1}
+    attention(q, k, v, *, decay=None, causal=True, scale=1.0, group=None) -> o   # on every rank
+        # this rank's contiguous chunk in, its rows of the one-device output out (torch,
+        # differentiable), as simdist.lasp1.attention and simdist.lasp2.attention
+
+``attention`` runs on 2 or 3 gloo ranks (``simdist.shared_pool``); every rank loads the module that
+defines it again, so it must live in a ``.py`` file or an importable module.
 
 ``P_r`` is the state of every token *before* chunk ``r`` (exclusive): chunk ``r``'s own tokens are
 already in its intra-chunk term, so an inclusive prefix counts them twice (``docs/errata.md``,
@@ -26,7 +33,7 @@ from reference.testing.strategies import chunk_lengths, decays, seeds, to_numpy
 from reference.testing.suites._base import Property, configured, registrar
 
 ALGORITHM = "lasp"
-CONTRACT = ("prefix_scan",)
+CONTRACT = ("prefix_scan", "attention")
 PROPERTIES: list[Property] = []
 prop = registrar(PROPERTIES)
 TOL = 1e-9
@@ -146,3 +153,115 @@ def prefix_scan_rejects_bad_inputs(impl):
             lambda: impl.prefix_scan(args[0], lengths, args[1]), argument=argument,
             what=f"prefix_scan with states of shape {states.shape}, lengths={lengths}, decay={decay.tolist()}",
         )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# A scheme on gloo ranks
+# --------------------------------------------------------------------------------------------
+
+
+class RankCase(NamedTuple):
+    """``W`` ranks, rank ``r`` holding ``lengths[r]`` tokens; arrays from ``seed``."""
+
+    seed: int
+    B: int
+    H: int
+    K: int
+    V: int
+    lengths: tuple[int, ...]
+    decay: tuple[float, ...] | None
+    scale: float
+
+
+@st.composite
+def rank_cases(draw):
+    """2 or 3 ranks, unequal chunks (single tokens included), decays down to 0.3 or none."""
+    W = draw(st.integers(2, 3))
+    H = draw(st.integers(1, 2))
+    T = draw(st.integers(W, 3 * W + 4))
+    decay = draw(st.one_of(st.none(), decays(H).map(lambda x: tuple(float(r) for r in x))))
+    return RankCase(draw(seeds()), draw(st.integers(1, 2)), H, draw(st.integers(1, 4)), draw(st.integers(1, 4)),
+                    tuple(draw(chunk_lengths(T, W))), decay, draw(st.sampled_from([1.0, 0.5])))  # fmt: skip
+
+
+RANK_EXAMPLE = RankCase(seed=0, B=1, H=2, K=2, V=3, lengths=(3, 1, 2), decay=(0.5, 0.9), scale=0.5)
+
+
+def _where_defined(impl, name: str):
+    """``("module", name)`` or ``("file", path)``: how a rank loads the module defining ``impl.<name>``."""
+    import importlib.util
+    import sys
+
+    fn = getattr(impl, name)
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if module is None:
+        raise AssertionError(f"{name} must be defined in a module the ranks can load (a .py file or an importable module)")
+    if not module.__name__.startswith("_graded_") and importlib.util.find_spec(module.__name__) is not None:
+        return ("module", module.__name__, fn.__name__)
+    return ("file", module.__file__, fn.__name__)
+
+
+_LOADED: dict = {}  # per rank process: modules loaded by path, keyed by (path, modification time)
+
+
+def _rank_attention(rank, world_size, where, q, k, v, do, lengths, decay, scale):
+    """One rank: load the function, run its chunk forward and backward, return ``o, dq, dk, dv``."""
+    import importlib
+    import os
+
+    import torch
+
+    kind, name, fn_name = where
+    if kind == "module":
+        module = importlib.import_module(name)
+    else:
+        key = (name, os.path.getmtime(name))
+        if key not in _LOADED:
+            from reference.testing.grader import load_target
+
+            _LOADED[key] = load_target(name)
+        module = _LOADED[key]
+    start = sum(lengths[:rank])
+    chunk = slice(start, start + lengths[rank])
+    q, k, v = (torch.from_numpy(x[:, :, chunk].copy()).requires_grad_() for x in (q, k, v))
+    o = getattr(module, fn_name)(q, k, v, decay=decay, causal=True, scale=scale)
+    if isinstance(o, torch.Tensor) and o.requires_grad:  # else the gradients are reported missing, after o
+        (o * torch.from_numpy(do[:, :, chunk].copy())).sum().backward()
+    return [x.detach().clone() if x is not None else None for x in (o, q.grad, k.grad, v.grad)]
+
+
+@prop("attention", backends=("torch",))
+def attention_on_ranks_equals_one_device(impl):
+    """On 2 or 3 gloo ranks, each with its contiguous chunk (unequal lengths), the outputs and the
+    gradients of q, k, v put together equal the float64 oracle's on the whole sequence."""
+    import simdist
+
+    tol = tolerance(impl, TOL)
+    where = _where_defined(impl, "attention")
+
+    @configured
+    @example(case=RANK_EXAMPLE)
+    @given(case=rank_cases())
+    def run(case):
+        rng = np.random.default_rng(case.seed)
+        T = sum(case.lengths)
+        q, k, v = (rng.standard_normal((case.B, case.H, T, d)) for d in (case.K, case.K, case.V))
+        do = rng.standard_normal((case.B, case.H, T, case.V))
+        W = len(case.lengths)
+        per_rank = simdist.shared_pool(W, timeout=120).run(
+            _rank_attention, where, q, k, v, do, list(case.lengths), case.decay, case.scale
+        )
+        want_o, _ = oracles.decayed_linear_attention(q, k, v, case.decay, scale=case.scale)
+        want = (want_o, *oracles.decayed_linear_attention_grads(q, k, v, case.decay, do, scale=case.scale))
+        edges = np.cumsum((0, *case.lengths))
+        for i, name in enumerate(("o", "dq", "dk", "dv")):
+            for r in range(W):
+                got = per_rank[r][i]
+                if got is None:
+                    raise AssertionError(f"rank {r}: {name} is missing (no gradient reached this rank's chunk)")
+                assert_close(
+                    got, want[i][:, :, edges[r] : edges[r + 1]], tol=tol, name=f"{name} of rank {r}'s chunk",
+                    what=f"attention on {W} gloo ranks vs one device (the float64 oracle)", case=case,
+                )  # fmt: skip
+
+    run()
