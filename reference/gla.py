@@ -561,6 +561,8 @@ def chunked_backward(
         raise TypeError(f"do must have the dtype of q, k, v ({q.dtype}), got {do.dtype}")
     chunk_size = check_positive_int("chunk_size", chunk_size)
     sub_chunk = _check_sub_chunk(sub_chunk)
+    if not isinstance(return_initial_state_grad, bool):
+        raise TypeError(f"return_initial_state_grad must be True or False, got {return_initial_state_grad!r}")
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     dstate = check_state(xp, "d_final_state", d_final_state, B, H, K, V, like=q)
     out_dtype = q.dtype

@@ -137,7 +137,11 @@ def _check_decay(xp, decay, H: int, like):
     torch inputs) or an array of ``like``'s own library (kept, so it may carry gradients).
     """
     if isinstance(decay, (list, tuple)) or isinstance(decay, np.ndarray) and not isinstance(like, np.ndarray):
-        decay = xp.asarray(np.asarray(decay, dtype=np.float64), device=device_of(like))
+        try:
+            values = np.asarray(decay, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"decay must hold real numbers, one per head (shape [H] = [{H}]), got {decay!r}") from err
+        decay = xp.asarray(values, device=device_of(like))
     elif not hasattr(decay, "shape"):
         raise TypeError(f"decay must be an array of shape [H] = [{H}], got {type(decay).__name__}")
     elif not same_library(decay, like):
@@ -193,7 +197,12 @@ def decay_mask(decay, T: int):
     """
     T = check_positive_int("T", T)
     if isinstance(decay, (list, tuple)):
-        decay = np.asarray(decay, dtype=np.float64)
+        try:
+            decay = np.asarray(decay, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"decay must hold real numbers, one per head, got {decay!r}") from err
+    if not hasattr(decay, "shape"):
+        raise TypeError(f"decay must be an array of shape [H] or a sequence, got {type(decay).__name__}")
     xp = namespace(decay)
     if decay.ndim != 1:
         raise ValueError(f"decay must have shape [H], got {tuple(decay.shape)}")
@@ -351,6 +360,8 @@ def chunked_backward(
         raise TypeError(f"do must have the dtype of q, k, v ({q.dtype}), got {do.dtype}")
     scale = check_scale("scale", scale)
     chunk_size = check_positive_int("chunk_size", chunk_size)
+    if not isinstance(return_initial_state_grad, bool):
+        raise TypeError(f"return_initial_state_grad must be True or False, got {return_initial_state_grad!r}")
     log_decay = _check_decay(xp, decay, H, like=q)
     kv = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     dkv = check_state(xp, "d_final_state", d_final_state, B, H, K, V, like=q)

@@ -9,9 +9,10 @@ options and a fingerprint of the decay. Then every rank raises the same error if
 each rank every chunk's length, which LASP-2's decayed prefix and LASP-2H's gathers need (chunks of
 unequal length are allowed).
 
-Passing ``lengths=[C_0, …, C_{W-1}]`` to an algorithm skips the handshake (as a training loop that
-knows its layout would, and as the benchmark does): the local checks still run, but a rank whose
-input disagrees with the others can then only fail by itself.
+Passing ``lengths=[C_0, …, C_{W-1}]`` declares the layout; it does not skip the handshake (one
+rank skipping a collective the others enter would hang or abort them all). Every rank's declared
+lengths are compared with the chunks the ranks really hold, and a rank that declares other lengths
+than they are is named on every rank.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import torch.distributed as dist
 from simdist import comm
 
 _DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-_FIELDS = ["ok", "B", "H", "K", "V", "C", "dtype", "causal", "has_decay", "scale", "decay_fp1", "decay_fp2", "W", "algorithm"]
+_FIELDS = ["ok", "B", "H", "K", "V", "C", "dtype", "causal", "has_decay", "scale", "decay_fp1", "decay_fp2", "W", "algorithm",
+           "has_lengths", "lengths_fp1", "lengths_fp2"]
 _ALGORITHMS = ["lasp1", "lasp2", "lasp2h", "ring"]
 
 
@@ -105,6 +107,35 @@ def _check_local(name, q, k, v, decay, causal, scale, *, allow_decay: bool, scal
     return lam
 
 
+def _check_group(name, group) -> None:
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"{name}: group must be a torch.distributed ProcessGroup or None (the default group), got {group!r}")
+
+
+def _check_lengths(name, lengths, rank: int, W: int, C: int):
+    """``lengths`` (or None) as a list of ``W`` positive ints whose entry ``rank`` is this chunk's length."""
+    if lengths is None:
+        return None
+    if isinstance(lengths, (str, bytes)) or not hasattr(lengths, "__len__"):
+        raise TypeError(f"{name}: lengths must be a sequence of {W} chunk lengths (one per rank) or None, got {lengths!r}")
+    values = list(lengths)
+    if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in values):
+        raise TypeError(f"{name}: lengths must hold integers, got {values!r}")
+    values = [int(c) for c in values]
+    if len(values) != W:
+        raise ValueError(f"{name}: lengths must give one chunk length per rank ({W}), got {len(values)}: {values}")
+    if min(values) < 1:
+        raise ValueError(f"{name}: lengths must be positive, got {values}")
+    if values[rank] != C:
+        raise ValueError(f"{name}: lengths[{rank}] = {values[rank]} but this rank's chunk has {C} tokens")
+    return values
+
+
+def _lengths_fingerprint(values) -> tuple[float, float]:
+    """Two sums that tell different lists of lengths apart (exact in float64 for any real layout)."""
+    return float(sum(c * (i + 1) for i, c in enumerate(values))), float(sum(c * c * (i + 1) ** 3 for i, c in enumerate(values)))
+
+
 def _meta_device(group):
     backend = dist.get_backend(group)
     if backend == "nccl":
@@ -122,6 +153,7 @@ def handshake(name, algorithm, q, k, v, decay, causal, scale, group, *, lengths=
     """
     local_error = None
     lam = None
+    _check_group(name, group)  # before anything collective: a bad group cannot be used to tell the others
     try:
         lam = _check_local(
             name, q, k, v, decay, causal, scale, allow_decay=allow_decay, scale_may_be_none=scale_may_be_none, options=options
@@ -134,16 +166,12 @@ def handshake(name, algorithm, q, k, v, decay, causal, scale, group, *, lengths=
         if local_error is not None:
             raise local_error from None
         raise
-
-    if lengths is not None:  # the caller vouches for the layout: local checks only
-        if local_error is not None:
-            raise local_error
-        lengths = [int(c) for c in lengths]
-        if len(lengths) != W:
-            raise ValueError(f"{name}: lengths must give one chunk length per rank ({W}), got {len(lengths)}")
-        if lengths[rank] != q.shape[2]:
-            raise ValueError(f"{name}: lengths[{rank}] = {lengths[rank]} but this rank's chunk has {q.shape[2]} tokens")
-        return Layout(rank, W, lengths, group), lam
+    declared = None
+    if local_error is None:
+        try:
+            declared = _check_lengths(name, lengths, rank, W, int(q.shape[2]))
+        except (TypeError, ValueError) as err:
+            local_error = err
 
     if local_error is None:
         B, H, C, K = q.shape
@@ -154,7 +182,9 @@ def handshake(name, algorithm, q, k, v, decay, causal, scale, group, *, lengths=
             fp2 = float((logs * torch.arange(1, H + 1, dtype=torch.float64)).sum())
         fields = dict(ok=1, B=B, H=H, K=K, V=v.shape[3], C=C, dtype=_DTYPES.index(q.dtype), causal=int(causal),
                       has_decay=int(lam is not None), scale=float("nan") if scale is None else float(scale),
-                      decay_fp1=fp1, decay_fp2=fp2, W=W, algorithm=_ALGORITHMS.index(algorithm))  # fmt: skip
+                      decay_fp1=fp1, decay_fp2=fp2, W=W, algorithm=_ALGORITHMS.index(algorithm),
+                      has_lengths=int(declared is not None))  # fmt: skip
+        fields["lengths_fp1"], fields["lengths_fp2"] = _lengths_fingerprint(declared) if declared is not None else (0.0, 0.0)
         row = [fields[name] for name in _FIELDS]
     else:
         row = [0] * len(_FIELDS)
@@ -195,6 +225,13 @@ def handshake(name, algorithm, q, k, v, decay, causal, scale, group, *, lengths=
         problems.append("decay differs across ranks (every rank must pass the same decay, or all None)")
     if differs("scale") is not None:
         problems.append("scale differs across ranks: " + ", ".join(f"rank {r}: {x['scale']}" for r, x in enumerate(rows)))
+    real = [int(x["C"]) for x in rows]
+    fp_real = _lengths_fingerprint(real)
+    wrong = [r for r, x in enumerate(rows) if x["has_lengths"] and (x["lengths_fp1"], x["lengths_fp2"]) != fp_real]
+    if wrong:
+        problems.append(
+            f"rank{'s' if len(wrong) > 1 else ''} {wrong} passed lengths= that differ from the chunks the ranks hold, {real}"
+        )
     if problems:
         raise ValueError(f"{name}: the ranks' inputs disagree: " + "; ".join(problems))
-    return Layout(rank, W, [int(x["C"]) for x in rows], group), lam
+    return Layout(rank, W, real, group), lam

@@ -8,7 +8,15 @@ is ``(fn, args)`` pickled by the parent; the rank resets its message accounting,
 later cannot invalidate a result the parent already holds.
 
 The rank also writes what it is doing into a small shared status board (``"running"``, or the
-collective it waits in), which is how the parent names the hung rank when a run times out.
+collective it waits in) with a counter that grows at every change (its progress), which is how the
+parent notices a hang and names the hung rank.
+
+A rank never outlives its caller: it leads its own process group (so a subprocess it starts is
+in it), and a watchdog thread waits on a *lifeline*, a pipe whose other end only the caller holds.
+When the caller dies, however (SIGKILL included), the pipe reaches end-of-file and the watchdog
+removes the run's temporary folder and kills the rank's whole process group. (The ranks are
+children of the fork server, not of the caller, so a parent-death signal alone would never fire;
+once the ranks are gone, the fork server and the resource tracker see their own pipes close and exit.)
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ import ctypes
 import faulthandler
 import os
 import pickle
+import shutil
 import signal
 import sys
+import threading
 import traceback
 from datetime import timedelta
 
@@ -38,7 +48,8 @@ NCCL_ENV = {
     "NVSHMEM_DISABLE_NVLS": "1",
 }
 
-STATUS_WIDTH = 64  # bytes per rank on the status board
+STATUS_WIDTH = 64  # bytes per rank on the status board: an 8-byte progress counter, then the text
+_COUNTER = 8
 
 
 def _die_with_parent() -> None:
@@ -54,17 +65,53 @@ def _die_with_parent() -> None:
 
 
 def set_status(board, rank: int, text: str) -> None:
+    """Write ``text`` as this rank's status and advance its progress counter."""
     if board is None:
         return
-    data = text.encode("utf-8", "replace")[: STATUS_WIDTH - 1]
+    data = text.encode("utf-8", "replace")[: STATUS_WIDTH - _COUNTER - 1]
     start = rank * STATUS_WIDTH
-    board[start : start + STATUS_WIDTH] = data + b"\0" * (STATUS_WIDTH - len(data))
+    count = read_progress(board, rank) + 1
+    board[start : start + STATUS_WIDTH] = (
+        count.to_bytes(_COUNTER, "little") + data + b"\0" * (STATUS_WIDTH - _COUNTER - len(data))
+    )
 
 
 def read_status(board, rank: int) -> str:
-    start = rank * STATUS_WIDTH
-    raw = bytes(board[start : start + STATUS_WIDTH])
+    start = rank * STATUS_WIDTH + _COUNTER
+    raw = bytes(board[start : (rank + 1) * STATUS_WIDTH])
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def read_progress(board, rank: int) -> int:
+    """How many times this rank's status has changed (entering or leaving a collective, a task)."""
+    start = rank * STATUS_WIDTH
+    return int.from_bytes(bytes(board[start : start + _COUNTER]), "little")
+
+
+def _own_process_group() -> None:
+    """Lead a process group of our own: what this rank starts can then be stopped with it."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+
+
+def _watch_lifeline(lifeline, directory: str) -> None:
+    """When the caller's end of ``lifeline`` closes (the caller died), remove ``directory`` and kill
+    this rank's process group (this rank and everything it started)."""
+
+    def watch():
+        try:
+            lifeline.poll(None)  # nothing is ever sent: this returns at end-of-file
+        except (OSError, EOFError, ValueError):
+            pass
+        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=watch, name="simdist-lifeline", daemon=True).start()
 
 
 def stack_path(directory: str, rank: int) -> str:
@@ -108,9 +155,13 @@ def _error_message(exc: BaseException, rank: int):
     return ("error", exc, text)
 
 
-def main(rank: int, world_size: int, backend: str, store_path: str, timeout_s: float, conn, board, threads: int):
+def main(rank: int, world_size: int, backend: str, store_path: str, timeout_s: float, conn, board, threads: int,
+         lifeline=None):  # fmt: skip
     """Entry point of one rank (a ``multiprocessing`` target)."""
     _die_with_parent()
+    _own_process_group()
+    if lifeline is not None:
+        _watch_lifeline(lifeline, os.path.dirname(store_path))
     # Ctrl-C (or a Jupyter kernel's shutdown) interrupts the parent, which stops the ranks itself;
     # a rank interrupted halfway through a collective would only leave its peers hanging.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

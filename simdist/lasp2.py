@@ -252,7 +252,8 @@ def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, g
         causal: ``True`` — Algorithm 2 (masked); ``False`` — Algorithm 1, every token sees every token.
         scale: multiplies ``q`` (default 1.0).
         group: the process group (``None``: the default group).
-        lengths: every rank's chunk length, to skip the validation handshake (see ``simdist._layout``).
+        lengths: every rank's chunk length, declared; checked against the chunks the ranks hold by the
+            handshake, which names a rank that declares other lengths (see ``simdist._layout``).
 
     Returns:
         ``o: [B, H, C_r, V]``, this chunk's rows of the one-device output; differentiable in q, k, v.

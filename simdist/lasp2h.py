@@ -90,7 +90,8 @@ def attention(q, k, v, *, causal: bool = True, scale: float | None = None, group
         causal: each token sees itself and every earlier token of the whole sequence; ``False``: all.
         scale: score temperature; ``None`` means ``K ** -0.5``.
         group: the process group (``None``: the default group).
-        lengths: every rank's chunk length, to skip the validation handshake (see ``simdist._layout``).
+        lengths: every rank's chunk length, declared; checked against the chunks the ranks hold by the
+            handshake, which names a rank that declares other lengths (see ``simdist._layout``).
 
     Returns:
         ``o: [B, H, C_r, V]``, this chunk's rows of one-device softmax attention; differentiable in

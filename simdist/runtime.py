@@ -10,9 +10,16 @@ What the runtime guarantees:
 
 * Results come back in rank order, as CPU tensors or other picklable objects.
 * A rank that raises makes ``run`` raise ``RankError`` naming the rank, with its traceback.
-  A rank that dies (``os._exit``, a signal, a crash) or hangs ends the call within the timeout
-  with a ``RankError`` naming it (a hung rank is named from the status board: the rank busy outside
-  any communication while the others wait in one).
+  A rank that dies (``os._exit``, a signal, a crash) ends the call at once with a ``RankError``
+  naming it. A hang ends it too: when the ranks' progress counters (on a shared status board) stop
+  for ``hang_timeout`` seconds (30 by default) while some ranks wait in a collective or have
+  answered, the rank busy outside any communication is named; a run that is merely long is stopped
+  by ``timeout``. The process group's own collective timeout is longer than both, so a healthy rank
+  waiting for the hung one never times out first and takes the blame.
+* No orphans: each rank leads its own process group and watches a pipe only the caller holds; if
+  the caller dies (even by SIGKILL), the ranks remove the run's temporary folder and kill their
+  process groups (a subprocess a rank started included), and the fork server and resource tracker
+  then exit by themselves. Teardown kills each rank's whole process group too.
 * No rank outlives a failure: a pool whose ranks may be inconsistent (a death, a hang, a failure on
   only some ranks) is torn down at once and silently replaced by fresh ranks on the next ``run``
   (``pool.restarts`` counts this). An error raised by *every* rank (bad input, detected everywhere)
@@ -59,6 +66,9 @@ from simdist import _worker
 __all__ = ["launch", "Pool", "shared_pool", "RankError", "LaunchError"]
 
 BACKENDS = ("gloo", "nccl")
+
+#: Ranks one machine may simulate: a process each, and a status board row each.
+MAX_WORLD_SIZE = 256
 
 
 class LaunchError(RuntimeError):
@@ -146,8 +156,10 @@ class Pool:
         world_size: number of ranks ``W`` (processes).
         backend: ``"gloo"`` (CPU processes) or ``"nccl"`` (one GPU per rank, rank ``r`` on
             ``cuda:r``; needs ``W`` visible GPUs).
-        timeout: default seconds a ``run`` may take; also the process group's own timeout for a
-            collective, so a rank blocked on a dead peer gives up by itself.
+        timeout: default seconds a ``run`` may take.
+        hang_timeout: default seconds the ranks may make no progress while some of them wait for
+            the others (in a collective, or having answered) before the run is declared hung and
+            the busy rank named (30 s; raise it for long GPU work between collectives).
         start_timeout: seconds the ranks may take to start and join the group (default
             ``max(60, timeout)``).
         threads: torch threads per rank (default: the CPU cores divided among the ranks).
@@ -166,13 +178,18 @@ class Pool:
         start_timeout: float | None = None,
         threads: int | None = None,
         grace: float = 3.0,
+        hang_timeout: float = 30.0,
     ):
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+        _check_world_size(world_size)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        timeout = _seconds("timeout", timeout)
+        hang_timeout = _seconds("hang_timeout", hang_timeout)
+        grace = _seconds("grace", grace, zero_ok=True)
+        if start_timeout is not None:
+            start_timeout = _seconds("start_timeout", start_timeout)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         if backend == "nccl":
             import torch
 
@@ -186,9 +203,14 @@ class Pool:
         cores = os.cpu_count() or 1
         self.threads = threads if threads is not None else max(1, cores // world_size)
         self.grace = float(grace)
+        self.hang_timeout = float(hang_timeout)
+        #: The process group's own timeout for one collective: longer than any run or hang limit, so
+        #: the parent names a hung rank before a healthy one, tired of waiting, raises and is blamed.
+        self.collective_timeout = max(self.timeout, self.hang_timeout) + 60.0
         self.restarts = 0
         self._procs: list = []
         self._conns: list = []
+        self._lifelines: list = []
         self._board = None
         self._tmpdir: str | None = None
         self._closed = False
@@ -211,20 +233,24 @@ class Pool:
         self._tmpdir = tempfile.mkdtemp(prefix="simdist-")
         store_path = os.path.join(self._tmpdir, "store")
         self._board = ctx.RawArray("c", self.world_size * _worker.STATUS_WIDTH)
-        procs, conns = [], []
+        procs, conns, lifelines = [], [], []
         for rank in range(self.world_size):
             parent_end, child_end = ctx.Pipe(duplex=True)
+            life_r, life_w = ctx.Pipe(duplex=False)  # only this process holds life_w: see _worker
             proc = ctx.Process(
                 target=_worker.main,
-                args=(rank, self.world_size, self.backend, store_path, self.timeout, child_end, self._board, self.threads),
+                args=(rank, self.world_size, self.backend, store_path, self.collective_timeout, child_end, self._board,
+                      self.threads, life_r),
                 name=f"simdist-rank{rank}",
                 daemon=True,
-            )
+            )  # fmt: skip
             proc.start()
             child_end.close()
+            life_r.close()
             procs.append(proc)
             conns.append(parent_end)
-        self._procs, self._conns = procs, conns
+            lifelines.append(life_w)
+        self._procs, self._conns, self._lifelines = procs, conns, lifelines
         deadline = time.monotonic() + self.start_timeout
         waiting = set(range(self.world_size))
         problems = []
@@ -274,9 +300,11 @@ class Pool:
             if proc.is_alive():
                 proc.kill()
                 proc.join(2.0)
-        for conn in self._conns:
+        for proc in self._procs:  # what the ranks started (each rank leads its own process group)
+            _kill_group(proc.pid)
+        for conn in self._conns + self._lifelines:
             conn.close()
-        self._procs, self._conns = [], []
+        self._procs, self._conns, self._lifelines = [], [], []
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
@@ -315,15 +343,21 @@ class Pool:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, fn, *args, timeout: float | None = None) -> list:
+    def run(self, fn, *args, timeout: float | None = None, hang_timeout: float | None = None) -> list:
         """``[fn(rank, world_size, *args) for every rank]``, computed by the ranks in parallel.
+
+        ``timeout`` and ``hang_timeout`` override the pool's for this run (see ``Pool``; a
+        ``hang_timeout`` beyond ``collective_timeout`` lets the process group time out first).
 
         Raises:
             TypeError: ``fn`` or ``args`` cannot be pickled (define ``fn`` at module level).
-            RankError: a rank raised, died or did not answer within ``timeout`` seconds.
+            RankError: a rank raised, died, kept the others waiting for ``hang_timeout`` seconds,
+                or the run did not finish within ``timeout`` seconds.
         """
         if self._closed:
             raise RuntimeError("this Pool is closed; create a new one")
+        timeout = self.timeout if timeout is None else _seconds("timeout", timeout)
+        hang_timeout = self.hang_timeout if hang_timeout is None else _seconds("hang_timeout", hang_timeout)
         try:
             message = pickle.dumps((fn, args))
         except Exception as err:
@@ -334,9 +368,8 @@ class Pool:
         if not self._procs:
             self.restarts += 1
             self._start()
-        timeout = self.timeout if timeout is None else float(timeout)
         try:
-            return self._run(fn, message, timeout)
+            return self._run(fn, message, timeout, hang_timeout)
         except RankError:
             raise
         except BaseException:
@@ -345,7 +378,19 @@ class Pool:
             self._teardown()
             raise
 
-    def _run(self, fn, message: bytes, timeout: float) -> list:
+    def _progress(self) -> tuple:
+        return tuple(_worker.read_progress(self._board, r) for r in range(self.world_size))
+
+    def _hung(self, pending: set) -> bool:
+        """After a while without progress: is someone waiting for a pending rank that is busy by itself,
+        or are all pending ranks stuck in collectives? (Everyone busy computing is not a hang.)"""
+        answered = set(range(self.world_size)) - pending
+        statuses = {r: _worker.read_status(self._board, r) for r in pending}
+        stacks = self._stacks(sorted(pending))
+        waiting = {r for r in pending if statuses[r].startswith("in ") or stacks.get(r, "").startswith("waiting")}
+        return bool(waiting or answered) and (bool(pending - waiting) or waiting == pending)
+
+    def _run(self, fn, message: bytes, timeout: float, hang_timeout: float | None = None) -> list:
         W = self.world_size
         for rank, conn in enumerate(self._conns):
             try:
@@ -358,12 +403,22 @@ class Pool:
         pending = set(range(W))
         deadline = time.monotonic() + timeout
         stop_at = deadline
+        progress, last_change = self._progress(), time.monotonic()
+        hang_timeout = self.hang_timeout if hang_timeout is None else hang_timeout
         while pending:
-            left = stop_at - time.monotonic()
+            now = time.monotonic()
+            left = stop_at - now
             if left <= 0:
                 break
+            now_progress = self._progress()
+            if now_progress != progress:
+                progress, last_change = now_progress, now
+            elif not (errors or deaths) and now - last_change > hang_timeout:
+                if self._hung(pending):
+                    raise self._failure(fn, timeout, errors, deaths, pending, waited=now - last_change)
+                last_change = now  # every pending rank is busy computing: look again later
             handles = {self._conns[r]: r for r in pending} | {self._procs[r].sentinel: r for r in pending}
-            for handle in connection.wait(list(handles), timeout=left):
+            for handle in connection.wait(list(handles), timeout=min(left, 0.25)):
                 rank = handles[handle]
                 if rank not in pending:
                     continue
@@ -383,6 +438,7 @@ class Pool:
                 except Exception as err:  # a result that cannot be unpickled here
                     status, value, text = "error", err, f"could not unpickle the result of rank {rank}: {err!r}"
                 pending.discard(rank)
+                last_change = time.monotonic()
                 if status == "ok":
                     results[rank] = value
                 else:
@@ -429,7 +485,7 @@ class Pool:
             out[r] = _worker.where(text)
         return out
 
-    def _failure(self, fn, timeout, errors, deaths, pending) -> RankError:
+    def _failure(self, fn, timeout, errors, deaths, pending, waited: float | None = None) -> RankError:
         W = self.world_size
         statuses = {r: _worker.read_status(self._board, r) for r in range(W)}
         stacks = self._stacks(sorted(pending))
@@ -447,12 +503,17 @@ class Pool:
         else:
             # Nobody answered: the hung rank is the one busy outside any communication.
             busy = [r for r in sorted(pending) if not statuses[r].startswith("in ") and not stacks.get(r, "").startswith("waiting")]
-            rank = busy[0] if busy else min(pending)
+            progress = self._progress()
+            # without a busy rank (all stuck in collectives), the one that has done the least is behind
+            rank = busy[0] if busy else min(sorted(pending), key=lambda r: progress[r])
+            when = (f"for {waited:.0f} s without progress while the others waited (hang_timeout)" if waited is not None
+                    else f"within {timeout:g} s")  # fmt: skip
             lines.append(
-                f"no answer from rank{'s' if len(pending) > 1 else ''} {sorted(pending)} within {timeout:g} s "
+                f"no answer from rank{'s' if len(pending) > 1 else ''} {sorted(pending)} {when} "
                 f"running {name}; rank {rank} is the likely culprit (hung outside any communication)"
                 if busy
-                else f"no answer from ranks {sorted(pending)} within {timeout:g} s running {name}"
+                else f"no answer from ranks {sorted(pending)} {when} running {name}; rank {rank} is the likely "
+                f"culprit (the least progress; every pending rank waits in a collective)"
             )
         others = [r for r in sorted(errors) if r != rank]
         for r in others:
@@ -503,7 +564,36 @@ class Pool:
                 raise RuntimeError(f"rank {rank} failed the health check")
 
 
-def launch(fn, world_size: int, *, backend: str = "gloo", args: tuple = (), timeout: float = 120.0) -> list:
+def _check_world_size(world_size) -> int:
+    if isinstance(world_size, bool) or not isinstance(world_size, int):
+        raise TypeError(f"world_size must be a positive integer, got {world_size!r}")
+    if not 1 <= world_size <= MAX_WORLD_SIZE:
+        raise ValueError(
+            f"world_size must lie in 1..{MAX_WORLD_SIZE} (one process per rank on this machine), got {world_size}"
+        )
+    return world_size
+
+
+def _seconds(name: str, value, *, zero_ok: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not (value >= 0 if zero_ok else value > 0) or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite number of seconds, got {value!r}")
+    return float(value)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the process group ``pgid`` (a rank's: the rank leads it), if anything is left in it."""
+    if not hasattr(os, "killpg") or pgid is None or pgid <= 1 or pgid == os.getpgrp():
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def launch(fn, world_size: int, *, backend: str = "gloo", args: tuple = (), timeout: float = 120.0,
+           hang_timeout: float = 30.0) -> list:  # fmt: skip
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` fresh ranks; return the results in rank order.
 
     Args:
@@ -513,20 +603,25 @@ def launch(fn, world_size: int, *, backend: str = "gloo", args: tuple = (), time
         world_size: number of ranks ``W``.
         backend: ``"gloo"`` (CPU processes) or ``"nccl"`` (rank ``r`` on ``cuda:r``).
         args: extra positional arguments, pickled to every rank.
-        timeout: seconds the run may take (a rank that hangs past it is named and killed); also each
-            collective's own timeout inside the ranks. Start-up has its own limit, ``max(60, timeout)``.
+        timeout: seconds the run may take (a rank still busy past it is named and killed). Start-up
+            has its own limit, ``max(60, timeout)``.
+        hang_timeout: seconds the ranks may make no progress while some wait for the others before
+            the busy rank is named (30 s by default; see ``Pool``).
 
     Raises:
         RankError: a rank raised (its traceback is in the message), died, or hung.
         LaunchError: the ranks could not start or join the group (from a script: call ``launch``
             under ``if __name__ == "__main__":``, see the module docstring).
 
-    No rank outlives the call: when it returns or raises, every rank process has exited and been
-    reaped, and the rendezvous directory is removed. Two helper processes of ``multiprocessing`` do
-    stay, idle, as children of this process until it exits: the fork server (so that the next
-    ``launch`` or ``Pool`` starts its ranks in a tenth of a second) and the resource tracker.
+    No rank outlives the call: when it returns or raises, every rank process (and whatever it
+    started) has exited and been reaped, and the rendezvous directory is removed. Two helper
+    processes of ``multiprocessing`` do stay, idle, as children of this process until it exits: the
+    fork server (so that the next ``launch`` or ``Pool`` starts its ranks in a tenth of a second) and
+    the resource tracker. If this process is killed, the ranks notice, remove the directory and kill
+    themselves, and the two helpers exit after them.
     """
-    with Pool(world_size, backend=backend, timeout=timeout, start_timeout=max(timeout, 60.0)) as pool:
+    _check_world_size(world_size)
+    with Pool(world_size, backend=backend, timeout=timeout, start_timeout=max(timeout, 60.0), hang_timeout=hang_timeout) as pool:
         return pool.run(fn, *args, timeout=timeout)
 
 

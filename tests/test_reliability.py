@@ -149,3 +149,43 @@ def test_gla_bf16_gates_match_float64(form):
     o = out if form == "parallel" else out[0]
     assert o.dtype == torch.bfloat16
     assert rel_err(o.double(), want) < 2**-7
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs: each a clear error naming its argument
+# --------------------------------------------------------------------------------------------
+
+_X = np.ones((1, 2, 3, 2))
+_LA = -np.ones((1, 2, 3, 2))
+
+
+@pytest.mark.parametrize(
+    "call, argument",
+    [
+        (lambda: ref_lightning.chunked(_X, _X, _X, ["a", "b"]), "decay"),
+        (lambda: ref_lightning.recurrent(_X, _X, _X, "0.9"), "decay"),
+        (lambda: ref_lightning.decay_mask(["x"], 3), "decay"),
+        (lambda: ref_lightning.decay_mask("0.9", 3), "decay"),
+        (lambda: ref_lightning.chunked_backward(_X, _X, _X, [0.5, 0.9], _X, return_initial_state_grad="yes"),
+         "return_initial_state_grad"),
+        (lambda: ref_gla.chunked_backward(_X, _X, _X, _LA, _X, return_initial_state_grad=1), "return_initial_state_grad"),
+        (lambda: ref_gla.chunked(_X, _X, _X, np.where(_LA < 0, np.nan, 0.0)), "log_alpha"),
+        (lambda: ref_gla.parallel(_X, _X, _X, -_LA), "log_alpha"),
+        (lambda: ref_gla.chunked(_X, _X, _X, _LA, materialize="no"), "materialize"),
+        (lambda: k_lightning.attention(_t(_X), _t(_X), _t(_X), [0.5, 0.9], output_final_state="no"), "output_final_state"),
+        (lambda: k_gla.attention(_t(_X), _t(_X), _t(_X), _t(_LA), output_final_state="yes"), "output_final_state"),
+    ],
+)  # fmt: skip
+def test_bad_input_names_its_argument(call, argument):
+    with pytest.raises((TypeError, ValueError), match=rf"\b{argument}\b"):
+        call()
+
+
+def test_minus_inf_gates_are_accepted_and_nan_gates_rejected():
+    la = _LA.copy()
+    la[..., 1, :] = -np.inf
+    o, _ = ref_gla.chunked(_X, _X, _X, la)
+    assert np.isfinite(o).all()
+    la[..., 2, 0] = np.nan
+    with pytest.raises(ValueError, match="log_alpha"):
+        ref_gla.recurrent(_X, _X, _X, la)
