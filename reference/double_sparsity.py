@@ -932,6 +932,18 @@ def tiny_lm_study(model=None, *, calibration_windows: int = 8, eval_windows: int
                    "bpb_fixed": _bits_per_byte(model, windows, q4)})  # fmt: skip
     result["held_out"] = {"windows": eval_windows, "seq_len": seq_len, "bytes_predicted": int(eval_windows * seq_len),
                           "dense_bpb": dense, "double_sparsity": rows, "variants": extras}  # fmt: skip
+    # One forward pass with the causal override is token-by-token decoding (float64: no near-tie can round two ways).
+    import copy
+
+    m64 = copy.deepcopy(model).double()
+    ids = torch.from_numpy(windows[:1, :64])
+    with torch.no_grad():
+        at_once = m64(ids, attention_override=attention_overrides(chosen["qk"][2], top_k=8))
+        cache = m64.new_cache(1)
+        steps = torch.stack([m64.decode_step(ids[:, t], cache, decode_override=decode_overrides(chosen["qk"][2], top_k=8))
+                             for t in range(ids.shape[1])], dim=1)  # fmt: skip
+    result["one_pass_vs_decode_step"] = {"tokens": 64, "r": 2, "top_k": 8, "dtype": "float64",
+                                         "max_abs_logit_difference": float((at_once - steps).abs().max())}  # fmt: skip
     result["calibration"] = {"windows": calibration_windows, "seq_len": seq_len, "seed": seed, "split": "train",
                              "channels_qk_1_16": [c.tolist() for c in chosen["qk"][2]]}  # fmt: skip
     result["seconds"] = round(time.time() - started, 1)
