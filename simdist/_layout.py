@@ -108,7 +108,8 @@ def _check_local(name, q, k, v, decay, causal, scale, *, allow_decay: bool, scal
 
 
 def _check_group(name, group) -> None:
-    if group is not None and not isinstance(group, dist.ProcessGroup):
+    non_member = getattr(getattr(dist, "GroupMember", None), "NON_GROUP_MEMBER", None)  # new_group's answer
+    if group is not None and group is not non_member and not isinstance(group, dist.ProcessGroup):  # off the group
         raise TypeError(f"{name}: group must be a torch.distributed ProcessGroup or None (the default group), got {group!r}")
 
 
