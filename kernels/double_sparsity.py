@@ -212,28 +212,34 @@ def append_labels(labels: Labels, k_new: torch.Tensor, channels: torch.Tensor) -
 
 
 @triton.jit
-def _prefix(hist_ptr, row, top_k, PASSES: tl.constexpr, NB: tl.constexpr, R):
-    """The key prefix after ``PASSES`` finished digits (an int32 key, its lower bits 0) and how many
-    keys with that prefix are still to take.
-
-    Per pass: the digit ``d*`` holding the ``k_rem``-th largest of the keys counted in that pass's
-    histogram is the largest ``d`` with ``#(digit ≥ d) ≥ k_rem``; the keys of larger digits are all
-    taken, so ``k_rem`` drops by their count. (One function, no nested calls: the interpreter pays
-    for each call of a jitted helper.)
-    """
+def _pick(hist, k_rem, NB: tl.constexpr):
+    """The digit ``d*`` holding the ``k_rem``-th largest of the keys a histogram counts — the
+    largest ``d`` with ``#(digit ≥ d) ≥ k_rem`` — and how many keys of digit ``d*`` are still to
+    take (the keys of larger digits are all taken)."""
     d = tl.arange(0, NB)
-    k_rem = top_k
-    pref = 0
-    for p in tl.static_range(PASSES):
-        hist = tl.load(hist_ptr + (p * R + row) * NB + d)
-        ge = tl.cumsum(hist, 0, reverse=True)  # keys with digit ≥ d
-        dstar = tl.max(tl.where(ge >= k_rem, d, -1), 0)
-        k_rem = k_rem - tl.sum(tl.where(d > dstar, hist, 0), 0)
-        if p == 0:
-            pref = (dstar ^ 0x80) << 24  # the top digit counts the sign-flipped byte
+    ge = tl.cumsum(hist, 0, reverse=True)  # keys with digit ≥ d
+    dstar = tl.max(tl.where(ge >= k_rem, d, -1), 0)
+    return dstar, k_rem - tl.sum(tl.where(d > dstar, hist, 0), 0)
+
+
+@triton.jit
+def _finish_pass(hist_ptr, cnt_ptr, state_ptr, pref, k_rem, NPROG, PASS: tl.constexpr, NB: tl.constexpr):
+    """Called by every program of a pass after adding its counts to the row's histogram; the last
+    program of the row to arrive picks the pass's digit and writes the row's state
+    ``(key prefix, keys still to take)`` for the next launch. (The CUDA "last block" pattern:
+    each program's counts are added before its arrival is counted.)"""
+    tl.debug_barrier()  # every thread's histogram atomics precede the arrival
+    arrived = tl.atomic_add(cnt_ptr, 1)
+    if arrived == NPROG - 1:
+        bins = tl.arange(0, NB)
+        hist = tl.atomic_add(hist_ptr + bins, tl.zeros([NB], dtype=tl.int32))  # read at L2: every count in
+        dstar, k_left = _pick(hist, k_rem, NB)
+        if PASS == 0:
+            found = (dstar ^ 0x80) << 24  # the first digit counts the sign-flipped top byte
         else:
-            pref = pref | (dstar << (24 - 8 * p))
-    return pref, k_rem
+            found = pref | (dstar << (24 - 8 * PASS))
+        tl.store(state_ptr, found)
+        tl.store(state_ptr + 1, k_left)
 
 
 @triton.jit
@@ -243,11 +249,15 @@ def _score_kernel(
     lab_ptr,  # [B, Hkv, S, r]
     lsc_ptr,  # [B, Hkv, S] per-token scale (if HAS_SCALE)
     s_ptr,  # [B·H, S] fp32 out: label scores
-    hist_ptr,  # [4, B·H, NB] int32, zeroed: digit histograms (this kernel adds pass 0)
+    hist_ptr,  # [4, B·H, NB] int32, zeroed: digit histograms (this kernel counts digit 0)
+    cnt_ptr,  # [4, B·H] int32, zeroed: programs arrived per pass and row
+    state_ptr,  # [4, B·H, 2] int32 out: (key prefix, keys still to take) after each pass
     S,
     H,
     HKV,
     R,
+    top_k,
+    NPROG,
     D: tl.constexpr,
     RC: tl.constexpr,  # r
     RP: tl.constexpr,  # r padded to a power of two
@@ -280,22 +290,24 @@ def _score_kernel(
         if HIST:
             bits = s.to(tl.int32, bitcast=True)
             key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed order of key = order of s (see _radix_kernel)
-            digit = ((key >> 24) & 0xFF) ^ 0x80
-            hist += tl.histogram(tl.where(tm, digit, 0), NB)
+            hist += tl.histogram(tl.where(tm, ((key >> 24) & 0xFF) ^ 0x80, 0), NB)
             outside += tl.sum((~tm).to(tl.int32), 0)
     if HIST:
         bins = tl.arange(0, NB)
         hist -= tl.where(bins == 0, outside, 0)  # tokens past S were counted in bin 0
         tl.atomic_add(hist_ptr + row * NB + bins, hist, mask=hist > 0)
+        _finish_pass(hist_ptr + row * NB, cnt_ptr + row, state_ptr + row * 2, 0, top_k, NPROG, 0, NB)
 
 
 @triton.jit
 def _radix_kernel(
     s_ptr,  # [B·H, S] fp32 scores
     hist_ptr,  # [4, B·H, NB] int32
+    cnt_ptr,  # [4, B·H] int32
+    state_ptr,  # [4, B·H, 2] int32: reads pass PASS - 1's, the last program writes pass PASS's
     S,
-    top_k,
     R,
+    NPROG,
     PASS: tl.constexpr,  # 1, 2 or 3: the digit this launch counts
     ATOMIC: tl.constexpr,  # count with one atomic per matching key (few match) instead of tl.histogram
     BLOCK: tl.constexpr,
@@ -304,7 +316,9 @@ def _radix_kernel(
 ):
     pid = tl.program_id(0)
     row = tl.program_id(1)
-    pref, _ = _prefix(hist_ptr, row, top_k, PASS, NB, R)
+    prev = state_ptr + ((PASS - 1) * R + row) * 2
+    pref = tl.load(prev)
+    k_rem = tl.load(prev + 1)
     hi = 32 - 8 * PASS  # bits of the prefix found so far
     want = pref >> hi
     out = hist_ptr + (PASS * R + row) * NB
@@ -327,23 +341,22 @@ def _radix_kernel(
         bins = tl.arange(0, NB)
         hist -= tl.where(bins == 0, skipped, 0)
         tl.atomic_add(out + bins, hist, mask=hist > 0)
+    _finish_pass(out, cnt_ptr + PASS * R + row, state_ptr + (PASS * R + row) * 2, pref, k_rem, NPROG, PASS, NB)
 
 
 @triton.jit
 def _count_kernel(
     s_ptr,  # [B·H, S] fp32 scores
-    hist_ptr,  # [4, B·H, NB] int32, complete
+    state_ptr,  # [4, B·H, 2] int32, complete: pass 3's is (τ, keys = τ to take)
     cnt_ptr,  # [B·H, NBLK, 2] int32 out: keys > τ and keys = τ in each block
     S,
-    top_k,
     R,
     NBLK,
     BLOCK: tl.constexpr,
-    NB: tl.constexpr,
 ):
     blk = tl.program_id(0)
     row = tl.program_id(1)
-    tau, _ = _prefix(hist_ptr, row, top_k, 4, NB, R)  # the top_k-th largest key
+    tau = tl.load(state_ptr + (3 * R + row) * 2)  # the top_k-th largest key
     t = blk * BLOCK + tl.arange(0, BLOCK)
     tm = t < S
     bits = tl.load(s_ptr + row.to(tl.int64) * S + t, mask=tm, other=0.0).to(tl.int32, bitcast=True)
@@ -356,7 +369,7 @@ def _count_kernel(
 @triton.jit
 def _write_kernel(
     s_ptr,  # [B·H, S] fp32 scores
-    hist_ptr,  # [4, B·H, NB] int32, complete
+    state_ptr,  # [4, B·H, 2] int32, complete
     cnt_ptr,  # [B·H, NBLK, 2] int32 from _count_kernel
     idx_ptr,  # [B·H, top_k] int32 out
     S,
@@ -364,14 +377,14 @@ def _write_kernel(
     R,
     NBLK,
     BLOCK: tl.constexpr,
-    NB: tl.constexpr,
     NBLKP: tl.constexpr,  # NBLK padded to a power of two
 ):
     """Each block writes its selected tokens in token order at the position the blocks before it
     leave: keys > τ all, keys = τ while their rank among equal keys (by token) is below k_eq."""
     blk = tl.program_id(0)
     row = tl.program_id(1)
-    tau, k_eq = _prefix(hist_ptr, row, top_k, 4, NB, R)
+    tau = tl.load(state_ptr + (3 * R + row) * 2)
+    k_eq = tl.load(state_ptr + (3 * R + row) * 2 + 1)
     j = tl.arange(0, NBLKP)
     jm = j < NBLK
     c = (row.to(tl.int64) * NBLK + j) * 2
@@ -432,13 +445,19 @@ def _attn_kernel(
     acc = tl.zeros([DVP], tl.float32)
     start = split * PER_SPLIT
     end = tl.minimum(start + PER_SPLIT, NSEL)
+    irow = idx_ptr + row.to(tl.int64) * NSEL
+    n_next = start + tl.arange(0, BN)
+    if not DENSE:  # the next tile's indices are loaded one iteration ahead: one round trip per tile, not two
+        t_next = tl.load(irow + n_next, mask=n_next < end, other=0)
     for j in range(start, end, BN):
         n = j + tl.arange(0, BN)
         nm = n < end
         if DENSE:
             t = n.to(tl.int64)
         else:
-            t = tl.load(idx_ptr + row.to(tl.int64) * NSEL + n, mask=nm, other=0).to(tl.int64)
+            t = t_next.to(tl.int64)
+            n_next = n + BN
+            t_next = tl.load(irow + n_next, mask=n_next < end, other=0)
         # both gathers issued before any arithmetic: twice the bytes in flight per program
         kk = tl.load(k_ptr + (head + t)[:, None] * D + d[None, :], mask=nm[:, None] & dm[None, :], other=0.0)
         vv = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm[:, None] & em[None, :], other=0.0)
@@ -493,25 +512,33 @@ def _gather_rows_kernel(
     NSEL,
     H,
     HKV,
+    NT,  # tiles per query head: cdiv(NSEL, BN)
+    TOTAL,  # tiles in all: B · H · NT
     D: tl.constexpr,
     DP: tl.constexpr,
     BN: tl.constexpr,
 ):
-    """The selected rows of each query head copied out contiguously (the offloaded decoder's fetch)."""
-    j = tl.program_id(0)
-    h = tl.program_id(1)
-    b = tl.program_id(2)
-    kvh = h // (H // HKV)
-    row = b * H + h
-    n = j * BN + tl.arange(0, BN)
-    nm = n < NSEL
+    """The selected rows of each query head copied out contiguously (the offloaded decoder's fetch).
+
+    A fixed number of programs loops over the tiles: reading host memory over PCIe is limited by
+    the link, not by the multiprocessors, so a few programs keep it busy and leave the others to
+    the compute stream."""
     d = tl.arange(0, DP)
-    lm = nm[:, None] & (d < D)[None, :]
-    t = tl.load(idx_ptr + row.to(tl.int64) * NSEL + n, mask=nm, other=0).to(tl.int64)
-    src = (b * HKV + kvh).to(tl.int64) * S * D + t[:, None] * D + d[None, :]
-    dst = (row.to(tl.int64) * NSEL + n)[:, None] * D + d[None, :]
-    tl.store(ko_ptr + dst, tl.load(k_ptr + src, mask=lm, other=0.0), mask=lm)
-    tl.store(vo_ptr + dst, tl.load(v_ptr + src, mask=lm, other=0.0), mask=lm)
+    for tile in range(tl.program_id(0), TOTAL, tl.num_programs(0)):
+        row = tile // NT
+        j = tile % NT
+        b = row // H
+        kvh = (row % H) // (H // HKV)
+        n = j * BN + tl.arange(0, BN)
+        nm = n < NSEL
+        lm = nm[:, None] & (d < D)[None, :]
+        t = tl.load(idx_ptr + row.to(tl.int64) * NSEL + n, mask=nm, other=0).to(tl.int64)
+        src = (b * HKV + kvh).to(tl.int64) * S * D + t[:, None] * D + d[None, :]
+        dst = (row.to(tl.int64) * NSEL + n)[:, None] * D + d[None, :]
+        kk = tl.load(k_ptr + src, mask=lm, other=0.0)
+        vv = tl.load(v_ptr + src, mask=lm, other=0.0)
+        tl.store(ko_ptr + dst, kk, mask=lm)
+        tl.store(vo_ptr + dst, vv, mask=lm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,25 +650,24 @@ def _empty_index(*shape: int, device) -> torch.Tensor:
     return _triton.empty(*shape, device=device, dtype=torch.float32).view(torch.int32)
 
 
-def _select_radix(scores: torch.Tensor, hist: torch.Tensor, top_k: int, cfg: Config) -> torch.Tensor:
+def _select_radix(scores: torch.Tensor, work, top_k: int, nprog: int, cfg: Config) -> torch.Tensor:
+    hist, cnt, state = work
     R, S = scores.shape
     idx = _empty_index(R, top_k, device=scores.device)
-    per_prog = cfg.score_block * cfg.score_tiles
     for p in (1, 2, 3):
         launch(
-            _radix_kernel, (triton.cdiv(S, per_prog), R),
-            scores, hist, S, top_k, R, PASS=p, ATOMIC=p >= cfg.atomic_from_pass, BLOCK=cfg.score_block,
-            TILES=cfg.score_tiles, NB=_BINS, num_warps=cfg.num_warps,
+            _radix_kernel, (nprog, R),
+            scores, hist, cnt, state, S, R, nprog, PASS=p, ATOMIC=p >= cfg.atomic_from_pass,
+            BLOCK=cfg.score_block, TILES=cfg.score_tiles, NB=_BINS, num_warps=cfg.num_warps,
         )  # fmt: skip
     # at most 1024 blocks per row: the write kernel reads every block's counts
     block = max(cfg.select_block, next_power_of_2(triton.cdiv(S, 1024)))
     nblk = triton.cdiv(S, block)
     counts = _empty_index(R, nblk, 2, device=scores.device)
-    launch(_count_kernel, (nblk, R), scores, hist, counts, S, top_k, R, nblk, BLOCK=block, NB=_BINS,
-           num_warps=cfg.num_warps)  # fmt: skip
+    launch(_count_kernel, (nblk, R), scores, state, counts, S, R, nblk, BLOCK=block, num_warps=cfg.num_warps)
     launch(
         _write_kernel, (nblk, R),
-        scores, hist, counts, idx, S, top_k, R, nblk, BLOCK=block, NB=_BINS, NBLKP=max(2, next_power_of_2(nblk)),
+        scores, state, counts, idx, S, top_k, R, nblk, BLOCK=block, NBLKP=max(2, next_power_of_2(nblk)),
         num_warps=cfg.num_warps,
     )  # fmt: skip
     return idx
@@ -659,16 +685,21 @@ def _select(q, labels: Labels, channels: torch.Tensor, top_k: int, Hkv: int, cfg
         cfg = replace(cfg, score_tiles=tiles)
     radix = cfg.select == "radix"
     scores = _triton.empty(R, S, device=q.device, dtype=torch.float32)
-    hist = torch.zeros(4, R, _BINS, device=q.device, dtype=torch.int32) if radix else scores
-    per_prog = cfg.score_block * cfg.score_tiles
+    nprog = triton.cdiv(S, cfg.score_block * cfg.score_tiles)
+    if radix:  # histograms and arrival counters zeroed in one go; the states are written by the passes
+        zeroed = torch.zeros(4 * R * (_BINS + 1), device=q.device, dtype=torch.int32)
+        work = (zeroed[: 4 * R * _BINS].view(4, R, _BINS), zeroed[4 * R * _BINS :].view(4, R),
+                _empty_index(4, R, 2, device=q.device))  # fmt: skip
+    else:
+        work = (scores, scores, scores)  # unused
     launch(
-        _score_kernel, (triton.cdiv(S, per_prog), H, B),
-        q, channels, labels.values, labels.scale if labels.scale is not None else labels.values, scores, hist,
-        S, H, Hkv, R, D=D, RC=r, RP=max(2, next_power_of_2(r)), BLOCK=cfg.score_block, TILES=cfg.score_tiles,
-        HAS_SCALE=labels.scale is not None, HIST=radix, NB=_BINS, num_warps=cfg.num_warps,
+        _score_kernel, (nprog, H, B),
+        q, channels, labels.values, labels.scale if labels.scale is not None else labels.values, scores, *work,
+        S, H, Hkv, R, top_k, nprog, D=D, RC=r, RP=max(2, next_power_of_2(r)), BLOCK=cfg.score_block,
+        TILES=cfg.score_tiles, HAS_SCALE=labels.scale is not None, HIST=radix, NB=_BINS, num_warps=cfg.num_warps,
     )  # fmt: skip
     if radix:
-        return _select_radix(scores, hist, top_k, cfg)
+        return _select_radix(scores, work, top_k, nprog, cfg)
     return torch.topk(scores, top_k, dim=-1, sorted=False).indices.to(torch.int32)
 
 
@@ -718,17 +749,23 @@ def _attend(q, k_cache, v_cache, idx, nsel: int, scale: float, cfg: Config) -> t
     return o
 
 
-def gather_rows(idx: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, H: int, *, out=None, block: int = 32):
-    """``(k_sel, v_sel)``, each ``[B, H, n, D]``: rows ``idx [B·H, n]`` of the caches ``[B, Hkv, S, D]``
-    copied out contiguously, per query head. The sources may be pinned host memory (the GPU reads
-    it over PCIe, one row per index); ``out`` reuses two preallocated ``[B, H, n, D]`` buffers."""
+def gather_rows(idx: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, H: int, *, out=None, block: int = 32,
+                programs: int | None = None):  # fmt: skip
+    """``(k_sel, v_sel)``, each ``[B, H, n, D]``: rows ``idx [B·H, n]`` (int32) of the caches
+    ``[B, Hkv, S, D]`` copied out contiguously, per query head. The sources may be pinned host
+    memory (the GPU reads it over PCIe, one row per index); ``out`` reuses two preallocated
+    ``[B, H, n, D]`` buffers; ``programs`` caps the programs (default: one per tile)."""
     B, Hkv, S, D = k_src.shape
     n = idx.shape[-1]
     if out is None:
         out = tuple(_triton.empty(B, H, n, D, device=idx.device, dtype=k_src.dtype) for _ in range(2))
+    nt = triton.cdiv(n, block)
+    total = B * H * nt
+    grid = (total if programs is None else max(1, min(programs, total)),)
     launch(
-        _gather_rows_kernel, (triton.cdiv(n, block), H, B),
-        idx, k_src, v_src, out[0], out[1], S, n, H, Hkv, D=D, DP=max(16, next_power_of_2(D)), BN=block, num_warps=4,
+        _gather_rows_kernel, grid,
+        idx, k_src, v_src, out[0], out[1], S, n, H, Hkv, nt, total, D=D, DP=max(16, next_power_of_2(D)), BN=block,
+        num_warps=4,
     )  # fmt: skip
     return out
 

@@ -7,8 +7,9 @@ To hide the transfer, layer ``l + 1``'s query is *predicted* from layer ``l``'s 
 
     q̂_{l+1} = W_q^{(l+1)} · norm_l(x_l),
 
-its label scores and top-k run on a side stream, and its rows are fetched into the second of two
-GPU buffers while layer ``l`` computes (double buffering, ordered by CUDA events). Layer ``l + 1``
+its label scores and top-k run on a select stream, and its rows are fetched on a fetch stream
+into the second of two GPU buffers while layer ``l`` computes (double buffering, ordered by CUDA
+events; the selection of layer ``l + 1`` overlaps the fetch of layer ``l``). Layer ``l + 1``
 then attends with its *true* query over the rows the predicted one selected. Layer 0 has no earlier
 layer: its selection uses its own query.
 
@@ -22,7 +23,9 @@ enough to measure the data movement the scheme is about, not a language model. T
 * ``OffloadedDecoder(model, caches, ...).step(x)`` — the offloaded step. On a CUDA device with
   pinned host caches the fetch is one Triton kernel that reads the selected rows straight from host
   memory (the GPU maps pinned memory; each row is one 256-byte read over PCIe) into the layer's
-  buffer; on the CPU (tests, the interpreter) the same code runs in order on one stream.
+  buffer, with 32 programs looping over the rows — enough to keep the link busy, few enough to
+  leave the multiprocessors to the other streams; on the CPU (tests, the interpreter) the same
+  code runs in order on one stream.
 * ``DenseOffloadedDecoder`` — the baseline the paper compares with (FlexGen-style): the whole cache
   of layer ``l + 1`` copied over while layer ``l`` computes, then dense attention.
 
@@ -153,9 +156,9 @@ class OffloadedDecoder:
     """
 
     def __init__(self, model: SyntheticDecoder, k_caches, v_caches, labels, channels, *, top_k: int,
-                 config: ds.Config | None = None):  # fmt: skip
+                 config: ds.Config | None = None, fetch_programs: int = 32):  # fmt: skip
         self.model, self.k, self.v, self.labels, self.channels = model, k_caches, v_caches, labels, channels
-        self.top_k, self.config = top_k, config
+        self.top_k, self.config, self.fetch_programs = top_k, config, fetch_programs
         B, Hkv, S, D = k_caches[0].shape
         if S <= top_k:
             raise ValueError(f"offloading fetches top_k < S rows: got S = {S}, top_k = {top_k}")
@@ -168,7 +171,8 @@ class OffloadedDecoder:
         ]
         self.fetch_mode = "in order"
         if self.cuda:
-            self.side = torch.cuda.Stream(device=self.device)
+            self.select_stream = torch.cuda.Stream(device=self.device)
+            self.fetch_stream = torch.cuda.Stream(device=self.device)
             self.fetched = [torch.cuda.Event() for _ in range(model.layers)]
             self.freed = [torch.cuda.Event() for _ in range(2)]
             self.freed_recorded = [False, False]
@@ -187,7 +191,7 @@ class OffloadedDecoder:
         H = self.model.heads
         idx = (torch.arange(B * H * 4, dtype=torch.int32) * 7919 % S).view(B * H, 4)
         try:
-            got, _ = ds.gather_rows(idx.to(self.device), k, self.v[0], H)
+            got, _ = ds.gather_rows(idx.to(self.device), k, self.v[0], H, programs=self.fetch_programs)
             torch.cuda.synchronize(self.device)
         except Exception:
             return False
@@ -195,13 +199,16 @@ class OffloadedDecoder:
         want = torch.stack([k[b, kvh[h], idx[b * H + h].long()] for b in range(B) for h in range(H)])
         return bool(torch.equal(got.cpu().view_as(want), want))
 
-    def _fetch(self, l: int, q_sel: torch.Tensor) -> None:
-        """Select layer ``l``'s rows with ``q_sel`` and copy them into buffer ``l % 2``."""
-        with self.trace.span("fetch stream", f"L{l} select"):
-            idx = ds.select(q_sel, self.labels[l], self.channels[l], top_k=self.top_k, config=self.config)
-        with self.trace.span("fetch stream", f"L{l} fetch rows"):
+    def _select(self, l: int, q_sel: torch.Tensor, lane: str) -> torch.Tensor:
+        with self.trace.span(lane, f"L{l} select"):
+            return ds.select(q_sel, self.labels[l], self.channels[l], top_k=self.top_k, config=self.config)
+
+    def _fetch(self, l: int, idx: torch.Tensor, lane: str) -> None:
+        """Copy layer ``l``'s rows ``idx [B, H, top_k]`` into buffer ``l % 2``."""
+        with self.trace.span(lane, f"L{l} fetch rows"):
             if self.fetch_mode != "staged":
-                ds.gather_rows(idx.view(-1, self.top_k), self.k[l], self.v[l], self.model.heads, out=self.buffers[l % 2])
+                ds.gather_rows(idx.view(-1, self.top_k), self.k[l], self.v[l], self.model.heads,
+                               out=self.buffers[l % 2], programs=self.fetch_programs)  # fmt: skip
             else:  # the host gathers the rows into pinned buffers, then one copy each (waits for idx)
                 B, Hkv, S, D = self.k[l].shape
                 H = self.model.heads
@@ -213,21 +220,30 @@ class OffloadedDecoder:
                     dst.view(-1, D).copy_(stage, non_blocking=True)
 
     def _schedule_fetch(self, l: int, h: torch.Tensor, q_sel_fn) -> None:
+        """Layer ``l``'s selection on the select stream once ``h`` is ready, then its fetch on the
+        fetch stream once the selection is done and buffer ``l % 2`` is free. (Two streams: the
+        next layer's selection runs while this layer's rows are still crossing PCIe.)"""
         if not self.cuda:
-            self._fetch(l, q_sel_fn(h))
+            self._fetch(l, self._select(l, q_sel_fn(h), "select stream"), "fetch stream")
             return
         main = torch.cuda.current_stream(self.device)
         ready = torch.cuda.Event()
         ready.record(main)
-        h.record_stream(self.side)
-        with torch.cuda.stream(self.side):
-            self.side.wait_event(ready)
-            if self.freed_recorded[l % 2]:
-                self.side.wait_event(self.freed[l % 2])  # the layer that last used this buffer is done
-            with self.trace.span("fetch stream", f"L{l} predict q"):
+        h.record_stream(self.select_stream)
+        with torch.cuda.stream(self.select_stream):
+            self.select_stream.wait_event(ready)
+            with self.trace.span("select stream", f"L{l} predict q"):
                 q_sel = q_sel_fn(h)
-            self._fetch(l, q_sel)
-            self.fetched[l].record(self.side)
+            idx = self._select(l, q_sel, "select stream")
+            chosen = torch.cuda.Event()
+            chosen.record(self.select_stream)
+        idx.record_stream(self.fetch_stream)
+        with torch.cuda.stream(self.fetch_stream):
+            self.fetch_stream.wait_event(chosen)
+            if self.freed_recorded[l % 2]:
+                self.fetch_stream.wait_event(self.freed[l % 2])  # the layer that last used this buffer is done
+            self._fetch(l, idx, "fetch stream")
+            self.fetched[l].record(self.fetch_stream)
 
     def step(self, x: torch.Tensor, *, trace: bool = False):
         """One decoding step through every layer: ``x [B, d_model]`` → the next hidden state.

@@ -434,4 +434,4 @@ def test_gpu_offloaded_step_from_pinned_memory_equals_the_on_device_step():
     got2, spans = dec.step(x, trace=True)
     torch.cuda.synchronize()
     assert torch.equal(got, want), f"fetch mode {dec.fetch_mode}"
-    assert torch.equal(got2, want) and {lane for lane, *_ in spans} == {"compute stream", "fetch stream"}
+    assert torch.equal(got2, want) and {lane for lane, *_ in spans} == {"compute stream", "select stream", "fetch stream"}

@@ -117,6 +117,62 @@ def _check(q, k, v, lab, channels, top_k, cfg) -> dict:
     }
 
 
+#: Launch settings tried at the longest cache (each checked against the default first): the
+#: selection (label scores, radix passes, counting and writing) and the attention, timed apart.
+SELECT_SWEEP = {
+    "default": {},
+    "score_tiles_4": dict(score_tiles=4),
+    "warps_8": dict(num_warps=8),
+    "atomic_from_pass_1": dict(atomic_from_pass=1),
+    "select_block_4096": dict(select_block=4096),
+}
+ATTN_SWEEP = {
+    "default": {},
+    "attn_block_32": dict(attn_block=32),
+    "attn_block_128": dict(attn_block=128),
+    "attn_warps_8": dict(attn_num_warps=8),
+    "splits_x2": "x2",
+    "stages_1": dict(attn_num_stages=1),
+}
+
+
+def _sweep(q, k, v, lab, ch, top_k, log) -> dict:
+    """Graph-replay ms of ``select`` and ``sparse_attention`` under each setting of the sweeps."""
+    import dataclasses
+
+    from kernels import double_sparsity as ds
+
+    B, H_ = q.shape[:2]
+    out = {"select": {}, "attention": {}}
+    idx0 = ds.select(q, lab, ch, top_k=top_k)
+    o0 = ds.sparse_attention(q, k, v, idx0)
+    for name, kw in SELECT_SWEEP.items():
+        cfg = dataclasses.replace(ds.DEFAULT_CONFIG, **kw)
+        try:
+            same = bool(torch.equal(ds.select(q, lab, ch, top_k=top_k, config=cfg), idx0))
+            out["select"][name] = {"ms": _time(lambda: ds.select(q, lab, ch, top_k=top_k, config=cfg), True, 100),
+                                   "same_indices": same}  # fmt: skip
+        except Exception as err:
+            out["select"][name] = {"error": repr(err)[:300]}
+    for name, kw in ATTN_SWEEP.items():
+        if kw == "x2":
+            sm = torch.cuda.get_device_properties(q.device).multi_processor_count
+            kw = dict(splits=max(1, 2 * triton_cdiv(4 * sm, B * H_)))
+        cfg = dataclasses.replace(ds.DEFAULT_CONFIG, **kw)
+        try:
+            err = _rel(ds.sparse_attention(q, k, v, idx0, config=cfg), o0)
+            out["attention"][name] = {"ms": _time(lambda: ds.sparse_attention(q, k, v, idx0, config=cfg), True, 100),
+                                      "rel_err_vs_default": round(err, 6), "config": kw}  # fmt: skip
+        except Exception as err:
+            out["attention"][name] = {"error": repr(err)[:300]}
+    log(f"sweep B={B}: {out}")
+    return out
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _time(fn, graph: bool, rep: int) -> float | None:
     """Median ms: eager (``do_bench``) or a CUDA graph replay (``do_bench_cudagraph``)."""
     from triton.testing import do_bench_cudagraph
@@ -182,6 +238,8 @@ def decode_part(args, env, ceilings, log, started, batches, state) -> dict:
                 profiles[f"S{S}_B{B}_torch_sparse_r16_8bit"] = common.profile_kernels(impls["torch_sparse_r16_8bit"], top=12)
                 log(f"profile {profiles}")
             rep = 60 if S * B <= 262144 else 150
+            if S == max(lengths) and not args.quick:
+                row["sweep"] = _sweep(q, k, v, labs["r16_8bit"], chs["r16_8bit"], top_k, log)
             for name, fn in impls.items():
                 entry = {}
                 for mode, graph in (("eager", False), ("graph", True)):
@@ -333,10 +391,12 @@ def offload_part(args, env, log, started) -> dict:
         sparse = off.OffloadedDecoder(model, host_k, host_v, labels, chans, top_k=top_k)
         row["fetch_mode"] = sparse.fetch_mode
         idx = ds.select(x.new_empty(B, H, D).normal_(generator=g), labels[0], chans[0], top_k=top_k).view(B * H, top_k)
-        ms = common.time_ms(lambda: ds.gather_rows(idx, host_k[0], host_v[0], H, out=sparse.buffers[0]), warmup=1,
-                            rep=100)  # fmt: skip
-        row["gather_rows_from_host_ms"] = round(ms, 3)
-        row["gather_rows_GBps"] = round(2 * B * H * top_k * D * ELEM / ms / 1e6, 2)
+        for label, progs in (("", sparse.fetch_programs), ("_one_program_per_tile", None)):
+            ms = common.time_ms(lambda p=progs: ds.gather_rows(idx, host_k[0], host_v[0], H, out=sparse.buffers[0],
+                                                               programs=p), warmup=1, rep=100)  # fmt: skip
+            row[f"gather_rows_from_host{label}_ms"] = round(ms, 3)
+            row[f"gather_rows{label}_GBps"] = round(2 * B * H * top_k * D * ELEM / ms / 1e6, 2)
+        row["fetch_programs"] = sparse.fetch_programs
         # correctness: the offloaded step equals the same step with the caches on the GPU
         want = off.sparse_step(model, x, dev_k, dev_v, labels, chans, top_k=top_k)
         got = sparse.step(x)
@@ -390,13 +450,13 @@ def _plot_timeline(result, path):
 
     S = max(r["S"] for r in result["rows"])
     keys = [f"S{S}_sparse_offload", f"S{S}_dense_offload"]
-    fig, axes = plt.subplots(2, 1, figsize=(12, 5.5))
+    fig, axes = plt.subplots(2, 1, figsize=(12, 6.5))
     colors = {"select": "tab:orange", "fetch": "tab:red", "copy": "tab:red", "predict": "tab:purple",
               "attention": "tab:blue", "W_o": "tab:green", "q, norm": "tab:cyan", "norm": "tab:cyan"}  # fmt: skip
     row = next(r for r in result["rows"] if r["S"] == S)
     for ax, key in zip(axes, keys):
         spans = result["timelines_ms"].get(key, [])
-        lanes = ["compute stream", "fetch stream"]
+        lanes = ["compute stream", "select stream", "fetch stream"]
         for lane, label, s0, s1 in spans:
             y = lanes.index(lane)
             color = next((c for word, c in colors.items() if word in label), "tab:gray")
