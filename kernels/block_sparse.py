@@ -79,11 +79,15 @@ class Config:
     Attributes:
         block_m: query rows per program; a power of two, at least 16. Clipped to ``block`` (a
             program never straddles two block-rows: each has its own list), so it divides it.
+        block_n: keys per tile (``None``: the block). Wider than the block, ``block_n / block``
+            kept blocks are gathered into one tile (their rows need not be adjacent); narrower,
+            each block is walked in ``block / block_n`` parts. A power of two from 16 to 256.
         num_warps: warps per program.
         num_stages: software-pipelining depth of the key-block loop.
     """
 
     block_m: int = 128
+    block_n: int | None = None
     num_warps: int = 8
     num_stages: int = 2
 
@@ -94,14 +98,15 @@ DEFAULT_CONFIG = Config()
 _BY_BLOCK = {
     16: Config(block_m=16, num_warps=2, num_stages=3),
     32: Config(block_m=32, num_warps=4, num_stages=3),
-    64: Config(block_m=64, num_warps=4, num_stages=3),
+    64: Config(block_m=64, block_n=128, num_warps=4, num_stages=3),
     128: DEFAULT_CONFIG,
 }
 
 
 def config_for(block: int) -> Config:
     """The default for a block size (what ``config=None`` uses): one block-row per program, with
-    warps for its tile (64 rows and 4 warps for blocks of 64; 128 rows and 8 warps for 128)."""
+    warps for its tile (64 rows, key tiles of two gathered blocks and 4 warps for blocks of 64;
+    128 rows, one block per key tile and 8 warps for 128)."""
     return _BY_BLOCK[check_block(block)]
 
 
@@ -141,6 +146,35 @@ def _compact_kernel(
 
 
 @triton.jit
+def _tile(q, k_base, v_base, cols, skt, svt, kmask, vmask, m_i, l_i, acc, offs_m, T, qk_scale,
+          DIAGONAL: tl.constexpr, POSITIVE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """Fold the keys ``cols`` into the running ``(m, l, acc)``, scores in base-2 units
+    (``qk_scale = scale · log2 e``). Off the diagonal the keys are whole and all visible: no mask
+    but the head width's."""
+    if DIAGONAL:
+        col_in = cols < T
+        kt = tl.load(k_base + cols[None, :] * skt, mask=kmask[:, None] & col_in[None, :], other=0.0)
+        s = tl.dot(q, kt, input_precision=PRECISION)
+        s = tl.where((cols[None, :] <= offs_m[:, None]) & col_in[None, :], s, float("-inf"))
+        vt = tl.load(v_base + cols[:, None] * svt, mask=col_in[:, None] & vmask[None, :], other=0.0)
+    else:
+        kt = tl.load(k_base + cols[None, :] * skt, mask=kmask[:, None], other=0.0)
+        s = tl.dot(q, kt, input_precision=PRECISION)
+        vt = tl.load(v_base + cols[:, None] * svt, mask=vmask[None, :], other=0.0)
+    if POSITIVE:  # max(c·s) = c·max(s): one fused multiply-add per score
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.exp2(s * qk_scale - m_new[:, None])
+    else:
+        s = s * qk_scale
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _attention_kernel(
     Q, K, V, O, LSE, IDX, CNT,
     sqb, sqh, sqt,
@@ -148,10 +182,13 @@ def _attention_kernel(
     svb, svh, svt,
     sob, soh, sot,
     H, T, NQB, GROUP, qk_scale,
-    BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PER: tl.constexpr, SUB: tl.constexpr,
     HEAD_K: tl.constexpr, HEAD_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-    STORE_LSE: tl.constexpr, PRECISION: tl.constexpr,
+    STORE_LSE: tl.constexpr, POSITIVE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
+    """One tile of ``BLOCK_M`` query rows inside block-row ``qb``. Key tiles of ``BLOCK_N`` tokens:
+    ``PER`` kept blocks gathered side by side (``BLOCK_N = PER · BLOCK``), or the ``SUB`` parts of
+    one block in turn (``BLOCK_N = BLOCK / SUB``)."""
     pid_bh = tl.program_id(0)
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # heaviest (last) query tiles first
     b = pid_bh // H
@@ -161,7 +198,7 @@ def _attention_kernel(
     qb = start_m // BLOCK
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK)
+    offs_n = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     offs_v = tl.arange(0, BLOCK_V)
     kmask = offs_k < HEAD_K
@@ -170,12 +207,13 @@ def _attention_kernel(
 
     q_ptrs = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m.to(tl.int64)[:, None] * sqt + offs_k[None, :]
     q = tl.load(q_ptrs, mask=row_in[:, None] & kmask[None, :], other=0.0)
+    # offsets inside one head stay in int32 (T · D < 2^31); the head's base pointer carries the rest
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_k[:, None]
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + offs_v[None, :]
 
-    row = (pid_bh.to(tl.int64) * NQB + qb) * NQB
+    row = IDX + (pid_bh.to(tl.int64) * NQB + qb) * NQB
     cnt = tl.load(CNT + pid_bh.to(tl.int64) * NQB + qb)
-    last = tl.load(IDX + row + tl.maximum(cnt - 1, 0))
+    last = tl.load(row + tl.maximum(cnt - 1, 0))
     has_diag = (cnt > 0) & (last == qb)
     n_off = cnt - has_diag.to(tl.int32)
 
@@ -183,34 +221,31 @@ def _attention_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_V], dtype=tl.float32)
 
-    # off-diagonal kept blocks: full blocks, wholly visible; no masks beyond the head widths
-    for n in range(0, n_off):
-        j = tl.load(IDX + row + n)
-        cols = j * BLOCK + offs_n  # offsets inside one head stay in int32 (T·D < 2^31)
-        kt = tl.load(k_base + cols[None, :] * skt, mask=kmask[:, None], other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(v_base + cols[:, None] * svt, mask=vmask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
-        m_i = m_new
+    # off-diagonal kept blocks, whole and wholly visible: PER of them per key tile (or 1/SUB of one)
+    SEG: tl.constexpr = BLOCK_N // PER
+    slot = offs_n // SEG
+    within = offs_n % SEG
+    for t in range(0, (n_off // PER) * SUB):
+        if PER == 1:
+            cols = tl.load(row + t // SUB) * BLOCK + (t % SUB) * BLOCK_N + offs_n
+        else:
+            cols = tl.load(row + t * PER + slot) * BLOCK + within  # each column's kept block
+        m_i, l_i, acc = _tile(q, k_base, v_base, cols, skt, svt, kmask, vmask, m_i, l_i, acc, offs_m, T, qk_scale,
+                              DIAGONAL=False, POSITIVE=POSITIVE, PRECISION=PRECISION)  # fmt: skip
+    if PER > 1:  # the blocks left over when PER does not divide their number, one at a time
+        one = tl.arange(0, BLOCK)
+        for e in range((n_off // PER) * PER, n_off):
+            cols = tl.load(row + e) * BLOCK + one
+            m_i, l_i, acc = _tile(q, k_base, v_base, cols, skt, svt, kmask, vmask, m_i, l_i, acc, offs_m, T, qk_scale,
+                                  DIAGONAL=False, POSITIVE=POSITIVE, PRECISION=PRECISION)  # fmt: skip
 
     # the diagonal block: causal, and cut at the end of the sequence
     if has_diag:
-        cols = qb * BLOCK + offs_n
-        col_in = cols < T
-        kt = tl.load(k_base + cols[None, :] * skt, mask=kmask[:, None] & col_in[None, :], other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        s = tl.where((cols[None, :] <= offs_m[:, None]) & col_in[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(v_base + cols[:, None] * svt, mask=col_in[:, None] & vmask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
-        m_i = m_new
+        DN: tl.constexpr = BLOCK // SUB
+        for part in tl.static_range(SUB):
+            cols = qb * BLOCK + part * DN + tl.arange(0, DN)
+            m_i, l_i, acc = _tile(q, k_base, v_base, cols, skt, svt, kmask, vmask, m_i, l_i, acc, offs_m, T, qk_scale,
+                                  DIAGONAL=True, POSITIVE=POSITIVE, PRECISION=PRECISION)  # fmt: skip
 
     seen = l_i > 0.0
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -385,9 +420,11 @@ def attention(
     scale = _triton.check_scale(scale, default=K**-0.5)
     _triton.check_flag("return_lse", return_lse)
     cfg = config_for(block) if config is None else _triton.check_config(config, Config)
-    bm = cfg.block_m
+    bm, bn = cfg.block_m, cfg.block_n
     if isinstance(bm, bool) or not isinstance(bm, int) or bm < 16 or bm & (bm - 1):
         raise ValueError(f"config.block_m must be a power of two ≥ 16, got {bm!r}")
+    if bn is not None and (isinstance(bn, bool) or not isinstance(bn, int) or not 16 <= bn <= 256 or bn & (bn - 1)):
+        raise ValueError(f"config.block_n must be None or a power of two in 16..256, got {bn!r}")
     refuse_autograd(q, k, v)
 
     if _triton.interpreter_upcasts(q.dtype):
@@ -407,6 +444,8 @@ def _attend(q, k, v, idx, cnt, *, block, scale, return_lse, cfg):
     nq = idx.shape[-1]
     q, k, v = (_unit_stride_last(x) for x in (q, k, v))
     block_m = min(cfg.block_m, block)
+    block_n = block if cfg.block_n is None else cfg.block_n
+    per, sub = max(1, block_n // block), max(1, block // block_n)
     o = _triton.empty(B, H, T, V, device=q.device, dtype=v.dtype)
     lse = _triton.empty(B, H, T, device=q.device, dtype=torch.float32) if return_lse else o
     grid = (B * H, triton.cdiv(T, block_m))
@@ -418,9 +457,9 @@ def _attend(q, k, v, idx, cnt, *, block, scale, return_lse, cfg):
         v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
         H, T, nq, H // Hkv, float(scale) * _LOG2E,
-        BLOCK=block, BLOCK_M=block_m,
+        BLOCK=block, BLOCK_M=block_m, BLOCK_N=block_n, PER=per, SUB=sub,
         HEAD_K=K, HEAD_V=V, BLOCK_K=max(16, next_power_of_2(K)), BLOCK_V=max(16, next_power_of_2(V)),
-        STORE_LSE=return_lse, PRECISION=_precision(q.dtype),
+        STORE_LSE=return_lse, POSITIVE=scale >= 0, PRECISION=_precision(q.dtype),
         **_launch_kw(cfg),
     )  # fmt: skip
     return (o, lse) if return_lse else o

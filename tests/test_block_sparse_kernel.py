@@ -108,7 +108,11 @@ def compare(B, H, Hkv, T, K, V, *, block, density, dtype, seed=0, scale=None, co
 def problems(draw):
     block = draw(st.sampled_from([16, 32]))
     Hkv = draw(st.integers(1, 2))
+    # key tiles of the block, of two or four gathered blocks, or of half a block
+    block_n = draw(st.sampled_from([None, 2 * block, 4 * block] + ([block // 2] if block > 16 else [])))
+    block_m = draw(st.sampled_from([16, block]))
     return dict(
+        config=block_sparse.Config(block_m=block_m, block_n=block_n, num_warps=4, num_stages=2),
         B=draw(st.integers(1, 2)),
         H=Hkv * draw(st.integers(1, 2)),
         Hkv=Hkv,
@@ -151,11 +155,17 @@ def test_shapes_gqa_and_blocks(shape, block, density):
     assert err < TOL[torch.float32] and lse_err < 1e-4, (err, lse_err)
 
 
-def test_tiles_smaller_than_the_block_and_large_logits():
-    """32-row query tiles inside 64-token blocks (two programs per block-row share one list), and
-    logits of ±hundreds: nothing overflows, nothing is NaN."""
-    cfg = block_sparse.Config(block_m=32, num_warps=4, num_stages=2)
-    err, lse_err = compare(1, 2, 1, 140, 16, 16, block=64, density=0.4, dtype=torch.float32, config=cfg, seed=5,
+@pytest.mark.parametrize(
+    "block_m, block_n",
+    [(32, None), (32, 16), (64, 128), (16, 32)],
+    ids=["rows<block", "keys=block/4", "keys=2blocks", "16rows-keys=block/2"],
+)
+def test_tilings_and_large_logits(block_m, block_n):
+    """Query tiles smaller than the 64-token block (two or four programs per block-row share one
+    list), key tiles of a quarter or a half block, or two gathered blocks (with an odd count left
+    over); logits of ±hundreds: nothing overflows, nothing is NaN."""
+    cfg = block_sparse.Config(block_m=block_m, block_n=block_n, num_warps=4, num_stages=2)
+    err, lse_err = compare(1, 2, 1, 200, 16, 16, block=64, density=0.6, dtype=torch.float32, config=cfg, seed=5,
                            magnitude=6.0)  # fmt: skip
     assert err < TOL[torch.float32] and lse_err < 1e-3, (err, lse_err)
 
@@ -301,6 +311,7 @@ def _args():
         (dict(return_lse=1), TypeError, "return_lse must be True or False"),
         (dict(config=dict(block_m=64)), TypeError, "config must be a kernels.block_sparse.Config"),
         (dict(config=block_sparse.Config(block_m=24)), ValueError, "config.block_m must be a power of two"),
+        (dict(config=block_sparse.Config(block_n=512)), ValueError, "config.block_n must be None or a power of two"),
     ],
 )
 def test_bad_input_raises_a_clear_error(kwargs, exc, words):
@@ -456,7 +467,7 @@ def test_gpu_outputs_are_fully_written_and_lse_matches():
 @pytest.mark.gpu
 def test_gpu_empty_rows_and_every_config():
     """Rows that keep nothing, and the other tilings the benchmark may pick, on the GPU."""
-    for cfg in (None, block_sparse.Config(64, 4, 3)):
+    for cfg in (None, block_sparse.Config(64, None, 4, 3), block_sparse.Config(128, 64, 8, 3)):
         err, _ = compare(1, 2, 1, 1500, 128, 128, block=128, density=0.3, dtype=torch.bfloat16, config=cfg,
                          diagonal=False, seed=11)  # fmt: skip
         assert err < TOL[torch.bfloat16], (cfg, err)
