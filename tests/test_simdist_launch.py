@@ -69,6 +69,10 @@ def sleep_for(rank, world_size, seconds):
     time.sleep(seconds)
 
 
+def start_a_subprocess(rank, world_size):
+    return subprocess.Popen(["sleep", "300"]).pid
+
+
 def ring_pass(rank, world_size, hops_size):
     """A token goes once around the ring (W-1 sequential hops), then one AllGather."""
     x = torch.zeros(hops_size, dtype=torch.float64)
@@ -143,6 +147,17 @@ def test_launch_returns_results_in_rank_order_and_leaves_no_process():
     pids = simdist.launch(pid, 2, timeout=60)
     assert len(set(pids)) == 2 and os.getpid() not in pids
     assert_all_gone(pids)
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
+def test_a_subprocess_a_rank_started_goes_with_the_rank():
+    """Each rank leads its own process group, and teardown kills the group: nothing a rank started survives."""
+    children = simdist.launch(start_a_subprocess, 2, timeout=60)
+    assert_all_gone(children)
+    with simdist.Pool(2, timeout=30) as pool:
+        children = pool.run(start_a_subprocess)
+        assert all(alive(p) for p in children)  # alive while the pool is
+    assert_all_gone(children)
 
 
 def test_pool_reuses_its_ranks():
