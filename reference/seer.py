@@ -29,6 +29,9 @@ The pieces, in the order the paper uses them:
   ``masked_attention`` is the same function computed densely with the mask expanded to tokens
   (a second form, for checking and for fast evaluation of the tiny model).
 
+Every function computes in at least float32 and returns the input dtype (a bf16 softmax would
+lose the small probabilities the ground truth is made of).
+
 Training the gate on the tiny model (``train_gates``) and the held-out comparison of selections
 (``evaluate``) are at the end; ``python -m reference.seer train-gate`` and
 ``python -m reference.seer evaluate`` run them from the command line.
@@ -164,6 +167,12 @@ def _check_block_map(name: str, x, *, square: bool = True):
     return xp, x.shape[2]
 
 
+def _upcast(xp, *arrays):
+    """The arrays in at least float32 (16-bit inputs are computed in float32 and rounded back once, at the end)."""
+    work = xp.float32 if xp.finfo(arrays[0].dtype).bits < 32 else arrays[0].dtype
+    return tuple(a if a.dtype == work else xp.astype(a, work) for a in arrays)
+
+
 def _to_host_bool(mask) -> np.ndarray:
     if is_torch(mask):
         mask = mask.detach().cpu().numpy()
@@ -196,7 +205,9 @@ def pool(x, *, block: int = 64, kind: str = "avg"):
     if x.shape[2] < 1:
         raise ValueError(f"x must have at least one token (T >= 1), got shape {tuple(x.shape)}")
     reduce = {"avg": xp.mean, "max": xp.max, "min": xp.min}[kind]
-    return xp.stack([reduce(x[..., s:e, :], axis=-2) for s, e in chunk_bounds(x.shape[2], block)], axis=-2)
+    (work,) = _upcast(xp, x)
+    pooled = xp.stack([reduce(work[..., s:e, :], axis=-2) for s, e in chunk_bounds(x.shape[2], block)], axis=-2)
+    return xp.astype(pooled, x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,12 +233,14 @@ def gate_scores(q_gate, k_gate, *, scale: float | None = None, log: bool = False
     scale = default_scale(dg) if scale is None else check_scale("scale", scale)
     if not isinstance(log, bool):
         raise TypeError(f"log must be True or False, got {log!r}")
+    out_dtype = q_gate.dtype
+    q_gate, k_gate = _upcast(xp, q_gate, k_gate)
     logits = (q_gate * scale) @ transpose(xp, _repeat_kv(xp, k_gate, H))  # [B, H, n, n]
     logits = xp.where(_block_causal(xp, n, device_of(q_gate)), logits, -xp.inf)
     # the diagonal is always causal, so every row has a finite maximum
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)
     log_z = xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
-    return shifted - log_z if log else xp.exp(shifted - log_z)
+    return xp.astype(shifted - log_z if log else xp.exp(shifted - log_z), out_dtype)
 
 
 class AttnGate(nn.Module):
@@ -378,8 +391,10 @@ def ground_truth(q, k, *, block: int = 64, scale: float | None = None):
     xp, B, H, Hkv, T, D = _check_gqa("q", q, "k", k)
     block = check_positive_int("block", block)
     scale = default_scale(D) if scale is None else check_scale("scale", scale)
+    out_dtype = q.dtype
+    q, k = _upcast(xp, q, k)
     s = (q * scale) @ transpose(xp, _repeat_kv(xp, k, H))  # [B, H, T, T]
-    s = xp.where(causal_mask(xp, T, T, device_of(q)), s, -xp.inf)
+    s = xp.where(causal_mask(xp, T, T, device_of(q)), s, -xp.inf)  # where, not a product: NaN stays out
     p = xp.exp(s - xp.max(s, axis=-1, keepdims=True))
     p = p / xp.sum(p, axis=-1, keepdims=True)  # 0 above the diagonal
     # The 2-D max-pool: pad P with zeros to n·block on both axes (a probability is >= 0, so a zero
@@ -391,7 +406,7 @@ def ground_truth(q, k, *, block: int = 64, scale: float | None = None):
         p = xp.concat([p, xp.zeros((B, H, T, pad), dtype=p.dtype, device=device_of(p))], axis=-1)
         p = xp.concat([p, xp.zeros((B, H, pad, n * block), dtype=p.dtype, device=device_of(p))], axis=-2)
     pooled = xp.max(xp.reshape(p, (B, H, n, block, n, block)), axis=(3, 5))  # [B, H, n, n]
-    return _normalise_rows(xp, pooled)
+    return xp.astype(_normalise_rows(xp, pooled), out_dtype)
 
 
 def ground_truth_tiled(q, k, *, block: int = 64, scale: float | None = None):
@@ -409,6 +424,8 @@ def ground_truth_tiled(q, k, *, block: int = 64, scale: float | None = None):
     xp, B, H, Hkv, T, D = _check_gqa("q", q, "k", k)
     block = check_positive_int("block", block)
     scale = default_scale(D) if scale is None else check_scale("scale", scale)
+    out_dtype = q.dtype
+    q, k = _upcast(xp, q, k)
     q = q * scale
     k = _repeat_kv(xp, k, H)
     dev = device_of(q)
@@ -431,7 +448,7 @@ def ground_truth_tiled(q, k, *, block: int = 64, scale: float | None = None):
             raw_max.append(r)
         row = [xp.max(xp.exp(r - m) / l, axis=(-2, -1)) for r in raw_max]
         rows.append(row + [None] * (len(bounds) - i - 1))
-    return _normalise_rows(xp, _stack_block_map(xp, rows))
+    return xp.astype(_normalise_rows(xp, _stack_block_map(xp, rows)), out_dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -618,6 +635,8 @@ def block_sparse_attention(q, k, v, block_mask, *, block: int = 64, scale: float
     xp, B, H, Hkv, T, block, scale, mask = _prepare_sparse(q, k, v, block_mask, block, scale)
     group = H // Hkv
     dev = device_of(q)
+    out_dtype = q.dtype
+    q, k, v = _upcast(xp, q, k, v)
     q = q * scale
     bounds = chunk_bounds(T, block)
     per_batch = []
@@ -641,7 +660,7 @@ def block_sparse_attention(q, k, v, block_mask, *, block: int = 64, scale: float
                 out_blocks.append(acc / l)
             per_head.append(xp.concat(out_blocks, axis=0))
         per_batch.append(xp.stack(per_head, axis=0))
-    return xp.stack(per_batch, axis=0)
+    return xp.astype(xp.stack(per_batch, axis=0), out_dtype)
 
 
 def masked_attention(q, k, v, block_mask, *, block: int = 64, scale: float | None = None):
@@ -653,6 +672,8 @@ def masked_attention(q, k, v, block_mask, *, block: int = 64, scale: float | Non
     """
     xp, B, H, Hkv, T, block, scale, _ = _prepare_sparse(q, k, v, block_mask, block, scale)
     dev = device_of(q)
+    out_dtype = q.dtype
+    q, k, v = _upcast(xp, q, k, v)
     token_block = xp.asarray(np.arange(T) // block, device=dev)
     # [B, H, T, T]: token t may read token s iff their blocks' entry is kept and s <= t
     expanded = xp.take(xp.take(block_mask, token_block, axis=2), token_block, axis=3)
@@ -660,7 +681,7 @@ def masked_attention(q, k, v, block_mask, *, block: int = 64, scale: float | Non
     s = (q * scale) @ transpose(xp, _repeat_kv(xp, k, H))
     s = xp.where(visible, s, -xp.inf)
     p = xp.exp(s - xp.max(s, axis=-1, keepdims=True))
-    return (p / xp.sum(p, axis=-1, keepdims=True)) @ _repeat_kv(xp, v, H)
+    return xp.astype((p / xp.sum(p, axis=-1, keepdims=True)) @ _repeat_kv(xp, v, H), out_dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -418,6 +418,80 @@ def rows_never_nan(impl):
 
 
 # --------------------------------------------------------------------------------------------
+# Poisoned tokens: causality bit for bit
+# --------------------------------------------------------------------------------------------
+
+POISONS = (float("nan"), float("inf"), float("-inf"))
+
+
+@st.composite
+def poisonings(draw, *, names=("q", "k", "v")):
+    """``(case, name, t, value)``: one token's ``q``, ``k`` or ``v`` (every kv head) set to NaN or ±inf."""
+    case = draw(seer_cases(magnitudes=(1.0,)))
+    return case, draw(st.sampled_from(list(names))), draw(st.integers(0, case.T - 1)), draw(st.sampled_from(POISONS))
+
+
+def _poison(arrays, name, t, value):
+    out = [a.copy() for a in arrays]
+    out["qkv".index(name)][:, :, t, :] = value
+    return out
+
+
+def _same_rows(clean, poisoned, limit, what, case, axis_len):
+    clean, poisoned = to_numpy(clean), to_numpy(poisoned)
+    index = (slice(None), slice(None), slice(0, limit))
+    if not np.array_equal(clean[index], poisoned[index]):
+        bad = np.argwhere(clean[index] != poisoned[index])[0]
+        raise AssertionError(
+            f"{what}: entry {list(bad)} of the first {limit} of {axis_len} rows changed "
+            f"({clean[index][tuple(bad)]} -> {poisoned[index][tuple(bad)]}); case {case!r}"
+        )
+
+
+@prop("block_sparse_attention")
+def block_sparse_poisoned_token_changes_no_earlier_row(impl):
+    """A NaN or ±inf in token t's q or k leaves every row before t bit for bit unchanged; in its v, every row before t's block.
+
+    The causal mask must be applied by selection (``where``), not by multiplying (``0 · NaN = NaN``);
+    inside the diagonal block the product ``P V`` still meets ``v_t`` with a zero weight, so a
+    poisoned value may reach the earlier rows of its own block only.
+    """
+
+    @configured
+    @given(data=poisonings(), mask_seed=seeds())
+    def run(data, mask_seed):
+        case, name, t, value = data
+        arrays = case.arrays()
+        mask = random_block_mask(case, mask_seed, keep=0.5)
+        clean = impl.block_sparse_attention(*_inputs(impl, *arrays, mask), block=case.block, scale=case.scale)
+        with np.errstate(all="ignore"):  # the poisoned rows are meant to turn NaN
+            bad = impl.block_sparse_attention(*_inputs(impl, *_poison(arrays, name, t, value), mask),
+                                              block=case.block, scale=case.scale)  # fmt: skip
+        limit = t if name != "v" else (t // case.block) * case.block
+        _same_rows(clean, bad, limit, f"block_sparse_attention with {name}[t={t}] = {value}", case, case.T)
+
+    run()
+
+
+@prop("ground_truth")
+def ground_truth_poisoned_token_changes_no_earlier_block_row(impl):
+    """A NaN or ±inf in token t's q or k leaves the ground truth's block-rows before t's block bit for bit unchanged."""
+
+    @configured
+    @given(data=poisonings(names=("q", "k")))
+    def run(data):
+        case, name, t, value = data
+        arrays = case.arrays()
+        clean = impl.ground_truth(*_inputs(impl, *arrays[:2]), block=case.block, scale=case.scale)
+        with np.errstate(all="ignore"):
+            bad = impl.ground_truth(*_inputs(impl, *_poison(arrays, name, t, value)[:2]), block=case.block,
+                                    scale=case.scale)  # fmt: skip
+        _same_rows(clean, bad, t // case.block, f"ground_truth with {name}[t={t}] = {value}", case, case.n)
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------
 # The loss
 # --------------------------------------------------------------------------------------------
 
