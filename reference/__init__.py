@@ -12,8 +12,8 @@ The package imports nothing above it (neither ``kernels`` nor ``simdist``). Wron
   ``chunked_backward``, ``decay_mask``, ``tnl_decay``.
 * ``reference.gla`` — Gated Linear Attention: ``recurrent``, ``parallel``, ``chunked``, ``gate``.
 * ``reference.rope`` — rotary position embeddings: ``apply`` (rotate-half or interleaved layout).
-* ``reference.seer`` — SeerAttention: ``pool``, ``ground_truth``, ``select_topk``,
-  ``select_threshold``, ``block_sparse_attention``.
+* ``reference.seer`` — SeerAttention: ``pool``, ``AttnGate``, ``ground_truth`` (and ``ground_truth_tiled``),
+  ``kl_loss``, ``select_topk``, ``select_threshold``, ``block_sparse_attention``; ``train_gates``.
 * ``reference.double_sparsity`` — Double Sparsity: ``channel_outliers``, ``decode``.
 * ``reference.model`` and ``reference.data`` — a tiny Llama-style decoder whose attention is any
   algorithm here, and the text it trains on.
