@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 IMPLS = [Target(gla, backend=b, name=f"reference.gla[{b}]") for b in BACKENDS]
 # The chunked forms' options, each a variant the chunked properties run against as well.
 # (The default, sub_chunk=16 and not materialised, is IMPLS.)
-VARIANTS = [(1, True, "torch"), (5, False, "numpy")]  # (sub_chunk, materialize, backend)
+VARIANTS = [(2, True, "torch"), (5, False, "numpy")]  # (sub_chunk, materialize, backend)
 CHUNKED_IMPLS = [
     Target(
         gla, backend=b, name=f"reference.gla[{b}, sub_chunk={sub}, materialize={m}]",
