@@ -290,20 +290,38 @@ class Attention(nn.Module):
 
     # -- the full pass --
 
-    def attend(self, q, k, v, x):
-        """This layer's own attention: ``q: [B, H, T, D]``, ``k, v: [B, Hkv, T, D]`` → ``[B, H, T, D]``."""
+    def attend(self, q, k, v, x, *, parallel=None):
+        """This layer's own attention: ``q: [B, H, T, D]``, ``k, v: [B, Hkv, T, D]`` → ``[B, H, T, D]``.
+
+        ``parallel``: ``None`` (one device), or ``("group", group)`` — this rank's chunk of the
+        sequence through LASP-2 (linear family) or LASP-2H (softmax) over ``group``.
+        """
         g = self.config.groups
         k, v = expand_kv(k, g), expand_kv(v, g)
+        if parallel is not None:
+            from simdist import lasp2, lasp2h  # only the sequence-parallel path needs torch.distributed
+
+            group = parallel[1]
+            if self.kind == "softmax":
+                return lasp2h.attention(q, k, v, causal=True, scale=self.scale, group=group)
+            if self.kind == "linear":
+                return lasp2.attention(q, k, v, scale=self.scale, group=group)
+            if self.kind == "lightning":
+                return lasp2.attention(q, k, v, decay=self.decay, scale=self.scale, group=group)
+            return lasp2.attention(q, k, v, log_alpha=self.log_alpha(x), scale=self.scale, group=group)
         if self.kind == "softmax":
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        # The chunked forms: on a CPU 3-4x faster than the parallel ones at T = 512 (matrix products
+        # of 64 x 64 blocks instead of a T x T mask), and linear in T.
         if self.kind == "linear":
-            return linear_attention.parallel(q, k, v, scale=self.scale)
-        if self.kind == "lightning":
-            return lightning.parallel(q, k, v, self.decay, scale=self.scale)
-        o, _ = gla.chunked(q, k, v, self.log_alpha(x), scale=self.scale, chunk_size=64, sub_chunk=16)
+            o, _ = linear_attention.chunked(q, k, v, scale=self.scale, chunk_size=64)
+        elif self.kind == "lightning":
+            o, _ = lightning.chunked(q, k, v, self.decay, scale=self.scale, chunk_size=64)
+        else:
+            o, _ = gla.chunked(q, k, v, self.log_alpha(x), scale=self.scale, chunk_size=64, sub_chunk=16)
         return o
 
-    def forward(self, x, positions, *, override=None, capture=None):
+    def forward(self, x, positions, *, override=None, capture=None, parallel=None):
         q_pre, k_pre, v = self._project(x)
         if self.kind == "softmax":
             q, k = self._rotate(q_pre, positions), self._rotate(k_pre, positions)
@@ -316,7 +334,7 @@ class Attention(nn.Module):
             if tuple(o.shape) != tuple(q.shape):
                 raise ValueError(f"attention_override[{self.layer}] must return o of shape {tuple(q.shape)}, got {tuple(o.shape)}")
         else:
-            o = self.attend(q, k, v, x)
+            o = self.attend(q, k, v, x, parallel=parallel)
         return self._finish(o)
 
     # -- one decoding step --
@@ -370,8 +388,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.ffn = SwiGLU(config.d_model, config.ffn_hidden)
 
-    def forward(self, x, positions, *, override=None, capture=None):
-        x = x + self.attn(self.attn_norm(x), positions, override=override, capture=capture)
+    def forward(self, x, positions, *, override=None, capture=None, parallel=None):
+        x = x + self.attn(self.attn_norm(x), positions, override=override, capture=capture, parallel=parallel)
         return x + self.ffn(self.ffn_norm(x))
 
     def step(self, x, position, state, *, override=None):
@@ -458,26 +476,38 @@ class TinyLM(nn.Module):
                 raise ValueError(f"{name}[{layer}]: layer {layer} is {self.config.attention[layer]!r}, needs one of {kinds}")
         return override
 
-    def forward(self, tokens, *, attention_override=None, capture=None):
+    def forward(self, tokens, *, attention_override=None, capture=None, start: int = 0, sequence_parallel=None):
         """Logits ``[B, T, 256]`` for ``tokens: [B, T]`` (integers in 0..255).
 
         Args:
-            tokens: ``[B, T]`` int64 (any integer dtype), ``T ≤ config.max_len``.
+            tokens: ``[B, T]`` int64 (any integer dtype), ``start + T ≤ config.max_len``.
             attention_override: ``{layer: fn}``; ``fn(q, k, v, *, q_pre, k_pre, layer) -> o: [B, H, T, D]``
                 replaces that layer's attention (q after RoPE ``[B, H, T, D]``, k, v ``[B, Hkv, T, D]``).
             capture: a list; each layer appends ``{"q_pre", "k_pre", "q", "k", "v"}`` (see the module docstring).
+            start: the position of ``tokens[:, 0]`` in its sequence (RoPE's positions are
+                ``start .. start + T - 1``); non-zero for a rank's chunk under ``sequence_parallel``.
+            sequence_parallel: ``None`` (one device), or a ``torch.distributed`` process group (``True``:
+                the default group) whose ranks each hold a contiguous chunk of every sequence, in rank
+                order: linear-family layers run through ``simdist.lasp2.attention``, softmax layers through
+                ``simdist.lasp2h.attention``; every other part of the model is per token. Returns this
+                chunk's logits, which equal the one-device logits' rows (``tests/test_model_distributed.py``).
         """
         tokens = self._check_tokens(tokens, 2, "[B, T]")
         T = tokens.shape[1]
-        if not 1 <= T <= self.config.max_len:
-            raise ValueError(f"tokens must have 1..max_len = {self.config.max_len} positions, got {T}")
+        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
+            raise ValueError(f"start must be a non-negative integer, got {start!r}")
+        if not 1 <= T or start + T > self.config.max_len:
+            raise ValueError(f"tokens must have 1..max_len = {self.config.max_len} positions (from start = {start}), got {T}")
+        parallel = None
+        if sequence_parallel is not None and sequence_parallel is not False:
+            parallel = ("group", None if sequence_parallel is True else sequence_parallel)
         override = self._check_override("attention_override", attention_override)
         if capture is not None and not isinstance(capture, list):
             raise TypeError(f"capture must be a list (or None), got {type(capture).__name__}")
-        positions = np.arange(T)
+        positions = np.arange(start, start + T)
         x = self.embed(tokens)
         for l, block in enumerate(self.blocks):
-            x = block(x, positions, override=override.get(l), capture=capture)
+            x = block(x, positions, override=override.get(l), capture=capture, parallel=parallel)
         return self.head(self.norm(x))
 
     def new_cache(self, batch_size: int) -> Cache:
@@ -560,17 +590,19 @@ def pretrained(attention: str = "softmax") -> TinyLM:
 def bits_per_byte(model: TinyLM, data: np.ndarray, *, seq_len: int = 512, max_windows: int | None = 32, batch_size: int = 8) -> float:
     """Mean cross-entropy in bits per byte over non-overlapping windows of ``data`` (uint8 ``[N]``).
 
-    Windows of ``seq_len + 1`` bytes are taken at a fixed stride of ``seq_len`` from the start
-    (the first ``max_windows`` of them; all with ``None``); every byte after the first of a window
-    is predicted once. Deterministic: no sampling.
+    Windows of ``seq_len + 1`` bytes are taken at a stride of ``seq_len`` (all of them with
+    ``max_windows=None``, else ``max_windows`` of them spread evenly over ``data``); every byte after
+    the first of a window is predicted once, with the window as its context. Deterministic.
     """
     seq_len = _positive("seq_len", seq_len)
     n = (len(data) - 1) // seq_len
     if n < 1:
         raise ValueError(f"data must hold more than seq_len = {seq_len} bytes, got {len(data)}")
-    if max_windows is not None:
-        n = min(n, _positive("max_windows", max_windows))
-    windows = np.stack([data[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)]).astype(np.int64)
+    starts = np.arange(n) * seq_len
+    if max_windows is not None and _positive("max_windows", max_windows) < n:
+        starts = starts[np.linspace(0, n - 1, max_windows).round().astype(np.int64)]  # spread over all of data
+    windows = np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+    n = len(windows)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -621,3 +653,341 @@ def generate(model: TinyLM, prompt: bytes, n: int, *, temperature: float = 0.8, 
             last = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=g))
         out.append(last)
     return bytes(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run: AdamW, linear warm-up then cosine decay to ``lr / 10``, gradients clipped at 1.
+
+    ``steps × batch_size × seq_len`` bytes are seen (from ``reference.data.batches(seed=data_seed)``).
+    """
+
+    steps: int = 300
+    batch_size: int = 16
+    seq_len: int = 512
+    lr: float = 3e-3
+    warmup: int = 30
+    weight_decay: float = 0.1
+    seed: int = 0
+    data_seed: int = 1
+
+
+def _lr_at(step: int, tc: TrainConfig) -> float:
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    progress = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+    return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(config: Config, tc: TrainConfig = TrainConfig(), *, data=None, progress: bool = True, model: TinyLM | None = None):
+    """Train a ``TinyLM(config, seed=tc.seed)`` (or continue ``model``) for ``tc.steps`` steps on ``data``.
+
+    Args:
+        config: the model (ignored when ``model`` is given).
+        tc: the run's hyper-parameters.
+        data: uint8 ``[N]`` training bytes (default: the corpus's training split), or MQAR's
+            ``(tokens, answers)`` from ``reference.data.mqar`` (rows sampled; loss on the answers only).
+        progress: a ``tqdm.auto`` bar showing the loss.
+        model: continue training this model instead of building one.
+
+    Returns:
+        ``(model, losses)``: the trained model (train mode) and the per-step training loss (nats per byte).
+
+    Deterministic on the CPU for a fixed thread count: initialisation and batches come from seeded
+    local generators, and no operation used here is non-deterministic on the CPU.
+    """
+    from tqdm.auto import tqdm
+
+    from reference import data as corpus_data
+
+    if data is None:
+        data = corpus_data.corpus("train")
+    model = TinyLM(config, seed=tc.seed) if model is None else model
+    model.train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or name.endswith("norm.weight") else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tc.lr,
+        betas=(0.9, 0.95),
+    )
+    rng = np.random.default_rng(tc.data_seed)
+    losses = []
+    bar = tqdm(range(tc.steps), disable=not progress, desc=f"train {'/'.join(sorted(set(model.config.attention)))}")
+    for step in bar:
+        if isinstance(data, tuple):  # MQAR: the loss counts the recalled values only
+            rows = rng.integers(0, data[0].shape[0], size=tc.batch_size)
+            batch = torch.from_numpy(data[0][rows].astype(np.int64)).to(model.device)
+            targets = torch.where(torch.from_numpy(data[1][rows]).to(model.device), batch, -100)[:, 1:]
+        else:
+            batch = corpus_data.sample_batch(data, batch_size=tc.batch_size, seq_len=tc.seq_len, rng=rng)
+            batch = torch.from_numpy(batch).to(model.device)
+            targets = batch[:, 1:]
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, tc)
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if step % 10 == 0 or step == tc.steps - 1:
+            bar.set_postfix(bits_per_byte=f"{losses[-1] / math.log(2):.3f}")
+    return model, losses
+
+
+# --------------------------------------------------------------------------------------------
+# LASP-2's Table 2 in miniature
+# --------------------------------------------------------------------------------------------
+
+TABLE2_ROWS = ("softmax", "linear", "lightning", "gla", "hybrid-linear", "hybrid-lightning", "hybrid-gla")
+
+# LASP-2 (arXiv 2502.07563), Table 2: Linear-Llama3-1B trained on 50B tokens at 16K sequence length,
+# loss (nats per token, Llama 3 tokenizer), pure linear / 1/4 hybrid. Quoted for comparison only.
+PAPER_TABLE2 = {
+    "softmax": {"model": "Llama3 + Ring Attention", "loss": 2.759},
+    "linear": {"model": "basic linear attention", "pure": 2.892, "hybrid": 2.824},
+    "lightning": {"model": "Lightning Attention", "pure": 2.862, "hybrid": 2.758},
+    "retention": {"model": "Retention", "pure": 2.867, "hybrid": 2.759},
+    "gla": {"model": "GLA", "pure": 2.845, "hybrid": 2.754},
+    "based": {"model": "Based", "pure": 2.754, "hybrid": 2.751},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Table2Budget:
+    """The one budget every row gets: the same model shape, steps, tokens, seeds and evaluation."""
+
+    lm: TrainConfig = TrainConfig(steps=150, batch_size=16, seq_len=512, lr=3e-3, warmup=20)
+    mqar: TrainConfig = TrainConfig(steps=150, batch_size=32, seq_len=4 * 16 - 1, lr=3e-3, warmup=20)
+    mqar_pairs: int = 16
+    mqar_train: int = 20_000
+    mqar_eval: int = 500
+    eval_windows: int = 64
+
+
+def table2_row(spec: str, budget: Table2Budget = Table2Budget(), *, progress: bool = True, device: str = "cpu") -> dict:
+    """Train one row of the miniature Table 2: held-out bits per byte and MQAR accuracy of ``spec``."""
+    import time
+
+    from reference import data as corpus_data
+
+    attention = parse_attention(spec, Config().n_layers)
+    config = Config(attention=attention)
+    start, cpu = time.perf_counter(), time.process_time()
+    model, losses = train(config, budget.lm, progress=progress, model=TinyLM(config, seed=budget.lm.seed).to(device))
+    lm_seconds, lm_cpu = time.perf_counter() - start, time.process_time() - cpu
+    bpb = bits_per_byte(model, corpus_data.corpus("held_out"), seq_len=budget.lm.seq_len, max_windows=budget.eval_windows)
+    train_set = corpus_data.mqar(budget.mqar_train, num_pairs=budget.mqar_pairs, rng=10)
+    eval_set = corpus_data.mqar(budget.mqar_eval, num_pairs=budget.mqar_pairs, rng=11)
+    start, cpu = time.perf_counter(), time.process_time()
+    mqar_model, mqar_losses = train(config, budget.mqar, data=train_set, progress=progress, model=TinyLM(config, seed=budget.mqar.seed).to(device))
+    mqar_seconds, mqar_cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {
+        "attention": spec,
+        "layers": list(attention),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "held_out_bits_per_byte": bpb,
+        "train_bits_per_byte_last10": float(np.mean(losses[-10:]) / math.log(2)),
+        "train_curve_bits_per_byte": [round(x / math.log(2), 4) for x in losses],
+        "mqar_accuracy": mqar_accuracy(mqar_model, *eval_set),
+        "mqar_final_loss": float(np.mean(mqar_losses[-10:])),
+        "lm_seconds": lm_seconds,
+        "lm_cpu_seconds": lm_cpu,
+        "mqar_seconds": mqar_seconds,
+        "mqar_cpu_seconds": mqar_cpu,
+    }
+
+
+def plot_table2(payload: dict, axes=None):
+    """Two panels: held-out bits per byte and MQAR accuracy per row; the paper's Table 2 losses beside them."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    rows = payload["rows"]
+    names = [r["attention"] for r in rows]
+    colours = ["#444444" if n == "softmax" else ("#1f77b4" if n.startswith("hybrid") else "#ff7f0e") for n in names]
+    y = np.arange(len(rows))
+    axes[0].barh(y, [r["held_out_bits_per_byte"] for r in rows], color=colours)
+    axes[0].set(yticks=y, yticklabels=names, xlabel="held-out bits per byte (lower is better)", title="tiny LM, one budget")
+    lo = min(r["held_out_bits_per_byte"] for r in rows)
+    axes[0].set_xlim(lo - 0.3, max(r["held_out_bits_per_byte"] for r in rows) + 0.1)
+    axes[0].invert_yaxis()
+    axes[1].barh(y, [r["mqar_accuracy"] for r in rows], color=colours)
+    axes[1].set(yticks=y, yticklabels=names, xlabel="MQAR accuracy", xlim=(0, 1), title=f"MQAR, {payload['budget']['mqar_pairs']} pairs")
+    axes[1].invert_yaxis()
+    paper = payload["paper_table2"]
+    labels, values, pc = ["softmax"], [paper["softmax"]["loss"]], ["#444444"]
+    for key in ("linear", "lightning", "retention", "gla", "based"):
+        labels += [key, f"hybrid-{key}"]
+        values += [paper[key]["pure"], paper[key]["hybrid"]]
+        pc += ["#ff7f0e", "#1f77b4"]
+    yp = np.arange(len(labels))
+    axes[2].barh(yp, values, color=pc)
+    axes[2].set(yticks=yp, yticklabels=labels, xlim=(2.7, 2.9), xlabel="loss (nats per token)", title="LASP-2 Table 2 (1B, 50B tokens, 16K)")
+    axes[2].invert_yaxis()
+    return axes
+
+
+def _table2_command(args, argv) -> int:
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    base = Table2Budget()
+    budget = Table2Budget(
+        lm=dataclasses.replace(base.lm, steps=args.steps, lr=args.lr, batch_size=args.batch_size),
+        mqar=dataclasses.replace(base.mqar, steps=args.mqar_steps, lr=args.mqar_lr, batch_size=args.mqar_batch_size, seq_len=4 * args.mqar_pairs - 1),
+        mqar_pairs=args.mqar_pairs,
+    )
+    rows_wanted = TABLE2_ROWS if args.only is None else tuple(args.only.split(","))
+    if args.jobs <= 1:
+        rows = [table2_row(spec, budget, progress=not args.no_progress, device=args.device) for spec in rows_wanted]
+    else:
+        # One process per row, each pinned to its own `threads` cores, so the rows do not share cores.
+        cores = sorted(os.sched_getaffinity(0))
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = []
+            for i, spec in enumerate(rows_wanted):
+                mine = cores[(i * args.threads) % len(cores) :][: args.threads]
+                row_argv = [a for a in argv if a not in ("--no-progress",)]
+                row_argv = row_argv[row_argv.index("table2") + 1 :]
+                cmd = [sys.executable, "-m", "reference.model", "--threads", str(args.threads), "--no-progress", "--device", args.device, "table2",
+                       *row_argv, "--jobs", "1", "--only", spec, "--out", os.path.join(tmp, f"{i}.json")]
+                procs.append(subprocess.Popen(["taskset", "-c", ",".join(map(str, mine)), *cmd]))
+            if any(p.wait() for p in procs):
+                raise SystemExit("a table2 row failed")
+            rows = [json.load(open(os.path.join(tmp, f"{i}.json")))["rows"][0] for i in range(len(rows_wanted))]
+    payload = {
+        "what": "LASP-2 Table 2 in miniature: the same budget for every attention (reference/model.py, docs/tiny_lm.md)",
+        "command": _command(argv),
+        **_environment(),
+        "rows_ran_in_parallel": args.jobs > 1,
+        "config": {k: v for k, v in Config().to_dict().items() if k != "attention"},
+        "budget": dataclasses.asdict(budget),
+        "rows": rows,
+        "paper_table2": PAPER_TABLE2,
+    }
+    with open(args.out, "w") as f:
+        json.dump(payload, f, indent=1)
+    if args.only is None:
+        import matplotlib
+
+        matplotlib.use("Agg")  # the command line owns its process
+        import matplotlib.pyplot as plt
+
+        plot_table2(payload)
+        plt.savefig(os.path.splitext(args.out)[0] + ".png", dpi=110)
+    for r in rows:
+        print(f"{r['attention']:>18}  {r['held_out_bits_per_byte']:.3f} bits/byte  MQAR {r['mqar_accuracy']:.3f}  ({r['lm_seconds']:.0f}+{r['mqar_seconds']:.0f} s)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _command(argv) -> str:
+    return "python -m reference.model " + " ".join(argv)
+
+
+def _environment() -> dict:
+    import datetime
+    import os
+    import platform
+
+    from reference import data as corpus_data
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": str(torch.__version__),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads",
+        "corpus": corpus_data.corpus_info(),
+    }
+
+
+def _train_command(args, argv) -> int:
+    import time
+
+    from reference import data as corpus_data
+
+    config = Config(attention=parse_attention(args.attention, Config().n_layers))
+    model = TinyLM(config, seed=args.seed).to(args.device)
+    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, warmup=args.warmup, seed=args.seed)
+    corpus_data.corpus("train"), corpus_data.corpus("held_out")  # read once, outside the timing
+    start = time.perf_counter()
+    model, losses = train(config, tc, progress=not args.no_progress, model=model)
+    if args.device != "cpu":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    bpb = bits_per_byte(model, corpus_data.corpus("held_out"), seq_len=tc.seq_len, max_windows=args.eval_windows)
+    print(f"held-out bits per byte: {bpb:.4f} after {tc.steps} steps in {seconds:.1f} s of training ({torch.get_num_threads()} threads)")
+    if args.out:
+        meta = {
+            "command": _command(argv),
+            "held_out_bits_per_byte": bpb,
+            "eval_windows": args.eval_windows,
+            "train_seconds": seconds,
+            "train": dataclasses.asdict(tc),
+            "final_train_bits_per_byte": float(np.mean(losses[-10:]) / math.log(2)),
+            **_environment(),
+        }
+        save(model, args.out, meta=meta)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m reference.model", description="Train the tiny LM; LASP-2's Table 2 in miniature.")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for this process (default 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
+    parser.add_argument("--device", default="cpu", help="where to train (default cpu; e.g. cuda)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train one model on the standard-library corpus")
+    p.add_argument("--attention", default="softmax", help="softmax | linear | lightning | gla | hybrid-<kind> | a comma list")
+    defaults = TrainConfig()
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--seq-len", type=int, default=defaults.seq_len)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--warmup", type=int, default=defaults.warmup)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--eval-windows", type=int, default=64, help="held-out windows of seq_len bytes to evaluate")
+    p.add_argument("--out", help="write the checkpoint here")
+    t = sub.add_parser("table2", help="LASP-2's Table 2 in miniature: every attention under one budget")
+    t.add_argument("--out", required=True, help="the JSON to write (a .png beside it)")
+    t.add_argument("--steps", type=int, default=Table2Budget().lm.steps, help="language-model steps per row")
+    t.add_argument("--mqar-steps", type=int, default=Table2Budget().mqar.steps, help="MQAR steps per row")
+    t.add_argument("--lr", type=float, default=Table2Budget().lm.lr)
+    t.add_argument("--batch-size", type=int, default=Table2Budget().lm.batch_size)
+    t.add_argument("--mqar-lr", type=float, default=Table2Budget().mqar.lr)
+    t.add_argument("--mqar-batch-size", type=int, default=Table2Budget().mqar.batch_size)
+    t.add_argument("--mqar-pairs", type=int, default=Table2Budget().mqar_pairs)
+    t.add_argument("--only", help="a comma list of rows (default: all of TABLE2_ROWS)")
+    t.add_argument("--jobs", type=int, default=1, help="rows in parallel, each pinned to its own --threads cores (Linux)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)  # the command line owns its process
+    if args.command == "train":
+        return _train_command(args, argv)
+    return _table2_command(args, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -43,7 +43,7 @@ import torch
 
 from simdist import _layout, accounting, comm, kernel_path, local
 
-__all__ = ["attention", "exclusive_prefix", "exclusive_suffix", "inclusive_prefix", "forward_with_prefix"]
+__all__ = ["attention", "exclusive_prefix", "exclusive_suffix", "inclusive_prefix", "forward_with_prefix", "gated_prefix"]
 
 
 def exclusive_prefix(states, lengths, rank: int, rates):
@@ -239,7 +239,7 @@ def _no_bidirectional_decay(causal, decay):
         )
 
 
-def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, group=None, lengths=None):
+def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, group=None, lengths=None, log_alpha=None):
     r"""Linear attention of this rank's chunk by LASP-2: causal with optional decay, or bidirectional.
 
     Every rank of ``group`` calls it with its own contiguous chunk, in rank order along the sequence.
@@ -254,6 +254,9 @@ def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, g
         group: the process group (``None``: the default group).
         lengths: every rank's chunk length, declared; checked against the chunks the ranks hold by the
             handshake, which names a rank that declares other lengths (see ``simdist._layout``).
+        log_alpha: GLA's gates for this chunk, ``[B, H, C_r, K]``, finite and ``≤ 0`` (causal only,
+            not with ``decay``): chunk states decay per key row (``gated_prefix``) and the local work
+            is ``reference.gla.chunked`` under autograd. Differentiable in ``log_alpha`` too.
 
     Returns:
         ``o: [B, H, C_r, V]``, this chunk's rows of the one-device output; differentiable in q, k, v.
@@ -262,6 +265,8 @@ def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, g
         ValueError: bad or disagreeing input, a decay with ``causal=False`` included, on every rank (a
             rank whose own input is bad raises its error; the others raise one naming it).
     """
+    if log_alpha is not None:
+        return _gla_attention(q, k, v, log_alpha, decay, causal, scale, group, lengths)
     layout, lam = _layout.handshake(
         "simdist.lasp2.attention", "lasp2", q, k, v, decay, causal, scale, group, lengths=lengths, options=_no_bidirectional_decay
     )
@@ -269,3 +274,89 @@ def attention(q, k, v, *, decay=None, causal: bool = True, scale: float = 1.0, g
         return _Lasp2Bidirectional.apply(q, k, v, float(scale), layout)
     scheme = _Lasp2Kernel if kernel_path.applies(q) else _Lasp2Causal
     return scheme.apply(q, k, v, local.rates(lam), float(scale), layout)
+
+
+# --------------------------------------------------------------------------------------------
+# GLA's gates (log_alpha=): a diagonal decay per key row instead of one scalar per head
+# --------------------------------------------------------------------------------------------
+
+
+class _GatedPrefix(torch.autograd.Function):
+    r"""``P_r`` from every chunk's own state ``M_s`` and summed gate ``log γ_s``: one AllGather each way.
+
+    With gates the scalar ``λ^{C_s}`` of the decayed scan becomes ``Diag(γ_s)``, ``γ_s = exp(b_s)``
+    with ``b_s`` the chunk's ``log_alpha`` summed over its tokens, per key channel (``[B, H, K]``)::
+
+        P_0 = 0,   P_{s+1} = Diag(γ_s) P_s + M_s                      (the exclusive prefix)
+
+    Backward: every rank's ``dP_t`` is gathered; the reverse scan ``Ĝ_{W-1} = dP_{W-1}``,
+    ``Ĝ_t = dP_t + Diag(γ_t) Ĝ_{t+1}`` gives ``dM_r = Ĝ_{r+1}`` and
+    ``d log γ_r = γ_r ⊙ Σ_v (P_r ⊙ Ĝ_{r+1})`` (zero on the last rank, whose state no rank reads).
+    """
+
+    @staticmethod
+    def forward(ctx, M, log_gamma, layout):
+        r, W, group = layout.rank, layout.world_size, layout.group
+        if W > 1:
+            # one message: the state and its chunk's gate side by side, [B, H, K, V + 1]
+            rows = comm.all_gather(torch.cat([M, log_gamma[..., None]], dim=-1), group=group, label="M, gates")
+            states, gates = [x[..., :-1] for x in rows], [x[..., -1] for x in rows]
+        else:
+            states, gates = [M], [log_gamma]
+        with accounting.span("compute", "gated prefix"):
+            P = torch.zeros_like(M)
+            for s in range(r):
+                P = torch.exp(gates[s])[..., None] * P + states[s]
+        ctx.save_for_backward(P, log_gamma)
+        ctx.gates, ctx.layout = gates, layout
+        return P
+
+    @staticmethod
+    def backward(ctx, dP):
+        P, log_gamma = ctx.saved_tensors
+        layout, gates = ctx.layout, ctx.gates
+        r, W, group = layout.rank, layout.world_size, layout.group
+        ctx.gates = None
+        if W == 1:
+            return torch.zeros_like(P), torch.zeros_like(log_gamma), None
+        grads = comm.all_gather(dP.contiguous(), group=group, label="dP")
+        with accounting.span("compute", "gated suffix"):
+            G = torch.zeros_like(P)
+            for t in range(W - 1, r, -1):
+                G = grads[t] + torch.exp(gates[t])[..., None] * G
+        return G, torch.exp(log_gamma) * (P * G).sum(-1), None
+
+
+def gated_prefix(M, log_gamma, layout):
+    """``P_rank`` for GLA's gates (see ``_GatedPrefix``); differentiable in ``M: [B, H, K, V]`` and ``log_gamma: [B, H, K]``."""
+    return _GatedPrefix.apply(M, log_gamma, layout)
+
+
+def _gla_attention(q, k, v, log_alpha, decay, causal, scale, group, lengths):
+    """LASP-2 with GLA's gates: the chunk's own state, the gated prefix, then ``reference.gla.chunked`` from it."""
+    from reference import gla
+
+    def options(causal_, decay_):
+        # runs inside the handshake, so a rank whose gates are bad is named on every rank
+        if not causal_:
+            raise ValueError("simdist.lasp2.attention: log_alpha (GLA's gates) needs causal=True")
+        if decay_ is not None:
+            raise ValueError("simdist.lasp2.attention: pass decay or log_alpha, not both")
+        if not isinstance(log_alpha, torch.Tensor) or tuple(log_alpha.shape) != tuple(k.shape):
+            got = tuple(log_alpha.shape) if isinstance(log_alpha, torch.Tensor) else type(log_alpha).__name__
+            raise ValueError(f"simdist.lasp2.attention: log_alpha must be a tensor of k's shape [B, H, C, K] = {tuple(k.shape)}, got {got}")
+        if log_alpha.dtype != q.dtype or log_alpha.device != q.device:
+            raise TypeError(f"simdist.lasp2.attention: log_alpha must have q's dtype and device, got {log_alpha.dtype} on {log_alpha.device}")
+        if not bool(torch.isfinite(log_alpha).all()) or bool((log_alpha > 0).any()):
+            raise ValueError("simdist.lasp2.attention: log_alpha must be finite and ≤ 0 (gates in (0, 1])")
+
+    layout, _ = _layout.handshake(
+        "simdist.lasp2.attention", "lasp2", q, k, v, decay, causal, scale, group, lengths=lengths, options=options
+    )
+    with accounting.span("compute", "M"):
+        b = torch.cumsum(log_alpha, dim=2)  # [B, H, C, K], from the chunk start
+        log_gamma = b[:, :, -1]  # [B, H, K]
+        M = (k * torch.exp(log_gamma[:, :, None] - b)).transpose(-1, -2) @ v  # every exponent ≤ 0
+    P = gated_prefix(M, log_gamma, layout)
+    o, _ = gla.chunked(q, k, v, log_alpha, scale=float(scale), initial_state=P)
+    return o
