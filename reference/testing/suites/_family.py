@@ -53,6 +53,7 @@ class Family:
     cases: Callable
     example: Case
     grad_names: tuple[str, ...] = ("dq", "dk", "dv")
+    regime: str = ""  # what the draws stress beyond sizes and chunks, for the properties' descriptions
 
 
 def _returns_pair(result, form: str):
@@ -126,7 +127,9 @@ def _oracle_property(prop, fam: Family, form: str) -> None:
     check.__doc__ = (
         f"``{form}`` equals the float64 defining sum (outputs"
         + ("" if form == "parallel" else ", final states, initial states")
-        + "; chunk sizes 1 to beyond T, odd lengths, strong decays or small gates)."
+        + ("; chunk sizes 1 to beyond T, odd lengths" if form == "chunked" else "; sequences from 1 token")
+        + (f"; {fam.regime}" if fam.regime else "")
+        + ")."
     )
     prop(form, name=f"{form}_equals_the_oracle")(check)
 

@@ -48,6 +48,7 @@ FAMILY = _family.Family(
     oracle_grads=_oracle_grads,
     cases=lambda **kw: cases(gates=True, **{"max_T": 33, **kw}),
     example=EXAMPLE,
+    regime="gates down to α = 1e-3 per step",
     grad_names=("dq", "dk", "dv", "dlog_alpha"),
 )
 _family.register(prop, FAMILY)

@@ -49,6 +49,7 @@ FAMILY = _family.Family(
     oracle_grads=_oracle_grads,
     cases=lambda **kw: cases(decay=True, **kw),
     example=EXAMPLE,
+    regime="decays down to λ = 0.3, exactly 1 included",
 )
 _family.register(prop, FAMILY)
 
