@@ -128,6 +128,8 @@ def tiled(
     xp, Tq, Tk, scale = _prepare(q, k, v, causal, scale)
     block_q = check_positive_int("block_q", block_q)
     block_k = check_positive_int("block_k", block_k)
+    if not isinstance(return_lse, bool):  # "no" is truthy: a tuple would come back unasked
+        raise TypeError(f"return_lse must be True or False, got {return_lse!r}")
     offset = Tk - Tq  # absolute position of query row 0
     dev = device_of(q)
     q = q * scale
