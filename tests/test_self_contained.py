@@ -34,7 +34,7 @@ GENERATED = {
 }
 
 #: Names that look like a path but are not one: patterns and the placeholders of instructions.
-NOT_PATHS = re.compile(r"[*{}<>]|(?:^|/)NN_|^path/to/|^(?:my_script|train|script)\.py$|^\.\./docs/page\.md$")
+NOT_PATHS = re.compile(r"[*{}<>]|(?:^|/)NN_|^path/to/|^(?:my_script|train|script|student)\.py$|^results\.json$|^\.\./docs/page\.md$")
 
 #: In code, ``.json`` and ``.png`` names are files the code reads or writes (a benchmark's results, a
 #: plot), which exist once it has run; pages and Markdown cite them, and there they must exist.
