@@ -213,3 +213,17 @@ def test_the_pytest_plugin(tmp_path):
     assert "FAILED right.py" not in out  # the control passes
     failed = {line.split("::")[-1].split()[0] for line in out.splitlines() if line.startswith("FAILED")}
     assert {"chunked_equals_the_oracle", "chunked_handles_a_short_last_chunk"} <= failed
+
+
+def test_an_exception_in_the_target_is_reported_with_its_lines(tmp_path):
+    """Not an assertion: the report gives the exception and the target's own lines it passed through."""
+    (tmp_path / "crashes.py").write_text(
+        "def tiled(q, k, v, *, causal=True, scale=None, block_q=64, block_k=64):\n"
+        "    blocks = 0\n"
+        "    return q.shape[2] // blocks\n"
+    )
+    report = grader.grade("softmax", grader.load_target(str(tmp_path / "crashes.py")), max_examples=1, only=("tiled_equals_the_oracle",))
+    (outcome,) = report.outcomes
+    assert outcome.status == "failed"
+    assert outcome.output.startswith("raised ZeroDivisionError: integer division or modulo by zero")
+    assert 'crashes.py", line 3, in tiled' in outcome.output and "checks.py" not in outcome.output
