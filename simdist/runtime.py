@@ -12,9 +12,9 @@ What the runtime guarantees:
 * A rank that raises makes ``run`` raise ``RankError`` naming the rank, with its traceback.
   A rank that dies (``os._exit``, a signal, a crash) ends the call at once with a ``RankError``
   naming it. A hang ends it too: when the ranks' progress counters (on a shared status board) stop
-  for ``hang_timeout`` seconds (30 by default) while some ranks wait in a collective or have
-  answered, the rank busy outside any communication is named; a run that is merely long is stopped
-  by ``timeout``. The process group's own collective timeout is longer than both, so a healthy rank
+  for ``hang_timeout`` seconds (30 by default) while some rank waits in a collective, the rank busy
+  outside any communication is named; a run that is merely long (every rank computing, or some
+  done while the others compute) is stopped by ``timeout``. The process group's own collective timeout is longer than both, so a healthy rank
   waiting for the hung one never times out first and takes the blame.
 * No orphans: each rank leads its own process group and watches a pipe only the caller holds; if
   the caller dies (even by SIGKILL), the ranks remove the run's temporary folder and kill their
@@ -157,9 +157,9 @@ class Pool:
         backend: ``"gloo"`` (CPU processes) or ``"nccl"`` (one GPU per rank, rank ``r`` on
             ``cuda:r``; needs ``W`` visible GPUs).
         timeout: default seconds a ``run`` may take.
-        hang_timeout: default seconds the ranks may make no progress while some of them wait for
-            the others (in a collective, or having answered) before the run is declared hung and
-            the busy rank named (30 s; raise it for long GPU work between collectives).
+        hang_timeout: default seconds the ranks may make no progress while some of them wait in a
+            collective before the run is declared hung and the busy rank named (30 s; raise it for
+            GPU work of more than that between two collectives).
         start_timeout: seconds the ranks may take to start and join the group (default
             ``max(60, timeout)``).
         threads: torch threads per rank (default: the CPU cores divided among the ranks).
@@ -382,13 +382,13 @@ class Pool:
         return tuple(_worker.read_progress(self._board, r) for r in range(self.world_size))
 
     def _hung(self, pending: set) -> bool:
-        """After a while without progress: is someone waiting for a pending rank that is busy by itself,
-        or are all pending ranks stuck in collectives? (Everyone busy computing is not a hang.)"""
-        answered = set(range(self.world_size)) - pending
+        """After ``hang_timeout`` without progress anywhere: does some rank wait in a collective? Then
+        it waits for a rank that is busy by itself (the culprit), or all pending ranks are stuck in
+        collectives. Ranks that are all busy computing, or that have answered while the others
+        compute, are not a hang (``timeout`` bounds those)."""
         statuses = {r: _worker.read_status(self._board, r) for r in pending}
         stacks = self._stacks(sorted(pending))
-        waiting = {r for r in pending if statuses[r].startswith("in ") or stacks.get(r, "").startswith("waiting")}
-        return bool(waiting or answered) and (bool(pending - waiting) or waiting == pending)
+        return any(statuses[r].startswith("in ") or stacks.get(r, "").startswith("waiting") for r in pending)
 
     def _run(self, fn, message: bytes, timeout: float, hang_timeout: float | None = None) -> list:
         W = self.world_size
@@ -605,7 +605,7 @@ def launch(fn, world_size: int, *, backend: str = "gloo", args: tuple = (), time
         args: extra positional arguments, pickled to every rank.
         timeout: seconds the run may take (a rank still busy past it is named and killed). Start-up
             has its own limit, ``max(60, timeout)``.
-        hang_timeout: seconds the ranks may make no progress while some wait for the others before
+        hang_timeout: seconds the ranks may make no progress while some wait in a collective before
             the busy rank is named (30 s by default; see ``Pool``).
 
     Raises:

@@ -250,3 +250,13 @@ def test_the_default_hang_timeout_is_30_seconds_and_gloo_waits_longer():
     with simdist.Pool(2) as p:
         assert p.hang_timeout == 30.0
         assert p.collective_timeout > max(p.timeout, p.hang_timeout)
+
+
+def unequal_work(rank, world_size, seconds):
+    time.sleep(seconds if rank == 0 else 0.0)  # the others answer at once; nobody waits in a collective
+    return rank
+
+
+def test_a_long_computation_with_nobody_waiting_is_not_a_hang():
+    with simdist.Pool(2, timeout=60, hang_timeout=1) as p:
+        assert p.run(unequal_work, 3.0) == [0, 1]
