@@ -208,3 +208,20 @@ def test_gla_autograd_with_resets_equals_the_oracle(form):
     for name, leaf, w in zip(("dq", "dk", "dv", "dlog_alpha"), leaves, want):
         assert torch.isfinite(leaf.grad).all(), name
         assert rel_err(leaf.grad, w) < 1e-9, (name, rel_err(leaf.grad, w))
+
+
+@pytest.mark.parametrize("huge", [-1e6, -1e20])
+@pytest.mark.parametrize("form", ["recurrent", "parallel", "chunked", "kernel"])
+def test_gla_one_huge_gate_keeps_float32_precision(form, huge):
+    """One step with log α = -1e6 or -1e20 (finite): float32 inputs stay within float32's error of float64.
+    (A difference of cumulative sums loses every later gate to cancellation: 83 % error at -1e20.)"""
+    a = _arrays(1, 2, 40, 4, 4, seed=6)
+    a["log_alpha"][..., 13, :] = huge
+    want, _ = oracles.gated_linear_attention(*(a[n].astype(np.float32).astype(np.float64) for n in ("q", "k", "v", "log_alpha")))
+    q, k, v, g = (torch.from_numpy(a[n].astype(np.float32)) for n in ("q", "k", "v", "log_alpha"))
+    if form == "kernel":
+        o = k_gla.attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), g.to(DEVICE), config=k_gla.Config(chunk_size=CHUNK)).cpu()
+    else:
+        out = getattr(ref_gla, form)(q, k, v, g, **({"chunk_size": 16} if form == "chunked" else {}))
+        o = out if form == "parallel" else out[0]
+    assert rel_err(o.double(), want) < 1e-5
