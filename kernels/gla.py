@@ -66,8 +66,12 @@ take operands in the input dtype (the level operands ``Q ⊙ E``, ``K ⊙ E`` ar
 ``E`` rounded to it); fp32 inputs use three-pass tf32 products on the GPU (``tf32x3``, about fp32's
 accuracy); exponentials are ``ex2.approx.ftz`` on the GPU.
 
-Shapes: ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``log_alpha: [B, H, T, K]`` (``≤ 0``; not
-checked on the device, which would cost a synchronisation), states ``[B, H, K, V]``; ``K, V ≤ 256``.
+Shapes: ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``log_alpha: [B, H, T, K]`` (``≤ 0``, ``-inf``
+a full reset; not checked on the device, which would cost a synchronisation), states ``[B, H, K, V]``;
+``K, V ≤ 256``. Gates are raised to ``GATE_FLOOR = -1e4`` as they are loaded (``e^-1e4`` is 0 in every
+dtype), so ``-inf`` never meets a 0 of the level tables (``0 · -inf = NaN``). The intra-chunk matrix
+is masked with ``where``: a NaN or inf in a later token's ``q`` or ``k`` leaves earlier rows bit for
+bit unchanged; a poisoned ``v`` reaches the rows of its own chunk and no earlier one.
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 
@@ -815,8 +819,8 @@ def attention(
         q: ``[B, H, T, K]`` queries (fp32, fp16 or bf16; CUDA, or CPU under the interpreter).
         k: ``[B, H, T, K]`` keys, same dtype and device.
         v: ``[B, H, T, V]`` values, same dtype and device.
-        log_alpha: ``[B, H, T, K]`` log-space gates ``≤ 0`` (fp32, fp16 or bf16, own dtype allowed);
-            receives a gradient.
+        log_alpha: ``[B, H, T, K]`` log-space gates ``≤ 0`` (fp32, fp16 or bf16, own dtype allowed;
+            ``-inf`` is a reset of that key channel); receives a gradient.
         scale: multiplies ``q`` (default 1.0, the paper's math; ``K ** -0.5`` is common).
         initial_state: optional ``[B, H, K, V]`` state before the first token (any float dtype; used
             in fp32); receives a gradient.
