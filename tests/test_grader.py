@@ -227,3 +227,10 @@ def test_an_exception_in_the_target_is_reported_with_its_lines(tmp_path):
     assert outcome.status == "failed"
     assert outcome.output.startswith("raised ZeroDivisionError: integer division or modulo by zero")
     assert 'crashes.py", line 3, in tiled' in outcome.output and "checks.py" not in outcome.output
+
+
+def test_skipped_properties_are_listed_as_not_run():
+    report = grader.grade("linear", grader.load_target("reference.linear_attention"), max_examples=1,
+                          skip=("chunked_equals_the_oracle",), only=("chunked_equals_the_oracle", "chunked_rejects_bad_inputs"))  # fmt: skip
+    assert [o.name for o in report.outcomes] == ["chunked_rejects_bad_inputs"] and report.ok
+    assert ("chunked_equals_the_oracle", "skipped (--skip)") in report.not_run

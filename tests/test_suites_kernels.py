@@ -81,6 +81,10 @@ KERNELS = [(lightning_suite, LightningKernel), (gla_suite, GLAKernel)]
 KNOWN_GAPS = {
     ("gla", "chunked_rejects_bad_inputs"): "kernels.gla.attention does not check log_alpha ≤ 0 (shape only)",
 }
+# A poisoned v may reach every row of its chunk; the property takes the chunk to be the chunk_size it
+# asks for, while a kernel chunks by its own block. tests/test_reliability.py checks the kernels with
+# their own block (reference.testing.suites._adversarial.poison_limit).
+OWN_BLOCK = {"chunked_poisoned_v_changes_no_earlier_chunk"}
 PARAMS = [
     pytest.param(
         p, impl, id=f"{suite.ALGORITHM}-{p.name}",
@@ -89,7 +93,7 @@ PARAMS = [
     )
     for suite, impl in KERNELS
     for p in suite.PROPERTIES
-    if p.applies_to(impl)
+    if p.applies_to(impl) and p.name not in OWN_BLOCK
 ]  # fmt: skip
 
 

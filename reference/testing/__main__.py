@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, metavar="TOL", help="relative error accepted against the float64 oracles (default: each property's, about 1e-9)")
     parser.add_argument("--require", metavar="NAMES", default="", help="comma-separated contract functions TARGET must define")
     parser.add_argument("--only", metavar="NAMES", help="comma-separated property names to run")
+    parser.add_argument("--skip", metavar="NAMES", default="", help="comma-separated property names not to run")
     parser.add_argument("--derandomize", action="store_true", help="the same examples every run (also when CI is set)")
     args = parser.parse_args(argv)
     if args.max_examples is not None and args.max_examples < 1:
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
         pass
     require = tuple(x for x in args.require.split(",") if x)
     only = tuple(x for x in args.only.split(",") if x) if args.only else None
+    skip = tuple(x for x in args.skip.split(",") if x)
 
     def progress(outcome):
         print(f"  {outcome.status:<15} {outcome.name}  ({outcome.seconds:.1f} s)", file=sys.stderr, flush=True)
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", scratch)
         report = grader.grade(
             args.algorithm, module, max_examples=args.max_examples, derandomize=args.derandomize or None,
-            backend=args.backend, tolerance=args.tolerance, only=only, require=require,
+            backend=args.backend, tolerance=args.tolerance, only=only, skip=skip, require=require,
             target_name=args.target, progress=progress,
         )  # fmt: skip
     print(report.text())

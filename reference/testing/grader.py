@@ -265,6 +265,7 @@ def grade(
     backend: str | None = None,
     tolerance: float | None = None,
     only: tuple[str, ...] | None = None,
+    skip: tuple[str, ...] = (),
     require: tuple[str, ...] = (),
     target_name: str | None = None,
     progress=None,
@@ -280,6 +281,7 @@ def grade(
         backend: ``"numpy"`` or ``"torch"`` inputs (default: ``impl.BACKEND``, else NumPy).
         tolerance: the relative error accepted against the oracles (default: each property's own).
         only: run only the properties of these names.
+        skip: do not run the properties of these names (listed as not run).
         require: contract functions the implementation must define (missing ones fail the report).
         target_name: how the report names ``impl``.
         progress: called with each ``Outcome`` as it finishes (the command line prints them).
@@ -311,6 +313,9 @@ def grade(
     )
     for p in suite.PROPERTIES:
         if only is not None and p.name not in only:
+            continue
+        if p.name in skip:
+            report.not_run.append((p.name, "skipped (--skip)"))
             continue
         if not p.applies_to(impl):
             lacking = p.missing(impl)
