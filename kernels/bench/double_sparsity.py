@@ -218,7 +218,7 @@ def decode_part(args, env, ceilings, log, started, batches, state) -> dict:
     log(f"caches allocated: 2 x {k_flat.numel() * ELEM / 2**30:.1f} GiB")
     rows, profiles, skipped = state["rows"], state["profiles"], state["skipped"]
     for B in batches:
-        for S in lengths:
+        for S in (lengths if B == 1 else sorted(lengths, reverse=True)):  # B > 1: the longest first
             if time.time() - started > args.budget_s * 0.75:
                 skipped.append({"S": S, "B": B})
                 log(f"S={S} B={B}: skipped (time budget)")
