@@ -90,7 +90,7 @@ def test_the_reference_passes(algorithm):
     module = grader.load_target(REFERENCES[algorithm])
     report = grader.grade(algorithm, module, max_examples=EXAMPLES, derandomize=True)
     assert report.ok, report.text()
-    assert not report.missing
+    assert report.missing == (("attention",) if algorithm == "softmax" else ())  # simdist's, on ranks
 
 
 def test_an_independent_correct_implementation_passes():

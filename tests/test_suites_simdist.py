@@ -1,5 +1,6 @@
-"""The packaged LASP suite run against simdist: LASP-2's exclusive decayed prefix scan, and LASP-1
-and LASP-2 on gloo ranks.
+"""The packaged suites run against simdist: LASP-2's exclusive decayed prefix scan, and every
+scheme on gloo ranks (LASP-1 and LASP-2 by the ``lasp`` suite, LASP-2H and Ring Attention by the
+``softmax`` suite).
 
 ``simdist.lasp2.exclusive_prefix(states, lengths, rank, rates)`` is what each rank runs after the
 AllGather; the adapter calls it for every rank and stacks the prefixes, which is the contract's
@@ -15,6 +16,7 @@ import importlib
 import pytest
 import torch
 
+from reference.testing import suites
 from reference.testing.checks import Target
 from reference.testing.suites import lasp as suite
 from simdist import lasp2, local
@@ -44,9 +46,12 @@ def test_suite(prop):
     prop.check(Lasp2Scan)
 
 
-@pytest.mark.parametrize("scheme", ["lasp1", "lasp2"])
-def test_schemes_on_gloo_ranks(scheme):
-    """``simdist.lasp1.attention`` and ``simdist.lasp2.attention`` on 2 and 3 gloo ranks (one pool per
-    size for the whole session, shared with tests/test_lasp.py)."""
-    prop = next(p for p in suite.PROPERTIES if p.name == "attention_on_ranks_equals_one_device")
+@pytest.mark.parametrize(
+    "algorithm, scheme", [("lasp", "lasp1"), ("lasp", "lasp2"), ("softmax", "lasp2h"), ("softmax", "ring")]
+)
+def test_schemes_on_gloo_ranks(algorithm, scheme):
+    """Each scheme's ``attention`` on 2 and 3 gloo ranks against one device (one pool per size for the
+    whole session, shared with tests/test_lasp.py): the linear ones (``lasp`` suite) and the softmax
+    ones (``softmax`` suite)."""
+    prop = next(p for p in suites.load(algorithm).PROPERTIES if p.name == "attention_on_ranks_equals_one_device")
     prop.check(Target(importlib.import_module(f"simdist.{scheme}"), backend="torch"))

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from reference.testing import oracles
 from reference.testing.checks import assert_close, assert_rejects, inputs, tolerance
 from reference.testing.strategies import chunk_lengths, decays, seeds, to_numpy
+from reference.testing.suites import _ranks
 from reference.testing.suites._base import Property, configured, registrar
 
 ALGORITHM = "lasp"
@@ -187,57 +188,12 @@ def rank_cases(draw):
 RANK_EXAMPLE = RankCase(seed=0, B=1, H=2, K=2, V=3, lengths=(3, 1, 2), decay=(0.5, 0.9), scale=0.5)
 
 
-def _where_defined(impl, name: str):
-    """``("module", name)`` or ``("file", path)``: how a rank loads the module defining ``impl.<name>``."""
-    import importlib.util
-    import sys
-
-    fn = getattr(impl, name)
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    if module is None:
-        raise AssertionError(f"{name} must be defined in a module the ranks can load (a .py file or an importable module)")
-    if not module.__name__.startswith("_graded_") and importlib.util.find_spec(module.__name__) is not None:
-        return ("module", module.__name__, fn.__name__)
-    return ("file", module.__file__, fn.__name__)
-
-
-_LOADED: dict = {}  # per rank process: modules loaded by path, keyed by (path, modification time)
-
-
-def _rank_attention(rank, world_size, where, q, k, v, do, lengths, decay, scale):
-    """One rank: load the function, run its chunk forward and backward, return ``o, dq, dk, dv``."""
-    import importlib
-    import os
-
-    import torch
-
-    kind, name, fn_name = where
-    if kind == "module":
-        module = importlib.import_module(name)
-    else:
-        key = (name, os.path.getmtime(name))
-        if key not in _LOADED:
-            from reference.testing.grader import load_target
-
-            _LOADED[key] = load_target(name)
-        module = _LOADED[key]
-    start = sum(lengths[:rank])
-    chunk = slice(start, start + lengths[rank])
-    q, k, v = (torch.from_numpy(x[:, :, chunk].copy()).requires_grad_() for x in (q, k, v))
-    o = getattr(module, fn_name)(q, k, v, decay=decay, causal=True, scale=scale)
-    if isinstance(o, torch.Tensor) and o.requires_grad:  # else the gradients are reported missing, after o
-        (o * torch.from_numpy(do[:, :, chunk].copy())).sum().backward()
-    return [x.detach().clone() if x is not None else None for x in (o, q.grad, k.grad, v.grad)]
-
-
 @prop("attention", backends=("torch",))
 def attention_on_ranks_equals_one_device(impl):
     """On 2 or 3 gloo ranks, each with its contiguous chunk (unequal lengths), the outputs and the
     gradients of q, k, v put together equal the float64 oracle's on the whole sequence."""
-    import simdist
-
     tol = tolerance(impl, TOL)
-    where = _where_defined(impl, "attention")
+    where = _ranks.where_defined(impl, "attention")
 
     @configured
     @example(case=RANK_EXAMPLE)
@@ -247,21 +203,11 @@ def attention_on_ranks_equals_one_device(impl):
         T = sum(case.lengths)
         q, k, v = (rng.standard_normal((case.B, case.H, T, d)) for d in (case.K, case.K, case.V))
         do = rng.standard_normal((case.B, case.H, T, case.V))
-        W = len(case.lengths)
-        per_rank = simdist.shared_pool(W, timeout=120).run(
-            _rank_attention, where, q, k, v, do, list(case.lengths), case.decay, case.scale
-        )
+        options = {"decay": case.decay, "causal": True, "scale": case.scale}
+        per_rank = _ranks.run_on_ranks(where, q, k, v, do, case.lengths, options)
         want_o, _ = oracles.decayed_linear_attention(q, k, v, case.decay, scale=case.scale)
         want = (want_o, *oracles.decayed_linear_attention_grads(q, k, v, case.decay, do, scale=case.scale))
-        edges = np.cumsum((0, *case.lengths))
-        for i, name in enumerate(("o", "dq", "dk", "dv")):
-            for r in range(W):
-                got = per_rank[r][i]
-                if got is None:
-                    raise AssertionError(f"rank {r}: {name} is missing (no gradient reached this rank's chunk)")
-                assert_close(
-                    got, want[i][:, :, edges[r] : edges[r + 1]], tol=tol, name=f"{name} of rank {r}'s chunk",
-                    what=f"attention on {W} gloo ranks vs one device (the float64 oracle)", case=case,
-                )  # fmt: skip
+        what = f"attention on {len(case.lengths)} gloo ranks vs one device (the float64 oracle)"
+        _ranks.compare_chunks(per_rank, want, case.lengths, tol=tol, what=what, case=case)
 
     run()

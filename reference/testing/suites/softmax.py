@@ -4,6 +4,8 @@ Contract functions::
 
     naive(q, k, v, *, causal=True, scale=None) -> o                          # scale None: K ** -0.5
     tiled(q, k, v, *, causal=True, scale=None, block_q=64, block_k=64) -> o  # FlashAttention-2 tiling
+    attention(q, k, v, *, causal=True, scale=None, group=None) -> o          # one rank's chunk, on
+        # 2 or 3 gloo ranks (torch, differentiable), as simdist.lasp2h.attention and simdist.ring.attention
 
 Causal masking is aligned to the end of the keys (query ``i`` sees keys ``j ≤ i + Tk − Tq``).
 """
@@ -11,15 +13,19 @@ Causal masking is aligned to the end of the keys (query ``i`` sees keys ``j ≤ 
 from __future__ import annotations
 
 import numpy as np
+from typing import NamedTuple
+
 from hypothesis import example, given
+from hypothesis import strategies as st
 
 from reference.testing import oracles
 from reference.testing.checks import assert_close, assert_rejects, inputs, tolerance
-from reference.testing.strategies import Case, softmax_cases, to_numpy
+from reference.testing.strategies import Case, chunk_lengths, seeds, softmax_cases, to_numpy
+from reference.testing.suites import _ranks
 from reference.testing.suites._base import Property, configured, registrar
 
 ALGORITHM = "softmax"
-CONTRACT = ("naive", "tiled")
+CONTRACT = ("naive", "tiled", "attention")
 PROPERTIES: list[Property] = []
 prop = registrar(PROPERTIES)
 TOL = 1e-9
@@ -146,3 +152,57 @@ def _bad_inputs(form):
 for _form in ("naive", "tiled"):
     _large_logits(_form)
     _bad_inputs(_form)
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence parallel: one rank's chunk on gloo ranks (LASP-2H's softmax layers, Ring Attention)
+# --------------------------------------------------------------------------------------------
+
+
+class RankCase(NamedTuple):
+    """``W`` ranks, rank ``r`` holding ``lengths[r]`` tokens; arrays from ``seed``."""
+
+    seed: int
+    B: int
+    H: int
+    K: int
+    V: int
+    lengths: tuple[int, ...]
+    causal: bool
+    scale: float | None
+
+
+@st.composite
+def rank_cases(draw):
+    """2 or 3 ranks, unequal chunks (single tokens included), causal or not, default scale or 0.7."""
+    W = draw(st.integers(2, 3))
+    T = draw(st.integers(W, 3 * W + 4))
+    return RankCase(draw(seeds()), draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4)),
+                    draw(st.integers(1, 4)), tuple(draw(chunk_lengths(T, W))), draw(st.booleans()),
+                    draw(st.sampled_from([None, 0.7])))  # fmt: skip
+
+
+@prop("attention", backends=("torch",))
+def attention_on_ranks_equals_one_device(impl):
+    """On 2 or 3 gloo ranks, each with its contiguous chunk (unequal lengths), the outputs and the
+    gradients of q, k, v put together equal the float64 oracle's on the whole sequence."""
+    tol = tolerance(impl, TOL)
+    where = _ranks.where_defined(impl, "attention")
+
+    @configured
+    @example(case=RankCase(seed=0, B=1, H=2, K=4, V=3, lengths=(3, 1, 2), causal=True, scale=None))
+    @given(case=rank_cases())
+    def run(case):
+        rng = np.random.default_rng(case.seed)
+        T = sum(case.lengths)
+        q, k, v = (rng.standard_normal((case.B, case.H, T, d)) for d in (case.K, case.K, case.V))
+        do = rng.standard_normal((case.B, case.H, T, case.V))
+        per_rank = _ranks.run_on_ranks(where, q, k, v, do, case.lengths, {"causal": case.causal, "scale": case.scale})
+        want = (
+            oracles.softmax_attention(q, k, v, causal=case.causal, scale=case.scale),
+            *oracles.softmax_attention_grads(q, k, v, do, causal=case.causal, scale=case.scale),
+        )
+        what = f"attention on {len(case.lengths)} gloo ranks vs one device (the float64 oracle)"
+        _ranks.compare_chunks(per_rank, want, case.lengths, tol=tol, what=what, case=case)
+
+    run()
