@@ -89,24 +89,43 @@ class Config:
     block_m: int = 128
     block_n: int | None = None
     num_warps: int = 8
-    num_stages: int = 2
+    num_stages: int = 3
 
 
-#: The setting for blocks of 128 (128 query rows per program, 8 warps).
+#: The setting for blocks of 128 (128 query rows per program, 8 warps): the fastest of the H100
+#: sweep (``docs/benchmarks/block_sparse_perf_log.md``, run 2).
 DEFAULT_CONFIG = Config()
 
 _BY_BLOCK = {
     16: Config(block_m=16, num_warps=2, num_stages=3),
     32: Config(block_m=32, num_warps=4, num_stages=3),
-    64: Config(block_m=64, block_n=128, num_warps=4, num_stages=3),
+    64: Config(block_m=64, num_warps=4, num_stages=3),
     128: DEFAULT_CONFIG,
 }
 
+#: Shared memory one program may plan for (an H100 block may have up to 227 KiB).
+_SMEM_BUDGET = 200 * 1024
+
+
+def _fit(block_m: int, block_n: int, K: int, V: int, dtype: torch.dtype) -> tuple[int, int]:
+    """Tiles that fit on chip: the compiler stages the query tile and two buffers of key and value
+    tiles in shared memory (what it allocated for sm_90 at every 16-bit setting compiled; fp32's
+    three-pass products take about a third more, counted as 6 bytes an element); wide fp32 tiles
+    would not fit, so the key tile, then the query tile, is halved until they do."""
+    e = 6 if dtype == torch.float32 else torch.finfo(dtype).bits // 8
+    bk, bv = max(16, next_power_of_2(K)), max(16, next_power_of_2(V))
+    while e * (block_m * bk + 2 * block_n * (bk + bv)) > _SMEM_BUDGET and max(block_m, block_n) > 16:
+        if block_n > 16:
+            block_n //= 2
+        else:
+            block_m //= 2
+    return block_m, block_n
+
 
 def config_for(block: int) -> Config:
-    """The default for a block size (what ``config=None`` uses): one block-row per program, with
-    warps for its tile (64 rows, key tiles of two gathered blocks and 4 warps for blocks of 64;
-    128 rows, one block per key tile and 8 warps for 128)."""
+    """The default for a block size (what ``config=None`` uses): one block-row per program and one
+    block per key tile, with warps for the tile (64 rows and 4 warps for blocks of 64, 128 rows and
+    8 warps for 128: the fastest of the H100 sweep, where wider or narrower key tiles lost)."""
     return _BY_BLOCK[check_block(block)]
 
 
@@ -443,8 +462,7 @@ def _attend(q, k, v, idx, cnt, *, block, scale, return_lse, cfg):
     Hkv, V = k.shape[1], v.shape[-1]
     nq = idx.shape[-1]
     q, k, v = (_unit_stride_last(x) for x in (q, k, v))
-    block_m = min(cfg.block_m, block)
-    block_n = block if cfg.block_n is None else cfg.block_n
+    block_m, block_n = _fit(min(cfg.block_m, block), block if cfg.block_n is None else cfg.block_n, K, V, q.dtype)
     per, sub = max(1, block_n // block), max(1, block // block_n)
     o = _triton.empty(B, H, T, V, device=q.device, dtype=v.dtype)
     lse = _triton.empty(B, H, T, device=q.device, dtype=torch.float32) if return_lse else o

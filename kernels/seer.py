@@ -58,6 +58,9 @@ from kernels.block_sparse import BLOCKS, check_block, check_inputs, refuse_autog
 __all__ = ["ground_truth", "pool", "pool_features", "Config", "DEFAULT_CONFIG", "config_for", "POOL_KINDS"]
 
 POOL_KINDS = ("avg", "max", "min")
+
+#: Shared memory one program may plan for (an H100 block may have up to 227 KiB).
+_SMEM_BUDGET = 200 * 1024
 _LOG2E = 1.0 / math.log(2.0)
 
 
@@ -210,6 +213,11 @@ def ground_truth(q: torch.Tensor, k: torch.Tensor, *, block: int = 64, scale: fl
     refuse_autograd(q, k)
     if _triton.interpreter_upcasts(q.dtype):
         return ground_truth(q.float(), k.float(), block=block, scale=scale, config=config)
+    need = (torch.finfo(q.dtype).bits // 8) * 3 * block * max(16, next_power_of_2(K))
+    if need > _SMEM_BUDGET:
+        raise ValueError(f"ground_truth with block={block}, K={K} and {q.dtype} needs ~{need // 1024} KiB of shared "
+                         f"memory per program (a block-row and two key tiles), over {_SMEM_BUDGET // 1024} KiB: "
+                         "use a smaller block or 16-bit inputs")  # fmt: skip
     return _ground_truth(q, k, block, scale, cfg)
 
 

@@ -190,6 +190,7 @@ def test_pool_bad_input_raises_a_clear_error(kwargs, exc, words):
     [
         (dict(k=torch.zeros(1, 3, 20, 8)), ValueError, "Hkv dividing H"),
         (dict(block=100), ValueError, "block must be one of"),
+        (dict(q=torch.zeros(1, 2, 20, 256), k=torch.zeros(1, 1, 20, 256), block=128), ValueError, "shared memory"),
         (dict(scale="x"), TypeError, "scale must be a real number"),
         (dict(config=seer.DEFAULT_CONFIG.__dict__), TypeError, "config must be a kernels.seer.Config"),
     ],
