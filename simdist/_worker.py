@@ -96,16 +96,18 @@ def _own_process_group() -> None:
         pass
 
 
-def _watch_lifeline(lifeline, directory: str) -> None:
-    """When the caller's end of ``lifeline`` closes (the caller died), remove ``directory`` and kill
-    this rank's process group (this rank and everything it started)."""
+def _watch_lifeline(lifeline, directories) -> None:
+    """When the caller's end of ``lifeline`` closes (the caller died), remove ``directories`` (the
+    run's, and the caller's ``multiprocessing`` folder, which only its exit would have removed) and
+    kill this rank's process group (this rank and everything it started)."""
 
     def watch():
         try:
             lifeline.poll(None)  # nothing is ever sent: this returns at end-of-file
         except (OSError, EOFError, ValueError):
             pass
-        shutil.rmtree(directory, ignore_errors=True)
+        for directory in directories:
+            shutil.rmtree(directory, ignore_errors=True)
         try:
             os.killpg(os.getpgrp(), signal.SIGKILL)
         finally:
@@ -156,12 +158,12 @@ def _error_message(exc: BaseException, rank: int):
 
 
 def main(rank: int, world_size: int, backend: str, store_path: str, timeout_s: float, conn, board, threads: int,
-         lifeline=None):  # fmt: skip
+         lifeline=None, leftovers=()):  # fmt: skip
     """Entry point of one rank (a ``multiprocessing`` target)."""
     _die_with_parent()
     _own_process_group()
     if lifeline is not None:
-        _watch_lifeline(lifeline, os.path.dirname(store_path))
+        _watch_lifeline(lifeline, (os.path.dirname(store_path), *leftovers))
     # Ctrl-C (or a Jupyter kernel's shutdown) interrupts the parent, which stops the ranks itself;
     # a rank interrupted halfway through a collective would only leave its peers hanging.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -14,8 +14,9 @@ What the runtime guarantees:
   naming it. A hang ends it too: when the ranks' progress counters (on a shared status board) stop
   for ``hang_timeout`` seconds (30 by default) while some rank waits in a collective, the rank busy
   outside any communication is named; a run that is merely long (every rank computing, or some
-  done while the others compute) is stopped by ``timeout``. The process group's own collective timeout is longer than both, so a healthy rank
-  waiting for the hung one never times out first and takes the blame.
+  done while the others compute) is stopped by ``timeout``. The process group's own collective
+  timeout is longer than both, so a healthy rank waiting for the hung one never times out first
+  and takes the blame.
 * No orphans: each rank leads its own process group and watches a pipe only the caller holds; if
   the caller dies (even by SIGKILL), the ranks remove the run's temporary folder and kill their
   process groups (a subprocess a rank started included), and the fork server and resource tracker
@@ -60,6 +61,7 @@ import tempfile
 import time
 import weakref
 from multiprocessing import connection
+from multiprocessing import util as mp_util
 
 from simdist import _worker
 
@@ -233,6 +235,9 @@ class Pool:
         self._tmpdir = tempfile.mkdtemp(prefix="simdist-")
         store_path = os.path.join(self._tmpdir, "store")
         self._board = ctx.RawArray("c", self.world_size * _worker.STATUS_WIDTH)
+        # multiprocessing's own folder of this process (the fork server's socket): removed at a normal
+        # exit; after a kill, the ranks remove it with the run's folder
+        leftovers = (mp_util.get_temp_dir(),) if ctx.get_start_method() == "forkserver" else ()
         procs, conns, lifelines = [], [], []
         for rank in range(self.world_size):
             parent_end, child_end = ctx.Pipe(duplex=True)
@@ -240,7 +245,7 @@ class Pool:
             proc = ctx.Process(
                 target=_worker.main,
                 args=(rank, self.world_size, self.backend, store_path, self.collective_timeout, child_end, self._board,
-                      self.threads, life_r),
+                      self.threads, life_r, leftovers),
                 name=f"simdist-rank{rank}",
                 daemon=True,
             )  # fmt: skip
@@ -628,7 +633,7 @@ def launch(fn, world_size: int, *, backend: str = "gloo", args: tuple = (), time
 _SHARED: dict = {}
 
 
-def shared_pool(world_size: int, *, backend: str = "gloo", timeout: float = 120.0) -> Pool:
+def shared_pool(world_size: int, *, backend: str = "gloo", timeout: float = 120.0, hang_timeout: float = 30.0) -> Pool:
     """One long-lived ``Pool`` per ``(world_size, backend)`` for this process (closed at exit).
 
     What a test session or a notebook wants: the first call starts the ranks, later calls reuse them
@@ -637,5 +642,5 @@ def shared_pool(world_size: int, *, backend: str = "gloo", timeout: float = 120.
     key = (world_size, backend)
     pool = _SHARED.get(key)
     if pool is None or pool._closed:
-        pool = _SHARED[key] = Pool(world_size, backend=backend, timeout=timeout)
+        pool = _SHARED[key] = Pool(world_size, backend=backend, timeout=timeout, hang_timeout=hang_timeout)
     return pool

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import signal
@@ -194,8 +193,10 @@ def test_killing_the_caller_leaves_no_process_and_no_folder(tmp_path, sig):
     script = tmp_path / "caller.py"
     script.write_text(CALLER)
     marker = str(tmp_path / "ready")
-    before = set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "simdist-*")))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    private = tmp_path / "tmp"  # the run's own TMPDIR: other runs on this machine do not show up in it
+    private.mkdir()
+    env = {**os.environ, "TMPDIR": str(private),
+           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     proc = subprocess.Popen([sys.executable, str(script), marker], start_new_session=True, env=env, cwd=tmp_path)
     left = []
     try:
@@ -208,7 +209,7 @@ def test_killing_the_caller_leaves_no_process_and_no_folder(tmp_path, sig):
         time.sleep(5)
         left = _session(proc.pid)
         assert not left, "processes of the run outlived its caller:\n" + "\n".join(left)
-        created = set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "simdist-*"))) - before
+        created = os.listdir(private)  # the run's simdist-* folder and multiprocessing's pymp-* folder
         assert not created, f"temporary folders outlived the caller: {created}"
     finally:
         for line in _session(proc.pid):
