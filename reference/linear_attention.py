@@ -14,6 +14,11 @@ replaces the growing key-value cache. The same function can be computed three wa
   carry the state: ``O_i = ((Q_i K_iᵀ) ⊙ M) V_i + Q_i S_[i]``, ``S_[i+1] = S_[i] + K_iᵀ V_i`` where
   ``S_[i]`` is the state after chunks ``0..i-1`` (exclusive). O(T·C·(K+V) + T·K·V) work in
   ``ceil(T/C)`` sequential steps of matrix products — what makes it fast on matrix units.
+
+The causal mask is applied with ``where``, never by multiplying with a 0/1 matrix (``0 · NaN = NaN``
+would let a NaN or inf in a later token's ``q`` or ``k`` into every earlier row), and every form
+computes in at least float32 (a state summed in bfloat16 loses the small terms), rounding its
+results to the input dtype once.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ from reference._arrays import (
 __all__ = ["recurrent", "parallel", "chunked"]
 
 
+def _upcast(xp, *arrays):
+    """``arrays`` (``None`` passes through) in float32 when the first one is 16-bit, else unchanged."""
+    work = xp.float32 if xp.finfo(arrays[0].dtype).bits < 32 else arrays[0].dtype
+    return tuple(a if a is None or a.dtype == work else xp.astype(a, work) for a in arrays)
+
+
 def recurrent(q, k, v, *, scale: float = 1.0, initial_state=None):
     r"""Token-by-token recurrence ``S_t = S_{t-1} + k_tᵀ v_t``, ``o_t = q_t S_t``.
 
@@ -46,13 +57,15 @@ def recurrent(q, k, v, *, scale: float = 1.0, initial_state=None):
     xp, B, H, T, _, K, V = check_qkv(q, k, v)
     scale = check_scale("scale", scale)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
+    out_dtype = q.dtype
+    q, k, v, state = _upcast(xp, q, k, v, state)
     outputs = []
     for t in range(T):
         k_t, v_t = k[..., t, :], v[..., t, :]  # [B, H, K], [B, H, V]
         state = state + k_t[..., :, None] * v_t[..., None, :]  # outer product k_tᵀ v_t
         q_t = q[..., t : t + 1, :] * scale  # [B, H, 1, K]
         outputs.append(q_t @ state)  # [B, H, 1, V]
-    return xp.concat(outputs, axis=-2), state
+    return xp.astype(xp.concat(outputs, axis=-2), out_dtype), xp.astype(state, out_dtype)
 
 
 def parallel(q, k, v, *, scale: float = 1.0, causal: bool = True):
@@ -70,13 +83,15 @@ def parallel(q, k, v, *, scale: float = 1.0, causal: bool = True):
     scale = check_scale("scale", scale)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be True or False, got {causal!r}")
+    out_dtype = q.dtype
+    q, k, v = _upcast(xp, q, k, v)
     q = q * scale
     if not causal:
         # Without a mask the product can be re-associated: K×V first costs O(T·K·V), not O(T²).
-        return q @ (transpose(xp, k) @ v)
+        return xp.astype(q @ (transpose(xp, k) @ v), out_dtype)
     scores = q @ transpose(xp, k)  # [B, H, T, T]
     scores = xp.where(causal_mask(xp, T, T, device_of(q)), scores, xp.zeros_like(scores))
-    return scores @ v
+    return xp.astype(scores @ v, out_dtype)
 
 
 def chunked(q, k, v, *, scale: float = 1.0, chunk_size: int = 64, initial_state=None):
@@ -96,6 +111,8 @@ def chunked(q, k, v, *, scale: float = 1.0, chunk_size: int = 64, initial_state=
     scale = check_scale("scale", scale)
     chunk_size = check_positive_int("chunk_size", chunk_size)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
+    out_dtype = q.dtype
+    q, k, v, state = _upcast(xp, q, k, v, state)
     q = q * scale
     outputs = []
     for start, stop in chunk_bounds(T, chunk_size):
@@ -107,4 +124,4 @@ def chunked(q, k, v, *, scale: float = 1.0, chunk_size: int = 64, initial_state=
         inter = q_i @ state  # all earlier chunks, through the exclusive state S_[i]
         outputs.append(intra + inter)
         state = state + transpose(xp, k_i) @ v_i
-    return xp.concat(outputs, axis=-2), state
+    return xp.astype(xp.concat(outputs, axis=-2), out_dtype), xp.astype(state, out_dtype)
