@@ -66,6 +66,14 @@ __all__ = [
     "bits_per_byte",
     "mqar_accuracy",
     "generate",
+    "TrainConfig",
+    "train",
+    "step_gradients",
+    "sequence_parallel_step",
+    "TABLE2_ROWS",
+    "Table2Budget",
+    "table2_row",
+    "plot_table2",
     "CHECKPOINT_DIR",
 ]
 
@@ -582,6 +590,55 @@ def pretrained(attention: str = "softmax") -> TinyLM:
 
 
 # --------------------------------------------------------------------------------------------
+# One training step, on one device or sequence-parallel
+# --------------------------------------------------------------------------------------------
+
+
+def step_gradients(model: TinyLM, tokens):
+    """Mean next-byte cross-entropy of ``tokens: [B, T + 1]`` and every parameter's gradient (one device).
+
+    Returns ``(loss: float, {name: gradient})``; the model's ``.grad`` fields are overwritten.
+    """
+    model.zero_grad(set_to_none=True)
+    logits = model(tokens[:, :-1])
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def sequence_parallel_step(rank: int, world_size: int, config: dict, state: dict, tokens, lengths, *, dtype=torch.float64):
+    """One sequence-parallel training step on this rank: run it on every rank of the default group.
+
+    Rank ``r`` builds the model from ``config`` (``Config.to_dict()``) and ``state`` (a state dict),
+    takes its chunk of ``lengths[r]`` positions of every sequence of ``tokens: [B, T + 1]``
+    (``T = sum(lengths)``, chunks in rank order), and runs ``forward(chunk, start=…,
+    sequence_parallel=True)``. Its loss is its tokens' summed cross-entropy over all ``B · T``
+    tokens, so the ranks' losses add up to the one-device mean; the loss and the parameter gradients
+    are then all-reduced, as a data-parallel step would. ``simdist.launch(sequence_parallel_step, W,
+    args=(...))`` returns every rank's ``(loss, {name: gradient}, chunk logits)``: each equals
+    ``step_gradients`` on one device (``tests/test_model_distributed.py``).
+    """
+    import torch.distributed as dist
+
+    model = TinyLM(Config.from_dict(config)).to(dtype)
+    model.load_state_dict(state)
+    start = sum(lengths[:rank])
+    inputs = tokens[:, start : start + lengths[rank]]
+    targets = tokens[:, start + 1 : start + lengths[rank] + 1]
+    logits = model(inputs, start=start, sequence_parallel=True)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum") / (tokens.shape[0] * sum(lengths))
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    grads = {}
+    for name, p in model.named_parameters():
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        dist.all_reduce(g)
+        grads[name] = g
+    return float(total), grads, logits.detach()
+
+
+# --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
 
@@ -872,7 +929,8 @@ def _table2_command(args, argv) -> int:
         "what": "LASP-2 Table 2 in miniature: the same budget for every attention (reference/model.py, docs/tiny_lm.md)",
         "command": _command(argv),
         **_environment(),
-        "rows_ran_in_parallel": args.jobs > 1,
+        "device": args.device if args.device == "cpu" else f"{args.device} ({torch.cuda.get_device_name(args.device)})",
+        "rows_ran_in_parallel": f"{args.jobs} processes, each pinned to {args.threads} cores" if args.jobs > 1 else False,
         "config": {k: v for k, v in Config().to_dict().items() if k != "attention"},
         "budget": dataclasses.asdict(budget),
         "rows": rows,
@@ -942,6 +1000,7 @@ def _train_command(args, argv) -> int:
             "eval_windows": args.eval_windows,
             "train_seconds": seconds,
             "train": dataclasses.asdict(tc),
+            "device": args.device if args.device == "cpu" else f"{args.device} ({torch.cuda.get_device_name(args.device)})",
             "final_train_bits_per_byte": float(np.mean(losses[-10:]) / math.log(2)),
             **_environment(),
         }

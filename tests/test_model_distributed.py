@@ -13,8 +13,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
 import simdist
 from reference import model as M
@@ -46,33 +44,8 @@ def problem(name: str, seed: int = 0):
 
 
 def one_device(model, tokens):
-    model.zero_grad(set_to_none=True)
-    logits = model(tokens[:, :-1])
-    loss = F.cross_entropy(logits.reshape(-1, 256), tokens[:, 1:].reshape(-1))
-    loss.backward()
-    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, logits.detach()
-
-
-def rank_step(rank, world_size, config, state, tokens, lengths):
-    """One sequence-parallel training step's loss and gradients on this rank."""
-    torch.set_num_threads(1)
-    model = M.TinyLM(M.Config.from_dict(config)).double()
-    model.load_state_dict(state)
-    start = sum(lengths[:rank])
-    inputs = tokens[:, start : start + lengths[rank]]
-    targets = tokens[:, start + 1 : start + lengths[rank] + 1]
-    logits = model(inputs, start=start, sequence_parallel=True)
-    # This rank's share of the mean over every token of every rank.
-    loss = F.cross_entropy(logits.reshape(-1, 256), targets.reshape(-1), reduction="sum") / (tokens.shape[0] * sum(lengths))
-    loss.backward()
-    total = loss.detach().clone()
-    dist.all_reduce(total)
-    grads = {}
-    for name, p in model.named_parameters():
-        g = p.grad if p.grad is not None else torch.zeros_like(p)
-        dist.all_reduce(g)
-        grads[name] = g
-    return float(total), grads, logits.detach()
+    loss, grads = M.step_gradients(model, tokens)
+    return loss, grads, model(tokens[:, :-1]).detach()
 
 
 @pytest.mark.parametrize("name", list(PATTERNS))
@@ -80,7 +53,7 @@ def test_sequence_parallel_step_equals_one_device(name):
     model, tokens = problem(name)
     want_loss, want_grads, want_logits = one_device(model, tokens)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    out = simdist.shared_pool(W, timeout=120).run(rank_step, model.config.to_dict(), state, tokens, LENGTHS)
+    out = simdist.shared_pool(W, timeout=120).run(M.sequence_parallel_step, model.config.to_dict(), state, tokens, LENGTHS)
     got_logits = torch.cat([o[2] for o in out], dim=1)
     torch.testing.assert_close(got_logits, want_logits, rtol=0, atol=TOL)
     for rank, (loss, grads, _) in enumerate(out):
