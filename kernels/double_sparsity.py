@@ -31,34 +31,44 @@ fills all multiprocessors.
    into a per-row histogram (``tl.histogram`` on chip, then one atomic add per bin).
 3. **Exact selection by radix select** (``_radix_kernel`` ×3, ``_count_kernel``, ``_write_kernel``):
    three more passes each count the next 8 bits of the keys that still share the prefix found so
-   far — every program re-derives the prefix from the finished histograms (no launch in between);
-   from the third digit on, with one atomic add per matching key, since only a few keys in a
-   thousand still match. That gives the exact k-th largest key ``τ`` and how many keys equal to
-   ``τ`` are taken. Two parallel passes then write the indices: per block of tokens, the count of
-   keys ``> τ`` and ``= τ``; then each block writes its keys ``> τ``, and its keys ``= τ`` while
-   their rank among equal keys (by token index) is below the number still to take, at the offset
-   the earlier blocks leave — so the indices come in increasing token order, deterministically.
-   ``Config(select="torch")`` uses ``torch.topk(sorted=False)`` instead (ties as torch breaks
-   them); the benchmark measures both.
+   far; from the third digit on with one atomic add per matching key, since only a few keys in a
+   thousand still match. The last program of a row to finish a pass (an arrival counter after
+   the histogram atomics: the CUDA "last block" pattern) picks the pass's digit and writes the
+   row's state — the key prefix and how many keys with it are still to take — so every program of
+   the next launch loads two integers instead of re-deriving them. After four digits the state
+   is the exact k-th largest key ``τ`` and the number of keys equal to ``τ`` to take. Two parallel
+   passes then write the indices: per block of tokens, the count of keys ``> τ`` and ``= τ``; then
+   each block writes its keys ``> τ``, and its keys ``= τ`` while their rank among equal keys (by
+   token index) is below the number still to take, at the offset the earlier blocks leave — so the
+   indices come in increasing token order, deterministically. ``Config(select="torch")`` uses
+   ``torch.topk(sorted=False)`` instead (ties as torch breaks them); the benchmark measures both.
 4. **Sparse attention, split over the selected tokens** (``_attn_kernel``, ``_merge_kernel``):
    ``splits`` programs per query head each gather their share of the selected rows (one
-   contiguous ``D``-element row of K and of V per index: whole 32-byte sectors), run an online
-   softmax in fp32 and write ``(m, l, acc)``; a second kernel merges the partial results by
-   log-sum-exp. Without a ``config`` the split count is chosen so that ``B · H · splits`` is about
-   four programs per multiprocessor (``B = 1, H = 32, top_k = 16k``: 16 splits of 1024 tokens).
+   contiguous ``D``-element row of K and of V per index: whole 32-byte sectors; the next tile's
+   indices are loaded one iteration ahead), run an online softmax in fp32 and write
+   ``(m, l, acc)``; a second kernel merges the partial results by log-sum-exp. Without a
+   ``config`` the split count is chosen so that ``B · H · splits`` is about four programs per
+   multiprocessor (``B = 1, H = 32, top_k = 16k``: 16 splits of 1024 tokens).
 
 Dense case: when ``S ≤ top_k`` steps 1–3 are skipped and step 4 reads every row.
+
+What it costs (H100, S = 256k, B = 1, H = 32, D = 128, fp16, ``top_k = S/16``, r = 16 at 8 bits;
+``docs/benchmarks/double_sparsity_perf_log.md``): 0.32–0.33 ms a step against 1.34 ms for dense SDPA
+(4.0–4.2×; r = 8 at 16 bits 4.5×), where the bytes allow about 10×. The attention is near its
+share of the floor (0.114 ms for 268 MB); the selection is not (scores 0.10 ms, radix passes
+0.075 ms, writing 0.026 ms): the fp32 scores are written once and read four more times, and the
+first two digits are histograms of every key. That is where the next factor lies.
 
 Inputs ``q, k_cache, v_cache`` are fp32, fp16 or bf16 (one dtype); products accumulate in fp32
 (``q`` and every loaded row are converted to fp32 on chip: decoding is memory-bound, the tensor
 cores have nothing to do at one query per head). Shapes: ``q [B, H, D]``, ``k_cache [B, Hkv, S, D]``,
-``v_cache [B, Hkv, S, Dv]``, ``channels [Hkv, r]`` distinct indices into ``D``; ``D, Dv ≤ 256``. Runs on CUDA tensors, or on CPU
-tensors under ``TRITON_INTERPRET=1`` (bf16 is computed in fp32 there).
+``v_cache [B, Hkv, S, Dv]``, ``channels [Hkv, r]`` distinct indices into ``D``; ``D, Dv ≤ 256``.
+Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (bf16 is computed in fp32
+there).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -67,7 +77,6 @@ import triton.language as tl
 
 from kernels import _triton
 from kernels._triton import (
-    INTERPRETER,
     check_config,
     check_device,
     check_dtype,
@@ -98,11 +107,15 @@ _LOG2E = 1.4426950408889634
 class Config:
     """Launch settings (results do not depend on them beyond fp32 rounding in the softmax merge).
 
+    The defaults are the settings the benchmark's sweep found fastest on the H100 at S = 256k,
+    B = 1 (run 2 of ``docs/benchmarks/double_sparsity_perf_log.md``: 4 tiles per scoring program
+    instead of 8, single-stage attention loop).
+
     Attributes:
         score_block: tokens per tile of the scoring and radix kernels.
         score_tiles: tiles per program of those kernels (a program adds its histogram to the row's
             once, so more tiles mean fewer atomics; fewer mean more programs).
-        select_block: tokens per tile of the per-row selection kernel.
+        select_block: tokens per block of the counting and writing kernels.
         select: ``"radix"`` (this module's exact selection, ties to the lower index) or
             ``"torch"`` (``torch.topk(sorted=False)``, ties as torch breaks them).
         atomic_from_pass: radix passes from this one on (1–3; 4: none) count with one atomic add
@@ -116,7 +129,7 @@ class Config:
     """
 
     score_block: int = 1024
-    score_tiles: int = 8
+    score_tiles: int = 4
     select_block: int = 2048
     select: str = "radix"
     atomic_from_pass: int = 2
@@ -124,7 +137,7 @@ class Config:
     splits: int | None = None
     num_warps: int = 4
     attn_num_warps: int = 4
-    attn_num_stages: int = 2
+    attn_num_stages: int = 1
 
     def clipped(self, S: int, nsel: int) -> "Config":
         """Tiles no longer than the work (powers of two, at least 16): short caches launch small

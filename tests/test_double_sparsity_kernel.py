@@ -21,7 +21,6 @@ integer data makes exact ties, which go to the lower token index as in the refer
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import settings
