@@ -2,6 +2,9 @@
 
 * ``kernels.lightning.attention(q, k, v, decay, *, scale=1.0, config=None)`` — Lightning Attention-2.
 * ``kernels.gla.attention(q, k, v, log_alpha, *, scale=1.0, config=None)`` — Gated Linear Attention.
+* ``kernels.double_sparsity.decode(q, k_cache, v_cache, channels, *, top_k, scale=None, config=None)``
+  — one Double Sparsity decoding step; ``kernels.double_sparsity_offload`` decodes with the KV cache
+  in CPU memory.
 
 They run on CUDA GPUs, and on the CPU in Triton's interpreter when ``TRITON_INTERPRET=1`` is set
 before ``kernels`` is first imported (slow, exact ``tl.dot``; for tests and lessons on small shapes).
