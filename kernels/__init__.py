@@ -2,6 +2,9 @@
 
 * ``kernels.lightning.attention(q, k, v, decay, *, scale=1.0, config=None)`` — Lightning Attention-2.
 * ``kernels.gla.attention(q, k, v, log_alpha, *, scale=1.0, config=None)`` — Gated Linear Attention.
+* ``kernels.block_sparse.attention(q, k, v, block_mask, *, block=64, scale=None, config=None)`` —
+  SeerAttention's block-sparse causal attention (forward only); ``kernels.seer.ground_truth`` and
+  ``kernels.seer.pool`` — the gate's training target and its block pooling.
 * ``kernels.double_sparsity.decode(q, k_cache, v_cache, channels, *, top_k, scale=None, config=None)``
   — one Double Sparsity decoding step; ``kernels.double_sparsity_offload`` decodes with the KV cache
   in CPU memory.

@@ -32,6 +32,15 @@ each other (the head is the fastest grid axis), so their kv tiles meet in the L2
 log) ``lse = (m + log2 l) · ln 2``. Query tiles run heaviest first (the last block-rows keep the
 most blocks), which keeps the tail of the launch short.
 
+*Tiles.* A program owns ``block_m`` query rows of one block-row (``block_m ≤ block``: the rows
+of a program share one list); a key tile is one kept block by default. ``Config.block_n`` can
+instead gather two or more kept blocks of the row into one wider tile (their keys need not be
+adjacent: each key column's block comes from the list), or walk a block in parts. On the H100
+both lost to one block per tile (``docs/benchmarks/block_sparse_perf_log.md``, run 2): 64 × 64
+tiles with 4 warps, two programs per multiprocessor, for blocks of 64; 128 × 128 tiles with 8
+warps for blocks of 128. Tiles that would not fit in shared memory (wide fp32 ones) are narrowed
+on the host.
+
 *Rows that see nothing.* When a row keeps its diagonal block, every query sees at least itself.
 The mask is not checked on the host (that would cost a synchronisation per call); a block-row whose
 kept blocks hold no key at all (nothing kept) gets ``o = 0`` and ``lse = −inf`` — never NaN.

@@ -7,14 +7,15 @@ Shapes: ``B = 1, H = 32, D = 128``, bf16, ``T ∈ {8k, 32k, 128k}``, blocks of 6
 
 1. the device's copy bandwidth and bf16 matmul rate;
 2. at ``T = 32k``, density 0.1, a small sweep of our launch settings per block (``SWEEP``), each
-   checked against flex_attention's output before it is timed; the fastest is used below;
+   checked against fp32 SDPA on the token mask (two heads, the last 1024 rows) before it is
+   timed; the fastest is used below;
 3. per length (32k first, then 8k, then 128k) and block and density: ours end to end
    (``kernels.block_sparse.attention``: the mask's compaction and the attention kernel), ours on
    a mask compacted beforehand, ``flex_attention`` (compiled with ``torch.compile``) with a
    ``BlockMask`` built from the same kept blocks — off-diagonal blocks as *full* blocks (no mask
    function), the diagonal as the only *partial* block (a causal ``mask_mod``) — and its
    BlockMask build time apart; torch SDPA dense causal once per length. Our output is checked
-   against flex's (relative error);
+   against flex's and against fp32 SDPA on the token mask (relative errors);
 4. the ground-truth kernel (``kernels.seer.ground_truth``) against SDPA's dense causal forward;
 5. the gate's own cost at 32k (block 64): pooling (our one-read kernel, and torch), the per-head
    projections, RoPE, block scores and the top-k selection (``reference.seer.AttnGate``'s steps,
