@@ -228,19 +228,19 @@ def test_an_expanded_mask_is_read_in_place_and_inputs_may_be_strided():
 
 
 def test_compact_lists_the_kept_blocks_in_order():
-    mask = random_mask(2, 3, 200, 16, 0.3, seed=1, upper=True)
+    mask = random_mask(2, 2, 150, 16, 0.3, seed=1, upper=True)
     idx, cnt = block_sparse.compact(mask)
     n = mask.shape[-1]
     mask_c, idx_c, cnt_c = mask.cpu(), idx.cpu(), cnt.cpu()
     for b in range(2):
-        for h in range(3):
+        for h in range(2):
             for i in range(n):
                 want = [j for j in range(i + 1) if mask_c[b, h, i, j]]
                 assert cnt_c[b, h, i] == len(want)
                 assert idx_c[b, h, i, : len(want)].tolist() == want
                 assert sorted(idx_c[b, h, i].tolist()) == list(range(n))  # a permutation: all written
     # the pair is accepted in place of the mask, with the same result
-    q, k, v = inputs(2, 3, 1, 200, 16, 16, dtype=torch.float32, seed=2)
+    q, k, v = inputs(2, 2, 1, 150, 16, 16, dtype=torch.float32, seed=2)
     assert torch.equal(block_sparse.attention(q, k, v, (idx, cnt), block=16), block_sparse.attention(q, k, v, mask, block=16))
     with pytest.raises(ValueError, match="compacted block_mask must have shapes"):
         block_sparse.attention(q, k, v, (idx[:, :1], cnt), block=16)
@@ -378,9 +378,7 @@ _COMPILE_FOR_H100 = COMPILE_HELPER + """
 from kernels import block_sparse as bs
 
 for tag, dtype, K, V, block in [("bench", torch.bfloat16, 128, 128, 64), ("bench", torch.bfloat16, 128, 128, 128),
-                                ("fp32", torch.float32, 64, 64, 64), ("fp32", torch.float32, 128, 128, 128),
-                                ("fp16", torch.float16, 96, 80, 32),
-                                ("small", torch.bfloat16, 128, 128, 16)]:
+                                ("fp32", torch.float32, 128, 128, 128), ("fp16", torch.float16, 96, 80, 16)]:
     T = 32768 + 5
     nq = -(-T // block)
     with _triton.recorded_launches() as launches:
@@ -413,7 +411,7 @@ def test_kernels_compile_for_the_h100():
     version, perf log run 2), no register spills (fp32 aside), and on the benchmark's path (bf16, D = 128, blocks of
     64 and 128) the products are Hopper's warpgroup MMAs and the key/value loads asynchronous copies."""
     reports = compile_in_subprocess(_COMPILE_FOR_H100)
-    assert len(reports) == 12, reports
+    assert len(reports) == 8, reports
     for r in reports:
         assert r["shared_bytes"] <= 227 * 1024, r
         if "stack_bytes" in r and r["tag"] != "fp32":  # fp32's three-pass products may spill a little
