@@ -2,7 +2,8 @@
 
 One module per algorithm, one function per form. Each form is written once against the array API,
 so NumPy arrays in give NumPy arrays out and torch tensors in give differentiable torch tensors out.
-The package imports nothing above it (neither ``kernels`` nor ``simdist``). Wrong types raise
+The package imports nothing above it (neither ``kernels`` nor ``simdist``; only
+``reference.model``'s sequence-parallel path imports ``simdist``, when it is asked for). Wrong types raise
 ``TypeError``, wrong values ``ValueError``, each naming the argument.
 
 * ``reference.softmax_attention`` — ``naive``, ``tiled`` (online softmax, FlashAttention-2 tiling),
@@ -11,7 +12,8 @@ The package imports nothing above it (neither ``kernels`` nor ``simdist``). Wron
 * ``reference.lightning`` — Lightning Attention-2: ``recurrent``, ``parallel``, ``chunked``,
   ``chunked_backward``, ``decay_mask``, ``tnl_decay``.
 * ``reference.gla`` — Gated Linear Attention: ``recurrent``, ``parallel``, ``chunked``, ``gate``.
-* ``reference.rope`` — rotary position embeddings: ``apply`` (rotate-half or interleaved layout).
+* ``reference.rope`` — rotary position embeddings: ``apply`` (rotate-half or interleaved layout),
+  ``layout_permutation``.
 * ``reference.seer`` — SeerAttention: ``pool``, ``AttnGate``, ``ground_truth`` (and ``ground_truth_tiled``),
   ``kl_loss``, ``select_topk``, ``select_threshold``, ``block_sparse_attention``; ``train_gates``.
 * ``reference.double_sparsity`` — Double Sparsity: ``channel_outliers``, ``decode``.

@@ -34,6 +34,11 @@ Hooks for the sparse attentions:
 * ``decode_step(tokens, cache, decode_override={l: fn})`` replaces a softmax layer's attention
   over its KV cache by ``fn(q: [B, H, D], k_cache: [B, Hkv, S, D], v_cache, *, layer) -> [B, H, D]``.
 
+Sequence parallelism: ``forward(chunk, start=a, sequence_parallel=True)`` on every rank of a
+``torch.distributed`` group runs each rank's chunk of every sequence, linear-family layers through
+``simdist.lasp2.attention`` and softmax layers through ``simdist.lasp2h.attention``
+(``sequence_parallel_step`` is one training step; equal to one device, ``tests/test_model_distributed.py``).
+
 ``python -m reference.model train ...`` trains one model on the standard-library corpus
 (``reference.data``); ``python -m reference.model table2 ...`` runs LASP-2's Table 2 in miniature.
 ``pretrained()`` loads the committed checkpoint (``reference/checkpoints/README.md``).
