@@ -924,12 +924,13 @@ def tiny_lm_study(model=None, *, calibration_windows: int = 8, eval_windows: int
     random_sets = [np.sort(np.stack([rng.permutation(D)[:2] for _ in range(Hkv)]), axis=1) for _ in range(cfg.n_layers)]
     extras.append({"what": "random channels, 1/16", "r": 2, "top_k_fixed": token_budget(seq_len, s),
                    "bpb_fixed": _bits_per_byte(model, windows, attention_overrides(random_sets, top_k=token_budget(seq_len, s)))})  # fmt: skip
-    r4 = channels_for(s, D, bits=4)
     fixed = token_budget(seq_len, s)
-    q4 = {l: (lambda c: (lambda q, k, v, **_: causal_decode(q, k, v, c, top_k=fixed, bits=4)))(chosen["qk"][r4][l])
-          for l in range(cfg.n_layers)}  # fmt: skip
-    extras.append({"what": "qk-outlier channels, 4-bit labels, 1/16", "r": r4, "top_k_fixed": fixed,
-                   "bpb_fixed": _bits_per_byte(model, windows, q4)})  # fmt: skip
+    for bits in (8, 4):  # the same 1/16 of the key bits buys more channels at fewer bits each
+        rb = channels_for(s, D, bits=bits)
+        quantised = {l: (lambda c, b: (lambda q, k, v, **_: causal_decode(q, k, v, c, top_k=fixed, bits=b)))(chosen["qk"][rb][l], bits)
+                     for l in range(cfg.n_layers)}  # fmt: skip
+        extras.append({"what": f"qk-outlier channels, {bits}-bit labels, 1/16", "r": rb, "top_k_fixed": fixed,
+                       "bpb_fixed": _bits_per_byte(model, windows, quantised)})  # fmt: skip
     result["held_out"] = {"windows": eval_windows, "seq_len": seq_len, "bytes_predicted": int(eval_windows * seq_len),
                           "dense_bpb": dense, "double_sparsity": rows, "variants": extras}  # fmt: skip
     # One forward pass with the causal override is token-by-token decoding (float64: no near-tie can round two ways).
