@@ -691,8 +691,8 @@ def masked_attention(q, k, v, block_mask, *, block: int = 64, scale: float | Non
 GATE_CHECKPOINT = "seer_gate_softmax.pt"
 SELECTIONS = ("gate", "oracle", "random")
 #: The claim ``evaluate`` checks: with the trained gate at density 0.3, held-out bits per byte
-#: within this much of dense attention (``docs/seer.md``).
-MARGIN_AT_0_3 = 0.05
+#: within this much of dense attention (``docs/seer.md`` says how it was set).
+MARGIN_AT_0_3 = 0.1
 
 
 def _layer_scale(model, layer: int) -> float:

@@ -352,17 +352,18 @@ def test_committed_tiny_model_figures_are_consistent():
             r = rows[(selection, density)]
             assert abs(r["minus_dense"] - (r["bits_per_byte"] - dense)) < 1e-9
             assert abs(r["achieved_density"] - density) < 0.01
-    # the claims of docs/seer.md: the gate within the stated margin of dense at 0.3, close to the
-    # oracle's selection and far better than a random one at every density below 1
+    # the claims of docs/seer.md: the gate within the stated margin of dense at 0.3, within 0.05 bits
+    # per byte of the oracle's selection and far better than a random one at every density below 1
     margin = result["claims"]["margin_at_0.3_bits_per_byte"]
     assert margin == seer.MARGIN_AT_0_3 and result["claims"]["holds"] is True
     assert rows[("gate", 0.3)]["minus_dense"] <= margin
     for density in (0.5, 0.3, 0.1):
         gate, best, rand = (rows[(s, density)]["bits_per_byte"] for s in ("gate", "oracle", "random"))
-        assert abs(gate - best) < 0.02 and gate < rand
-    assert result["walk_vs_vectorised_max_abs"] < 1e-5
+        assert abs(gate - best) < 0.05 and gate < rand - 0.2
+    # the gates reached the KL the page states, far below the uniform gate's
     for layer, kl in result["kl"]["gate"].items():
-        assert kl < result["kl"]["uniform"][layer]
+        assert kl < 0.15 and kl < result["kl"]["uniform"][layer] / 5
+    assert result["walk_vs_vectorised_max_abs"] < 1e-5
 
 
 # --------------------------------------------------------------------------------------------
