@@ -397,3 +397,20 @@ def test_gates_save_and_load(tmp_path):
     back = seer.load_gates(tmp_path / "g.pt")
     assert back.meta == {"note": "x"} and back["0"].block == 4
     assert torch.equal(back["0"].q_proj, gates["0"].q_proj) and torch.equal(back["0"].k_proj, gates["0"].k_proj)
+
+
+def test_the_array_api_forms_run_on_array_api_strict():
+    """Written against the standard alone: array-api-strict arrays in give the NumPy results."""
+    xs = pytest.importorskip("array_api_strict")
+    case = suite.FIXED_CASES[0]  # grouped heads, T = 37 in blocks of 8
+    q, k, v = case.arrays()
+    Q, K, V = (xs.asarray(a) for a in (q, k, v))
+    assert rel_err(np.asarray(seer.pool(K, block=8, kind="min")), seer.pool(k, block=8, kind="min")) < TOL
+    gt = seer.ground_truth(q, k, block=8)
+    assert rel_err(np.asarray(seer.ground_truth(Q, K, block=8)), gt) < TOL
+    assert rel_err(np.asarray(seer.ground_truth_tiled(Q, K, block=8)), gt) < TOL
+    mask = seer.select_topk(xs.asarray(gt), density=0.4)
+    assert np.array_equal(np.asarray(mask), seer.select_topk(gt, density=0.4))
+    want = seer.block_sparse_attention(q, k, v, np.asarray(mask), block=8)
+    assert rel_err(np.asarray(seer.block_sparse_attention(Q, K, V, mask, block=8)), want) < TOL
+    assert rel_err(np.asarray(seer.masked_attention(Q, K, V, mask, block=8)), want) < TOL
