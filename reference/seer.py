@@ -157,10 +157,11 @@ def _block_causal(xp, n: int, device, *, strict: bool = False):
     return cols < rows if strict else cols <= rows
 
 
-def _check_block_map(name: str, x, *, square: bool = True):
+def _check_block_map(name: str, x):
+    """A square ``[B, H, n, n]`` map of block scores; returns ``(xp, n)``."""
     xp = namespace(x)
     check_rank(name, x, 4, "[B, H, n, n]")
-    if square and x.shape[2] != x.shape[3]:
+    if x.shape[2] != x.shape[3]:
         raise ValueError(f"{name} must be square in its last two axes [B, H, n, n], got {tuple(x.shape)}")
     if x.shape[2] < 1:
         raise ValueError(f"{name} must have at least one block, got shape {tuple(x.shape)}")
@@ -508,8 +509,8 @@ def blocks_per_row(n: int, density: float) -> list[int]:
     r"""How many key blocks ``select_topk`` keeps in each block-row at ``density`` ρ.
 
     Row ``i`` has ``i + 1`` causal blocks and keeps ``k_i = min(i + 1, max(1, round(ρ (i + 1))))``
-    of them, ``round`` to the nearest integer with ties to even (Python's ``round``: a tie such as
-    ρ = 0.5 on 3 blocks rounds up in one row and down in the next, so ties do not bias the total).
+    of them, ``round`` to the nearest integer with ties to even (Python's ``round``: at ρ = 0.5 the
+    rows of 3 and 5 blocks keep 2 and 2, so the ties do not all round up and bias the total).
     At least one block is kept (the diagonal), at most all. The achieved density of the causal
     triangle, ``Σ k_i / Σ (i + 1)``, differs from ρ by at most ``Σ_i e_i / Σ (i + 1)`` with
     ``e_i = ½`` where ``ρ(i+1) ≥ ½`` and ``e_i = 1 − ρ(i+1)`` where the diagonal is kept although
