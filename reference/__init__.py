@@ -16,7 +16,8 @@ The package imports nothing above it (neither ``kernels`` nor ``simdist``; only
   ``layout_permutation``.
 * ``reference.seer`` — SeerAttention: ``pool``, ``AttnGate``, ``ground_truth`` (and ``ground_truth_tiled``),
   ``kl_loss``, ``select_topk``, ``select_threshold``, ``block_sparse_attention``; ``train_gates``.
-* ``reference.double_sparsity`` — Double Sparsity: ``channel_outliers``, ``decode``.
+* ``reference.double_sparsity`` — Double Sparsity: ``channel_outliers``, ``heavy_channels``,
+  ``LabelCache``, ``decode``, ``decode_with_labels``, ``causal_decode``, ``label_sparsity``.
 * ``reference.model`` and ``reference.data`` — a tiny Llama-style decoder whose attention is any
   algorithm here, and the text it trains on.
 * ``reference.testing`` — the property suites, strategies and float64 oracles, packaged for grading
