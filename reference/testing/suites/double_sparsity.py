@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from reference.testing import oracles_double_sparsity as oracle
@@ -180,6 +180,8 @@ def decode_equals_the_oracle(impl):
 
     @configured
     @given(d=steps(), seed=st.integers(0, 2**32 - 1), scale=st.one_of(st.none(), st.floats(0.1, 2.0)))
+    @example(d=Step(B=1, H=4, Hkv=2, S=9, D=4, Dv=2, r=2, top_k=3), seed=1, scale=None)  # GQA, r < D, S > k
+    @example(d=Step(B=1, H=2, Hkv=1, S=5, D=3, Dv=2, r=1, top_k=6), seed=2, scale=None)  # S <= k
     def run(d, seed, scale):
         q, k, v, channels = arrays(d, seed)
         expected, _, approx = oracle.decode(q, k, v, channels, d.top_k, scale)
@@ -211,6 +213,7 @@ def short_context_is_dense(impl):
 
     @configured
     @given(d=steps(short=True), seed=st.integers(0, 2**32 - 1))
+    @example(d=Step(B=1, H=2, Hkv=1, S=5, D=3, Dv=2, r=1, top_k=5), seed=0)  # S == k
     def run(d, seed):
         q, k, v, channels = arrays(d, seed)
         o = call(impl, "decode", q, k, v, channels, top_k=d.top_k)
@@ -225,6 +228,7 @@ def gqa_equals_repeated_kv_heads(impl):
 
     @configured
     @given(d=steps(), seed=st.integers(0, 2**32 - 1))
+    @example(d=Step(B=1, H=4, Hkv=2, S=9, D=4, Dv=2, r=2, top_k=3), seed=1)
     def run(d, seed):
         q, k, v, channels = arrays(d, seed)
         g = d.H // d.Hkv
@@ -244,6 +248,7 @@ def selected_set_equals_the_oracle_top_k(impl):
 
     @configured
     @given(d=steps(), seed=st.integers(0, 2**32 - 1))
+    @example(d=Step(B=1, H=2, Hkv=1, S=6, D=3, Dv=1, r=1, top_k=6), seed=0)  # S == k: every token
     def run(d, seed):
         q, k, _, channels = arrays(d, seed)
         v = one_hot_values(d)
@@ -264,6 +269,7 @@ def ties_go_to_the_lowest_index(impl):
 
     @configured
     @given(d=steps(short=False, max_D=4), seed=st.integers(0, 2**32 - 1))
+    @example(d=Step(B=1, H=2, Hkv=1, S=12, D=2, Dv=1, r=1, top_k=3), seed=0)
     def run(d, seed):
         rng = _rng(seed)
         q = rng.integers(-1, 2, (d.B, d.H, d.D)).astype(np.float64)
@@ -359,6 +365,7 @@ def quantised_labels_are_within_half_a_step(impl):
 
     @configured
     @given(d=steps(), seed=st.integers(0, 2**32 - 1), bits=st.sampled_from([8, 4]), zero_token=st.booleans())
+    @example(d=Step(B=1, H=2, Hkv=1, S=7, D=4, Dv=1, r=3, top_k=2), seed=0, bits=4, zero_token=True)
     def run(d, seed, bits, zero_token):
         _, k, _, channels = arrays(d, seed, scale=3.0)
         labels = np.stack([k[:, kh][..., channels[kh]] for kh in range(d.Hkv)], axis=1)
@@ -474,10 +481,11 @@ def heavy_channels_equal_the_oracle(impl):
     """Top r channels per kv head by the group's summed statistic; ties to the lower channel; ascending."""
 
     @configured
-    @given(shape=sequences(even_D=False), seed=st.integers(0, 2**32 - 1), ties=st.booleans(), data=st.data())
-    def run(shape, seed, ties, data):
+    @given(shape=sequences(even_D=False), seed=st.integers(0, 2**32 - 1), ties=st.booleans(), r=st.integers(1, 8))
+    @example(shape=(1, 4, 2, 3, 6), seed=0, ties=False, r=2)  # two query heads per kv head
+    def run(shape, seed, ties, r):
         _, H, Hkv, _, D = shape
-        r = data.draw(st.integers(1, D))
+        r = min(r, D)
         stats = _rng(seed).random((H, D))
         if ties:
             stats = np.round(stats * 2) / 2  # few distinct values: many exact ties
@@ -525,10 +533,11 @@ def calibration_reads_each_statistic_on_its_side_of_rope(impl):
     """calibrate takes the q- and k-outlier statistics before RoPE and the qk-outlier statistic after it."""
 
     @configured
-    @given(shape=sequences(), seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["q", "k", "qk"]), data=st.data())
-    def run(shape, seed, kind, data):
+    @given(shape=sequences(), seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["q", "k", "qk"]), r=st.integers(1, 8))
+    @example(shape=(1, 2, 1, 5, 4), seed=0, kind="qk", r=2)
+    def run(shape, seed, kind, r):
         B, H, Hkv, T, D = shape
-        r = data.draw(st.integers(1, D))
+        r = min(r, D)
         rng = _rng(seed)
         layers = []
         for _ in range(2):
@@ -559,12 +568,13 @@ def labels_come_from_post_rope_keys(impl):
     """
 
     @configured
-    @given(shape=sequences(max_T=14), seed=st.integers(0, 2**32 - 1), data=st.data())
-    def run(shape, seed, data):
+    @given(shape=sequences(max_T=14), seed=st.integers(0, 2**32 - 1), top_k=st.integers(1, 11), every=st.booleans())
+    @example(shape=(1, 2, 1, 12, 4), seed=0, top_k=3, every=True)
+    def run(shape, seed, top_k, every):
         B, H, Hkv, T, D = shape
         assume(T >= 4)
-        top_k = data.draw(st.integers(1, T - 3))
-        r = data.draw(st.sampled_from([D, max(1, D // 2)]))
+        top_k = min(top_k, T - 3)
+        r = D if every else max(1, D // 2)
         rng = _rng(seed)
         q_pre, k_pre = rng.standard_normal((B, H, T, D)), rng.standard_normal((B, Hkv, T, D))
         v = rng.standard_normal((B, Hkv, T, 3))
@@ -612,15 +622,15 @@ def sparsity_counts_label_bits(impl):
     """Label sparsity is r·bits / (16·D) (bits, not channels); channels_for inverts it; k = ceil(S·sparsity)."""
 
     @configured
-    @given(D=st.integers(1, 256), bits=st.sampled_from([16, 8, 4]), data=st.data())
-    def run(D, bits, data):
-        r = data.draw(st.integers(1, D))
+    @given(D=st.integers(1, 256), bits=st.sampled_from([16, 8, 4]), r=st.integers(1, 256), S=st.integers(1, 10_000),
+           ratio=st.sampled_from([Fraction(1, 4), Fraction(1, 8), Fraction(1, 16)]))  # fmt: skip
+    @example(D=32, bits=4, r=8, S=100, ratio=Fraction(1, 16))
+    def run(D, bits, r, S, ratio):
+        r = min(r, D)
         got = call(impl, "label_sparsity", r, D, bits=bits)
         want = oracle.label_sparsity(r, D, bits)
         assert Fraction(got).limit_denominator(1 << 20) == want, f"label_sparsity({r}, {D}, bits={bits}) = {got}, expected {want}"
         assert call(impl, "channels_for", want, D, bits=bits) == r, f"channels_for({want}, {D}, bits={bits}) != {r}"
-        S = data.draw(st.integers(1, 10_000))
-        ratio = data.draw(st.sampled_from([Fraction(1, 4), Fraction(1, 8), Fraction(1, 16)]))
         k = call(impl, "token_budget", S, ratio)
         assert k == max(1, math.ceil(S * ratio)), f"token_budget({S}, {ratio}) = {k}, expected ceil(S·{ratio})"
 
