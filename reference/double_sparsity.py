@@ -971,7 +971,7 @@ def main(argv=None) -> int:
     result = tiny_lm_study(eval_windows=args.eval_windows, calibration_windows=args.calibration_windows,
                            progress=lambda m: print(m, flush=True))  # fmt: skip
     result = {
-        "command": "python -m reference.double_sparsity " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m reference.double_sparsity", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} torch threads",
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
