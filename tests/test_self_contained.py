@@ -76,8 +76,10 @@ def resolves(token: str, where: Path) -> bool:
     if any(pattern.search(token) for pattern in GENERATED.values()):
         return True
     # The site's pages link relative to docs/ (a page's ``../`` climbs out of its own URL folder);
-    # benchmark artefacts and lessons are named by their base names beside the code that writes them.
-    bases = [ROOT, where.parent, ROOT / "docs", ROOT / "docs" / "benchmarks", ROOT / "lessons", STDLIB]
+    # benchmark artefacts and lessons are named by their base names beside the code that writes them;
+    # pyproject.toml's package data is named relative to its package.
+    packages = [ROOT / name for name in ("reference", "kernels", "simdist")]
+    bases = [ROOT, where.parent, ROOT / "docs", ROOT / "docs" / "benchmarks", ROOT / "lessons", STDLIB, *packages]
     candidates = [base / token for base in bases] + [ROOT / "docs" / token.removeprefix("../")]
     if any(c.exists() for c in candidates):
         return True
