@@ -885,6 +885,9 @@ def plot_table2(payload: dict, axes=None):
     axes[0].set_xlim(lo - 0.3, max(r["held_out_bits_per_byte"] for r in rows) + 0.1)
     axes[0].invert_yaxis()
     axes[1].barh(y, [r["mqar_accuracy"] for r in rows], color=colours)
+    chance = 1 / 64  # values are drawn from 64 bytes: guessing gets 1/64
+    axes[1].axvline(chance, color="k", ls=":", lw=1)
+    axes[1].text(chance, len(rows) - 0.4, " chance", fontsize=8, va="bottom")
     axes[1].set(yticks=y, yticklabels=names, xlabel="MQAR accuracy", xlim=(0, 1), title=f"MQAR, {payload['budget']['mqar_pairs']} pairs")
     axes[1].invert_yaxis()
     paper = payload["paper_table2"]
