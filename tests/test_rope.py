@@ -1,12 +1,16 @@
 """RoPE (reference.rope): both layouts, the permutation between them, and the properties that make it RoPE.
 
-Every property is checked against a loop written independently here (one 2×2 rotation per channel
-pair, in float64), and the relative-position property is checked on the scores themselves.
+The rope suite's properties (``reference/testing/suites/rope.py``: a rotation loop as the oracle,
+the layouts after the permutation, scores under a common shift of positions, norms) run on
+``reference.rope`` and must catch every ``tests/mutants/rope_*.py``; here besides: torch in and
+out with gradients, the permutation's formula, and bad input (the torch checks use the same loop).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference import rope
+from reference.testing.suites import rope as rope_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTANTS = sorted((ROOT / "tests" / "mutants").glob("rope_*.py"))
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,28 +53,41 @@ def oracle(x: np.ndarray, positions, base: float, layout: str) -> np.ndarray:
     return out
 
 
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"mutant_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _x(seed: int, T: int, D: int, lead=(2, 3)):
     return np.random.default_rng(seed).standard_normal((*lead, T, D))
 
 
-@given(D=dims, T=lengths, base=bases, layout=layouts, seed=st.integers(0, 2**16), offset=st.integers(0, 5000))
-def test_matches_the_rotation_oracle(D, T, base, layout, seed, offset):
-    x = _x(seed, T, D)
-    positions = np.arange(T) + offset
-    np.testing.assert_allclose(rope.apply(x, positions, base=base, layout=layout), oracle(x, positions, base, layout), atol=1e-12)
+@pytest.mark.parametrize("prop", rope_suite.PROPERTIES, ids=lambda p: p.name)
+def test_suite_property_holds(prop):
+    """The rope suite (``reference/testing/suites/rope.py``) on ``reference.rope``: oracle, layouts, offsets, norms."""
+    prop.check(rope)
 
 
-@given(D=dims, T=lengths, base=bases, seed=st.integers(0, 2**16))
-def test_layouts_agree_after_the_permutation(D, T, base, seed):
+@pytest.mark.parametrize("name", [p.stem for p in MUTANTS], ids=str)
+def test_suite_catches_the_mutants(name):
+    module = _load(ROOT / "tests" / "mutants" / f"{name}.py")
+    props = {p.name: p for p in rope_suite.PROPERTIES}
+    for prop_name in module.CAUGHT_BY:
+        with pytest.raises(AssertionError):
+            props[prop_name].check(module)
+
+
+def test_there_are_mutants():
+    assert len(MUTANTS) >= 3
+
+
+@given(D=st.sampled_from([4, 6, 8, 16]), T=st.integers(2, 9), seed=st.integers(0, 2**16))
+def test_the_layouts_differ_without_the_permutation(D, T, seed):
     x = _x(seed, T, D)
-    positions = np.random.default_rng(seed).integers(0, 4096, size=T)
-    half = rope.apply(x, positions, base=base, layout="half")
-    inter = rope.apply(rope.to_interleaved(x), positions, base=base, layout="interleaved")
-    np.testing.assert_allclose(rope.to_interleaved(half), inter, atol=1e-12)
-    np.testing.assert_array_equal(rope.to_half(rope.to_interleaved(x)), x)
-    # and the layouts really differ: without the permutation they disagree (D > 2, a non-zero angle)
-    if D > 2 and np.any(positions):
-        assert not np.allclose(rope.apply(x, positions, base=base, layout="interleaved"), half)
+    positions = np.arange(T) + 1
+    assert not np.allclose(rope.apply(x, positions, layout="interleaved"), rope.apply(x, positions, layout="half"))
 
 
 @pytest.mark.parametrize("D", [2, 4, 8, 10, 64])

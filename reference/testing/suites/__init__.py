@@ -16,6 +16,7 @@ SUITES = {
     "lasp": "reference.testing.suites.lasp",
     "seer": "reference.testing.suites.seer",
     "double_sparsity": "reference.testing.suites.double_sparsity",
+    "rope": "reference.testing.suites.rope",
 }
 
 
