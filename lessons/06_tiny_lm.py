@@ -231,9 +231,10 @@ plt.show()
 # %% [markdown]
 # Read it with care: a model of this size, trained for minutes, ranks attentions by how fast they
 # learn *at this scale* — a difference of a few hundredths of a bit is within seed noise, and the
-# paper's 1B models see 50B tokens at 16K context. What it can show: every form trains inside the
-# same model, the hybrids recover much of softmax's recall, and the numbers are reproducible from the
-# command above.
+# paper's 1B models see 50B tokens at 16K context, in other units (nats per token). What it can
+# show: every form trains inside the same model under one budget, which learns fastest at this
+# scale, whether one softmax layer in four helps each linear form here, and numbers anyone can
+# reproduce from the command above. `docs/tiny_lm.md` reads the committed run.
 #
 # ## 8. One sequence-parallel training step on 4 ranks
 #
