@@ -347,5 +347,5 @@ for png in found:
 # * A tiny model need not have a 7B model's outlier channels: measure the concentration before
 #   trusting $r = D/16$ — the recall grid and the loss above say how much it costs here.
 #
-# The page [docs/double_sparsity.md](../double_sparsity.md) has the math, the API and the results in
+# The [Double Sparsity page](../docs/double_sparsity.md) has the math, the API and the results in
 # one place; `tests/test_double_sparsity.py` pins every claim above.
