@@ -828,8 +828,8 @@ PAPER_TABLE2 = {
 class Table2Budget:
     """The one budget every row gets: the same model shape, steps, tokens, seeds and evaluation."""
 
-    lm: TrainConfig = TrainConfig(steps=80, batch_size=8, seq_len=256, lr=5e-3, warmup=20)
-    mqar: TrainConfig = TrainConfig(steps=300, batch_size=32, seq_len=4 * 8 - 1, lr=3e-3, warmup=20)
+    lm: TrainConfig = TrainConfig(steps=200, batch_size=8, seq_len=256, lr=5e-3, warmup=20)
+    mqar: TrainConfig = TrainConfig(steps=600, batch_size=32, seq_len=4 * 8 - 1, lr=3e-3, warmup=20)
     mqar_pairs: int = 8
     mqar_train: int = 20_000
     mqar_eval: int = 500
