@@ -163,3 +163,20 @@ def causal_mask(xp, Tq: int, Tk: int, device, *, offset: int = 0):
 def transpose(xp, x):
     """Swap the last two axes."""
     return xp.matrix_transpose(x)
+
+
+def working_dtype(xp, dtype):
+    """The dtype a form computes in: ``dtype``, or float32 for a 16-bit input dtype.
+
+    A decay or gate rounded to a 16-bit dtype is a different one (0.999 is 1.0 in bfloat16, which
+    then compounds as ``λ^(t-s)``), a state summed in 16 bits loses its small terms, and a 16-bit
+    softmax its tail. Every form therefore works in at least float32 and rounds its results to the
+    input dtype once, at the end.
+    """
+    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+
+
+def upcast(xp, *arrays):
+    """``arrays`` (``None`` passes through) in ``working_dtype`` of the first one's dtype."""
+    work = working_dtype(xp, arrays[0].dtype)
+    return tuple(a if a is None or a.dtype == work else xp.astype(a, work) for a in arrays)

@@ -58,6 +58,7 @@ from reference._arrays import (
     namespace,
     same_library,
     transpose,
+    upcast,
 )
 
 __all__ = [
@@ -118,18 +119,7 @@ def _check_sub_chunk(sub_chunk) -> int:
 # -1e20 makes every later ``b`` equal -1e20 in floating point, and the difference of two of them
 # 0 instead of the gates between them (cancellation). Sums of numbers ``≤ 0`` lose nothing beyond
 # rounding, and ``-inf`` (a reset: ``α = 0``) only ever meets finite numbers or ``-inf`` in a sum,
-# never ``-inf − (-inf)``. Gates are summed in at least float32 (``_working_dtype``).
-
-
-def _working_dtype(xp, dtype):
-    """``dtype``, or float32 for a 16-bit one: gates and states are never kept in 16 bits."""
-    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
-
-
-def _upcast(xp, *arrays):
-    """``arrays`` (``None`` passes through) in ``_working_dtype`` of the first one's dtype."""
-    work = _working_dtype(xp, arrays[0].dtype)
-    return tuple(a if a is None or a.dtype == work else xp.astype(a, work) for a in arrays)
+# never ``-inf − (-inf)``. Gates are summed in at least float32 (``reference._arrays.working_dtype``).
 
 
 def _zero_rows(xp, a, keep):
@@ -241,7 +231,7 @@ def recurrent(q, k, v, log_alpha, *, scale: float = 1.0, initial_state=None):
     xp, B, H, T, K, V, scale = _check_inputs(q, k, v, log_alpha, scale)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     out_dtype = q.dtype
-    q, k, v, log_alpha, state = _upcast(xp, q, k, v, log_alpha, state)
+    q, k, v, log_alpha, state = upcast(xp, q, k, v, log_alpha, state)
     outputs = []
     for t in range(T):
         alpha_t = xp.exp(log_alpha[..., t, :])  # [B, H, K]; 0 for a reset (log α = -inf)
@@ -290,7 +280,7 @@ def parallel(q, k, v, log_alpha, *, scale: float = 1.0):
     """
     xp, _, _, T, _, _, scale = _check_inputs(q, k, v, log_alpha, scale)
     out_dtype = q.dtype
-    q, k, v, log_alpha = _upcast(xp, q, k, v, log_alpha)
+    q, k, v, log_alpha = upcast(xp, q, k, v, log_alpha)
     mask = causal_mask(xp, T, T, device_of(q))
     return xp.astype(_gated_scores(xp, q * scale, k, log_alpha, mask) @ v, out_dtype)
 
@@ -389,7 +379,7 @@ def chunk_states(k, v, log_alpha, *, chunk_size: int = 64, initial_state=None):
     chunk_size = check_positive_int("chunk_size", chunk_size)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=k)
     out_dtype = k.dtype
-    k, v, log_alpha, state = _upcast(xp, k, v, log_alpha, state)
+    k, v, log_alpha, state = upcast(xp, k, v, log_alpha, state)
     states = [state]
     for start, stop, a in _chunks(xp, T, chunk_size, log_alpha):
         state = _chunk_update(xp, state, k[..., start:stop, :], v[..., start:stop, :], a)
@@ -445,7 +435,7 @@ def chunked(
         raise TypeError(f"materialize must be True or False, got {materialize!r}")
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     out_dtype = q.dtype
-    q, k, v, log_alpha, state = _upcast(xp, q, k, v, log_alpha, state)
+    q, k, v, log_alpha, state = upcast(xp, q, k, v, log_alpha, state)
     q = q * scale
     chunks = _chunks(xp, T, chunk_size, log_alpha)
 
@@ -566,7 +556,7 @@ def chunked_backward(
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     dstate = check_state(xp, "d_final_state", d_final_state, B, H, K, V, like=q)
     out_dtype = q.dtype
-    q, k, v, log_alpha, do, state, dstate = _upcast(xp, q, k, v, log_alpha, do, state, dstate)
+    q, k, v, log_alpha, do, state, dstate = upcast(xp, q, k, v, log_alpha, do, state, dstate)
     q = q * scale
     chunks = _chunks(xp, T, chunk_size, log_alpha)
 

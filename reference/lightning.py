@@ -17,7 +17,7 @@ step, so ``o_t = Σ_{s ≤ t} λ^(t-s) (q_t · k_s) v_s``. The forms:
 Powers of ``λ`` are always formed with a non-negative exponent (``λ^(B-j)``, never ``λ^B · λ^-j``),
 so nothing overflows for strong decays or long blocks. The causal mask is applied with ``where``, never by
 multiplying (``0 · NaN = NaN`` would let a poisoned later token into earlier rows), and every form
-computes in at least float32 (``_working_dtype``) whatever the inputs' dtype.
+computes in at least float32 (``reference._arrays.working_dtype``) whatever the inputs' dtype.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from reference._arrays import (
     namespace,
     same_library,
     transpose,
+    upcast,
 )
 
 __all__ = [
@@ -101,22 +102,6 @@ def tnl_decay(num_heads: int, layer_idx: int = 0, num_layers: int = 1, *, rule: 
         heads = np.arange(num_heads, dtype=np.float64)
         return np.exp(-(8.0 / num_heads) * (1.0 - layer_idx / num_layers) * heads)
     raise ValueError(f"rule must be 'tnl' or 'fla', got {rule!r}")
-
-
-def _working_dtype(xp, dtype):
-    """The dtype a form computes in: ``dtype``, or float32 for a 16-bit input dtype.
-
-    A decay rounded to a 16-bit dtype is a different decay (0.999 is 1.0 in bfloat16, which then
-    compounds as ``λ^(t-s)``), and so is a state accumulated in one. Every form therefore works in
-    at least float32 and rounds its results to the input dtype once, at the end.
-    """
-    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
-
-
-def _upcast(xp, *arrays):
-    """``arrays`` (``None`` passes through) in ``_working_dtype`` of the first one's dtype."""
-    work = _working_dtype(xp, arrays[0].dtype)
-    return tuple(a if a is None or a.dtype == work else xp.astype(a, work) for a in arrays)
 
 
 def _precise(xp, like):
@@ -231,7 +216,7 @@ def recurrent(q, k, v, decay, *, scale: float = 1.0, initial_state=None):
     out_dtype = q.dtype
     log_decay = _check_decay(xp, decay, H, like=q)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
-    q, k, v, state = _upcast(xp, q, k, v, state)
+    q, k, v, state = upcast(xp, q, k, v, state)
     lam = xp.astype(xp.exp(log_decay), q.dtype)[:, None, None]  # [H, 1, 1], at least float32
     outputs = []
     for t in range(T):
@@ -254,7 +239,7 @@ def parallel(q, k, v, decay, *, scale: float = 1.0):
     scale = check_scale("scale", scale)
     log_decay = _check_decay(xp, decay, H, like=q)
     out_dtype = q.dtype
-    q, k, v = _upcast(xp, q, k, v)
+    q, k, v = upcast(xp, q, k, v)
     scores = (q * scale) @ transpose(xp, k)  # [B, H, T, T]
     mask = _block_mask(xp, log_decay, T, device_of(q), q.dtype)
     return xp.astype(_masked(xp, scores, mask, T, device_of(q)) @ v, out_dtype)
@@ -300,7 +285,7 @@ def chunked(q, k, v, decay, *, scale: float = 1.0, chunk_size: int = 64, initial
     log_decay = _check_decay(xp, decay, H, like=q)
     kv = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     out_dtype = q.dtype
-    q, k, v, kv = _upcast(xp, q, k, v, kv)
+    q, k, v, kv = upcast(xp, q, k, v, kv)
     q = q * scale
     dev = device_of(q)
     outputs = []
@@ -366,7 +351,7 @@ def chunked_backward(
     kv = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     dkv = check_state(xp, "d_final_state", d_final_state, B, H, K, V, like=q)
     out_dtype = q.dtype
-    q, k, v, do, kv, dkv = _upcast(xp, q, k, v, do, kv, dkv)
+    q, k, v, do, kv, dkv = upcast(xp, q, k, v, do, kv, dkv)
     q = q * scale  # the forward used scale·q; the chain rule gives dq = scale · d(scale·q)
     dev = device_of(q)
     blocks = chunk_bounds(T, chunk_size)

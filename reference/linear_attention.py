@@ -32,15 +32,10 @@ from reference._arrays import (
     chunk_bounds,
     device_of,
     transpose,
+    upcast,
 )
 
 __all__ = ["recurrent", "parallel", "chunked"]
-
-
-def _upcast(xp, *arrays):
-    """``arrays`` (``None`` passes through) in float32 when the first one is 16-bit, else unchanged."""
-    work = xp.float32 if xp.finfo(arrays[0].dtype).bits < 32 else arrays[0].dtype
-    return tuple(a if a is None or a.dtype == work else xp.astype(a, work) for a in arrays)
 
 
 def recurrent(q, k, v, *, scale: float = 1.0, initial_state=None):
@@ -58,7 +53,7 @@ def recurrent(q, k, v, *, scale: float = 1.0, initial_state=None):
     scale = check_scale("scale", scale)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     out_dtype = q.dtype
-    q, k, v, state = _upcast(xp, q, k, v, state)
+    q, k, v, state = upcast(xp, q, k, v, state)
     outputs = []
     for t in range(T):
         k_t, v_t = k[..., t, :], v[..., t, :]  # [B, H, K], [B, H, V]
@@ -84,7 +79,7 @@ def parallel(q, k, v, *, scale: float = 1.0, causal: bool = True):
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be True or False, got {causal!r}")
     out_dtype = q.dtype
-    q, k, v = _upcast(xp, q, k, v)
+    q, k, v = upcast(xp, q, k, v)
     q = q * scale
     if not causal:
         # Without a mask the product can be re-associated: K×V first costs O(T·K·V), not O(T²).
@@ -112,7 +107,7 @@ def chunked(q, k, v, *, scale: float = 1.0, chunk_size: int = 64, initial_state=
     chunk_size = check_positive_int("chunk_size", chunk_size)
     state = check_state(xp, "initial_state", initial_state, B, H, K, V, like=q)
     out_dtype = q.dtype
-    q, k, v, state = _upcast(xp, q, k, v, state)
+    q, k, v, state = upcast(xp, q, k, v, state)
     q = q * scale
     outputs = []
     for start, stop in chunk_bounds(T, chunk_size):

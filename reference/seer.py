@@ -59,6 +59,7 @@ from reference._arrays import (
     namespace,
     same_library,
     transpose,
+    upcast,
 )
 from reference.softmax_attention import default_scale, online_softmax_update
 
@@ -168,12 +169,6 @@ def _check_block_map(name: str, x):
     return xp, x.shape[2]
 
 
-def _upcast(xp, *arrays):
-    """The arrays in at least float32 (16-bit inputs are computed in float32 and rounded back once, at the end)."""
-    work = xp.float32 if xp.finfo(arrays[0].dtype).bits < 32 else arrays[0].dtype
-    return tuple(a if a.dtype == work else xp.astype(a, work) for a in arrays)
-
-
 def _to_host_bool(mask) -> np.ndarray:
     if is_torch(mask):
         mask = mask.detach().cpu().numpy()
@@ -206,7 +201,7 @@ def pool(x, *, block: int = 64, kind: str = "avg"):
     if x.shape[2] < 1:
         raise ValueError(f"x must have at least one token (T >= 1), got shape {tuple(x.shape)}")
     reduce = {"avg": xp.mean, "max": xp.max, "min": xp.min}[kind]
-    (work,) = _upcast(xp, x)
+    (work,) = upcast(xp, x)
     pooled = xp.stack([reduce(work[..., s:e, :], axis=-2) for s, e in chunk_bounds(x.shape[2], block)], axis=-2)
     return xp.astype(pooled, x.dtype)
 
@@ -235,7 +230,7 @@ def gate_scores(q_gate, k_gate, *, scale: float | None = None, log: bool = False
     if not isinstance(log, bool):
         raise TypeError(f"log must be True or False, got {log!r}")
     out_dtype = q_gate.dtype
-    q_gate, k_gate = _upcast(xp, q_gate, k_gate)
+    q_gate, k_gate = upcast(xp, q_gate, k_gate)
     logits = (q_gate * scale) @ transpose(xp, _repeat_kv(xp, k_gate, H))  # [B, H, n, n]
     logits = xp.where(_block_causal(xp, n, device_of(q_gate)), logits, -xp.inf)
     # the diagonal is always causal, so every row has a finite maximum
@@ -393,7 +388,7 @@ def ground_truth(q, k, *, block: int = 64, scale: float | None = None):
     block = check_positive_int("block", block)
     scale = default_scale(D) if scale is None else check_scale("scale", scale)
     out_dtype = q.dtype
-    q, k = _upcast(xp, q, k)
+    q, k = upcast(xp, q, k)
     s = (q * scale) @ transpose(xp, _repeat_kv(xp, k, H))  # [B, H, T, T]
     s = xp.where(causal_mask(xp, T, T, device_of(q)), s, -xp.inf)  # where, not a product: NaN stays out
     p = xp.exp(s - xp.max(s, axis=-1, keepdims=True))
@@ -426,7 +421,7 @@ def ground_truth_tiled(q, k, *, block: int = 64, scale: float | None = None):
     block = check_positive_int("block", block)
     scale = default_scale(D) if scale is None else check_scale("scale", scale)
     out_dtype = q.dtype
-    q, k = _upcast(xp, q, k)
+    q, k = upcast(xp, q, k)
     q = q * scale
     k = _repeat_kv(xp, k, H)
     dev = device_of(q)
@@ -637,7 +632,7 @@ def block_sparse_attention(q, k, v, block_mask, *, block: int = 64, scale: float
     group = H // Hkv
     dev = device_of(q)
     out_dtype = q.dtype
-    q, k, v = _upcast(xp, q, k, v)
+    q, k, v = upcast(xp, q, k, v)
     q = q * scale
     bounds = chunk_bounds(T, block)
     per_batch = []
@@ -674,7 +669,7 @@ def masked_attention(q, k, v, block_mask, *, block: int = 64, scale: float | Non
     xp, B, H, Hkv, T, block, scale, _ = _prepare_sparse(q, k, v, block_mask, block, scale)
     dev = device_of(q)
     out_dtype = q.dtype
-    q, k, v = _upcast(xp, q, k, v)
+    q, k, v = upcast(xp, q, k, v)
     token_block = xp.asarray(np.arange(T) // block, device=dev)
     # [B, H, T, T]: token t may read token s iff their blocks' entry is kept and s <= t
     expanded = xp.take(xp.take(block_mask, token_block, axis=2), token_block, axis=3)
