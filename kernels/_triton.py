@@ -36,12 +36,11 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def check_qkv(q, k, v, *extra) -> tuple[int, int, int, int, int]:
-    """Check head-first ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]`` for a kernel; ``(B, H, T, K, V)``.
-
-    ``extra`` are further ``(name, tensor)`` inputs that must share the device (gates, say).
-    """
-    for name, x in (("q", q), ("k", k), ("v", v), *extra):
+def check_attention_tensors(q, k, v, *extra) -> None:
+    """``q, k, v``: 4-D tensors of one supported dtype where the kernels run; ``extra`` are further
+    ``(name, tensor)`` inputs that must be on the same device (their dtype and shape are the
+    caller's to check). Shapes beyond the rank are the caller's too (grouped kv heads or not)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
         check_device(name, x)
         check_dtype(name, x)
         if x.ndim != 4:
@@ -52,6 +51,19 @@ def check_qkv(q, k, v, *extra) -> tuple[int, int, int, int, int]:
     if len(set(devices)) != 1:
         names = ", ".join(["q", "k", "v"] + [name for name, _ in extra])
         raise ValueError(f"{names} must be on one device, got {', '.join(map(str, devices))}")
+
+
+def check_qkv(q, k, v, *extra) -> tuple[int, int, int, int, int]:
+    """Check head-first ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]`` for a kernel; ``(B, H, T, K, V)``.
+
+    ``extra`` are further ``(name, tensor)`` inputs (gates, say) held to the same rules as ``q``.
+    """
+    for name, x in extra:
+        check_device(name, x)
+        check_dtype(name, x)
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have 4 dimensions [B, H, T, D], got shape {tuple(x.shape)}")
+    check_attention_tensors(q, k, v, *extra)
     B, H, T, K = q.shape
     V = v.shape[-1]
     if tuple(k.shape) != (B, H, T, K):

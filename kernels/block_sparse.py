@@ -70,7 +70,7 @@ import triton
 import triton.language as tl
 
 from kernels import _triton
-from kernels._triton import INTERPRETER, check_device, check_dtype, next_power_of_2
+from kernels._triton import INTERPRETER, check_attention_tensors, check_device, next_power_of_2
 
 __all__ = ["attention", "compact", "Config", "DEFAULT_CONFIG", "config_for", "BLOCKS"]
 
@@ -356,17 +356,7 @@ def _check_compacted(pair, shape, device) -> None:
 def check_inputs(q, k, v, *extra) -> tuple[int, int, int, int, int, int]:
     """Check ``q [B, H, T, K]``, ``k [B, Hkv, T, K]``, ``v [B, Hkv, T, V]`` (GQA: ``Hkv`` divides
     ``H``); ``(B, H, Hkv, T, K, V)``. ``extra``: further ``(name, tensor)`` on the same device."""
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        check_device(name, x)
-        check_dtype(name, x)
-        if x.ndim != 4:
-            raise ValueError(f"{name} must have 4 dimensions [B, H, T, D], got shape {tuple(x.shape)}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
-    devices = [x.device for x in (q, k, v)] + [x.device for _, x in extra]
-    if len(set(devices)) != 1:
-        names = ", ".join(["q", "k", "v"] + [name for name, _ in extra])
-        raise ValueError(f"{names} must be on one device, got {', '.join(map(str, devices))}")
+    check_attention_tensors(q, k, v, *extra)
     B, H, T, K = q.shape
     Hkv = k.shape[1]
     V = v.shape[-1]
