@@ -915,15 +915,11 @@ def bytes_moved(B: int, H: int, Hkv: int, S: int, D: int, top_k: int, *, label_b
 
 
 
-def _compile_for_gpu(*, arch: int = 90, S: int = 262144, B: int = 1, H: int = 32) -> dict:
-    """Every kernel as the benchmark launches it (fp16 caches, ``D = 128``, ``top_k = S/16``; int8
-    ``r = 16`` and fp16 ``r = 8`` labels; sparse and dense attention; the offload gather), compiled
-    for ``sm_<arch>`` without a GPU (``kernels.tools``): the interpreter accepts what the GPU
-    compiler may reject. Needs a process without ``TRITON_INTERPRET=1``.
-
-    Returns ``{launch name: {"shared_bytes", "num_warps", "num_stages", "registers", "stack_bytes"}}``.
-    """
-    from kernels import tools
+def record_benchmark_launches(*, S: int = 262144, B: int = 1, H: int = 32) -> list:
+    """Every kernel launch of the benchmark's path (fp16 caches, ``D = 128``, ``top_k = S/16``; int8
+    ``r = 16`` and fp16 ``r = 8`` labels; sparse and dense attention; the offload gather), recorded on
+    ``meta`` tensors instead of run: ``kernels.tools.compile_double_sparsity`` compiles them for the
+    GPU without one (the interpreter accepts what the GPU compiler may reject)."""
 
     def meta(*shape, dtype=torch.float16):
         return torch.empty(*shape, device="meta", dtype=dtype)
@@ -938,26 +934,4 @@ def _compile_for_gpu(*, arch: int = 90, S: int = 262144, B: int = 1, H: int = 32
         _attend(q, k, v, idx, top_k, 0.1, cfg)
         _attend(q, k, v, None, S, 0.1, cfg)
         gather_rows(idx, k, v, H)
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32", torch.int8: "i8"}
-    results = {}
-    for i, (kernel, args, kwargs) in enumerate(launches):  # as kernels.tools.compile_launches, with integer pointers
-        kwargs = dict(kwargs)
-        options = {"num_warps": kwargs.pop("num_warps", 4), "num_stages": kwargs.pop("num_stages", 2)}
-        signature, constexprs, attrs = {}, {}, {}
-        for j, name in enumerate(kernel.arg_names):
-            value = args[j] if j < len(args) else kwargs[name]
-            if name in kwargs:
-                signature[name], constexprs[name] = "constexpr", value
-            elif isinstance(value, torch.Tensor):
-                signature[name] = "*" + names[value.dtype]
-                attrs[(j,)] = [["tt.divisibility", 16]]
-            else:
-                signature[name] = "fp32" if isinstance(value, float) else "i32"
-        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-        results[f"{i:02d} {kernel.fn.__name__}"] = {"shared_bytes": compiled.metadata.shared, **options,
-                                                    **tools.resource_usage(compiled.asm.get("cubin"))}  # fmt: skip
-    return results
+    return launches

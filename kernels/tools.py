@@ -24,9 +24,12 @@ import triton
 
 from kernels import _triton
 
-__all__ = ["compile_gla", "compile_lightning", "compile_launches", "resource_usage"]
+__all__ = ["compile_double_sparsity", "compile_gla", "compile_lightning", "compile_launches", "resource_usage"]
 
-_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_DTYPE_NAMES = {
+    torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+    torch.int8: "i8", torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64", torch.bool: "i1",
+}  # fmt: skip
 
 
 def _meta(*shape, dtype):
@@ -81,8 +84,18 @@ def compile_lightning(dtype: torch.dtype = torch.bfloat16, K: int = 128, V: int 
     return compile_launches(launches, arch=arch)
 
 
-def compile_launches(launches, *, arch: int = 90) -> dict:
-    """Compile recorded ``(kernel, args, kwargs)`` launches for ``sm_<arch>``; one entry per kernel name."""
+def compile_launches(launches, *, arch: int = 90, sass_ops: tuple[str, ...] = ()) -> dict:
+    """Compile recorded ``(kernel, args, kwargs)`` launches for ``sm_<arch>``.
+
+    Arguments are specialised as Triton's launcher specialises them on a GPU: pointers (allocator
+    memory) and integers divisible by 16 carry that divisibility, and integers equal to 1 become
+    constants. Without that a stride looks unaligned and every load compiles scalar, so the report
+    would describe code no GPU launch runs.
+
+    Returns ``{kernel name: {"shared_bytes", "num_warps", "num_stages", "registers", "stack_bytes"}}``
+    (a kernel launched again gets ``"name #2"``, ...); with ``sass_ops``, also ``"sass"``: how often
+    each of those instruction names occurs in the disassembly (where ``cuobjdump`` is there).
+    """
     if _triton.INTERPRETER:
         raise RuntimeError("compiling for a GPU needs a process without TRITON_INTERPRET=1 (the interpreter "
                            "replaces @triton.jit)")  # fmt: skip
@@ -100,26 +113,51 @@ def compile_launches(launches, *, arch: int = 90) -> dict:
                 signature[name], constexprs[name] = "constexpr", value
             elif isinstance(value, torch.Tensor):
                 signature[name] = "*" + _DTYPE_NAMES[value.dtype]
-                attrs[(i,)] = [["tt.divisibility", 16]]  # what the launcher sees for allocator memory
+                attrs[(i,)] = [["tt.divisibility", 16]]
             elif isinstance(value, float):
                 signature[name] = "fp32"
+            elif value == 1:
+                signature[name], constexprs[name] = "constexpr", 1
             else:
                 signature[name] = "i32"
+                if value % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
         source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-        results[kernel.fn.__name__] = {"shared_bytes": compiled.metadata.shared, **options,
-                                       **resource_usage(compiled.asm.get("cubin"))}  # fmt: skip
+        cubin = compiled.asm.get("cubin")
+        info = {"shared_bytes": compiled.metadata.shared, **options, **resource_usage(cubin)}
+        sass = _cuobjdump(cubin, "-sass") if sass_ops else ""
+        if sass:  # (absent where the wheel ships no cuobjdump)
+            info["sass"] = {op: len(re.findall(op, sass)) for op in sass_ops}
+        key, n = kernel.fn.__name__, 1
+        while key in results:
+            n += 1
+            key = f"{kernel.fn.__name__} #{n}"
+        results[key] = info
     return results
+
+
+def compile_double_sparsity(*, arch: int = 90, S: int = 262144, B: int = 1, H: int = 32) -> dict:
+    """Every launch of ``kernels.double_sparsity``'s benchmark path (int8 ``r = 16`` and fp16 ``r = 8``
+    labels; sparse and dense attention; the offload gather), compiled for ``sm_<arch>``. Returns what
+    ``compile_launches`` returns."""
+    from kernels import double_sparsity as ds
+
+    return compile_launches(ds.record_benchmark_launches(S=S, B=B, H=H), arch=arch)
+
+
+def _cuobjdump(cubin, flag: str) -> str:
+    """The output of the wheel's ``cuobjdump FLAG`` on a cubin ('' where the tool is missing)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not cubin or not os.path.exists(tool):
+        return ""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True).stdout
 
 
 def resource_usage(cubin) -> dict:
     """Registers per thread and stack (spill) bytes of a cubin, from the ``cuobjdump`` Triton ships."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not cubin or not os.path.exists(tool):
-        return {}
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    found = re.search(r"REG:(\d+) STACK:(\d+)", _cuobjdump(cubin, "-res-usage"))
     return {"registers": int(found.group(1)), "stack_bytes": int(found.group(2))} if found else {}

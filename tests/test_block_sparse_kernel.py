@@ -325,53 +325,17 @@ def test_bad_input_raises_a_clear_error(kwargs, exc, words):
 
 # ---------------------------------------------------------------------------- compiled for the H100
 
-#: Compiles recorded launches for sm_90 as the JIT would specialise them: pointers and integers
-#: divisible by 16 carry that divisibility, integers equal to 1 become constants (without that, a
-#: stride looks unaligned and every load scalar). Reports shared memory, registers, spills and
-#: counts of a few SASS instructions.
+#: Recorded launches compiled for sm_90 by ``kernels.tools.compile_launches`` (specialised as the
+#: JIT specialises them), with counts of a few SASS instructions.
 COMPILE_HELPER = """
-import json, os, re, subprocess, tempfile, torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import json, torch
 from kernels import _triton, tools
-
-NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8", torch.int32: "i32"}
 
 def meta(*s, dtype):
     return torch.empty(*s, device="meta", dtype=dtype)
 
 def compile_recorded(launches):
-    out = {}
-    for kernel, args, kwargs in launches:
-        kwargs = dict(kwargs)
-        options = {"num_warps": kwargs.pop("num_warps", 4), "num_stages": kwargs.pop("num_stages", 2)}
-        signature, constexprs, attrs = {}, {}, {}
-        for i, name in enumerate(kernel.arg_names):
-            value = args[i] if i < len(args) else kwargs[name]
-            if name in kwargs:
-                signature[name], constexprs[name] = "constexpr", value
-            elif isinstance(value, torch.Tensor):
-                signature[name], attrs[(i,)] = "*" + NAMES[value.dtype], [["tt.divisibility", 16]]
-            elif isinstance(value, float):
-                signature[name] = "fp32"
-            elif value == 1:
-                signature[name], constexprs[name] = "constexpr", 1
-            else:
-                signature[name] = "i32"
-                if value % 16 == 0:
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-        info = {"shared_bytes": compiled.metadata.shared, **options, **tools.resource_usage(compiled.asm.get("cubin"))}
-        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-        if os.path.exists(tool):
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(compiled.asm["cubin"])
-                f.flush()
-                sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
-            info["sass"] = {op: len(re.findall(op, sass)) for op in ("HGMMA", "HMMA", "LDGSTS", "LDG.E.U16", "LDL")}
-        out[kernel.fn.__name__] = info
-    return out
+    return tools.compile_launches(launches, sass_ops=("HGMMA", "HMMA", "LDGSTS", "LDG.E.U16", "LDL"))
 """
 
 _COMPILE_FOR_H100 = COMPILE_HELPER + """
