@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reference._arrays import check_positive_int
+
 __all__ = [
     "FILES",
     "HELD_OUT",
@@ -109,14 +111,6 @@ def corpus_info() -> dict:
     }
 
 
-def _positive(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return int(value)
-
-
 def _generator(seed_or_rng) -> np.random.Generator:
     if isinstance(seed_or_rng, np.random.Generator):
         return seed_or_rng
@@ -135,7 +129,7 @@ def sample_batch(data: np.ndarray, *, batch_size: int, seq_len: int, rng) -> np.
     Returns:
         int64 ``[batch_size, seq_len + 1]``: inputs ``[:, :-1]``, next-byte targets ``[:, 1:]``.
     """
-    batch_size, seq_len = _positive("batch_size", batch_size), _positive("seq_len", seq_len)
+    batch_size, seq_len = check_positive_int("batch_size", batch_size), check_positive_int("seq_len", seq_len)
     if data.ndim != 1 or data.shape[0] <= seq_len:
         raise ValueError(f"data must be 1-D with more than seq_len = {seq_len} entries, got shape {data.shape}")
     starts = _generator(rng).integers(0, data.shape[0] - seq_len, size=batch_size)
@@ -165,8 +159,8 @@ def mqar(n: int, *, num_pairs: int = 16, rng=0) -> tuple[np.ndarray, np.ndarray]
         ``(tokens, answers)``: uint8 ``[n, 4P]`` and bool ``[n, 4P]``, ``answers[i, t]`` true where
         ``tokens[i, t]`` is a recalled value (predicted from position ``t - 1``, which holds its key).
     """
-    n = _positive("n", n)
-    P = _positive("num_pairs", num_pairs)
+    n = check_positive_int("n", n)
+    P = check_positive_int("num_pairs", num_pairs)
     if P > KEYS[1] - KEYS[0]:
         raise ValueError(f"num_pairs must be at most {KEYS[1] - KEYS[0]} (distinct keys), got {P}")
     g = _generator(rng)

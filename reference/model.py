@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference import gla, lightning, linear_attention, rope
+from reference._arrays import check_positive_int
 
 __all__ = [
     "ATTENTION_KINDS",
@@ -100,8 +101,8 @@ def hybrid(kind: str, n_layers: int, *, every: int = 4) -> tuple:
     """
     if kind not in LINEAR_FAMILY:
         raise ValueError(f"kind must be one of {LINEAR_FAMILY}, got {kind!r}")
-    n_layers = _positive("n_layers", n_layers)
-    every = _positive("every", every)
+    n_layers = check_positive_int("n_layers", n_layers)
+    every = check_positive_int("every", every)
     return tuple("softmax" if l % every == every - 1 else kind for l in range(n_layers))
 
 
@@ -124,14 +125,6 @@ def parse_attention(spec: str, n_layers: int) -> tuple:
             f"{n_layers} kinds, got {spec!r}"
         )
     return kinds
-
-
-def _positive(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +168,7 @@ class Config:
 
     def __post_init__(self):
         for name in ("vocab", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "max_len", "gla_gate_rank"):
-            _positive(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads must divide n_heads = {self.n_heads}, got {self.n_kv_heads}")
         if self.head_dim % 2:
@@ -525,7 +518,7 @@ class TinyLM(nn.Module):
 
     def new_cache(self, batch_size: int) -> Cache:
         """An empty decoding cache for ``batch_size`` sequences, in the model's dtype and device."""
-        batch_size = _positive("batch_size", batch_size)
+        batch_size = check_positive_int("batch_size", batch_size)
         return Cache(0, [b.attn.new_state(batch_size, self.dtype, self.device) for b in self.blocks])
 
     def decode_step(self, tokens, cache: Cache, *, decode_override=None):
@@ -656,12 +649,12 @@ def bits_per_byte(model: TinyLM, data: np.ndarray, *, seq_len: int = 512, max_wi
     ``max_windows=None``, else ``max_windows`` of them spread evenly over ``data``); every byte after
     the first of a window is predicted once, with the window as its context. Deterministic.
     """
-    seq_len = _positive("seq_len", seq_len)
+    seq_len = check_positive_int("seq_len", seq_len)
     n = (len(data) - 1) // seq_len
     if n < 1:
         raise ValueError(f"data must hold more than seq_len = {seq_len} bytes, got {len(data)}")
     starts = np.arange(n) * seq_len
-    if max_windows is not None and _positive("max_windows", max_windows) < n:
+    if max_windows is not None and check_positive_int("max_windows", max_windows) < n:
         starts = starts[np.linspace(0, n - 1, max_windows).round().astype(np.int64)]  # spread over all of data
     windows = np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int64)
     n = len(windows)
