@@ -36,7 +36,7 @@ def example(seed: int = 0, B: int = 2, H: int = 4, T: int = 100, K: int = 16, V:
 
 def _rows():
     """(algorithm, form, float32 result, float64 oracle, seconds) for every reference form."""
-    from reference import gla, lightning, linear_attention, softmax_attention
+    from reference import double_sparsity, gla, lightning, linear_attention, seer, softmax_attention
 
     q, k, v, do, log_alpha = example()
     q64, k64, v64, do64, la64 = (x.astype(np.float64) for x in (q, k, v, do, log_alpha))
@@ -81,6 +81,24 @@ def _rows():
         lambda: gla.chunked(q, k, v, log_alpha, scale=scale, chunk_size=32), ref)  # fmt: skip
     add("Gated Linear Attention", "chunked, materialised",
         lambda: gla.chunked(q, k, v, log_alpha, scale=scale, chunk_size=32, materialize=True), ref)  # fmt: skip
+
+    # SeerAttention's walk over every causal block equals dense causal attention; with a sparse mask
+    # it equals attention under that mask (the dense form of the same blocks).
+    B, H, T = q.shape[:3]
+    nb = -(-T // 16)
+    every = np.tril(np.ones((B, H, nb, nb), dtype=bool))
+    add("SeerAttention", "block-sparse walk, all blocks", lambda: seer.block_sparse_attention(q, k, v, every, block=16),
+        softmax_attention.naive(q64, k64, v64))  # fmt: skip
+    mask = seer.select_topk(seer.ground_truth(q64, k64, block=16), density=0.3)
+    add("SeerAttention", "block-sparse walk, density 0.3", lambda: seer.block_sparse_attention(q, k, v, mask, block=16),
+        seer.masked_attention(q64, k64, v64, mask, block=16))  # fmt: skip
+
+    # Double Sparsity decodes the last token over the cache; with every channel a label and the whole
+    # cache as budget it is dense decoding.
+    channels = np.tile(np.arange(k.shape[-1]), (H, 1))
+    dense = softmax_attention.naive(q64[:, :, -1:], k64, v64)[:, :, 0]
+    add("Double Sparsity", "decode, r = D, top_k = S",
+        lambda: double_sparsity.decode(q[:, :, -1], k, v, channels, top_k=T), dense)  # fmt: skip
     return rows
 
 
