@@ -20,9 +20,11 @@ def _rows():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     import numpy as np
 
+    from kernels import block_sparse as block_sparse_kernel
+    from kernels import double_sparsity as double_sparsity_kernel
     from kernels import gla as gla_kernel
     from kernels import lightning as lightning_kernel
-    from reference import gla, lightning
+    from reference import double_sparsity, gla, lightning, seer
     from reference.__main__ import example, timed
 
     q, k, v, _, log_alpha = example(B=1, H=2, T=80)
@@ -38,6 +40,19 @@ def _rows():
     out, seconds = timed(lambda: gla_kernel.attention(tq, tk, tv, tla, scale=scale).cpu().numpy())
     rows.append(("Gated Linear Attention", f"Triton kernel ({where})", out,
                  gla.parallel(q64, k64, v64, la64, scale=scale), seconds))  # fmt: skip
+
+    mask = seer.select_topk(seer.ground_truth(q64, k64, block=16), density=0.5)
+    out, seconds = timed(lambda: block_sparse_kernel.attention(tq, tk, tv, torch.from_numpy(mask).to(device),
+                                                               block=16).cpu().numpy())  # fmt: skip
+    rows.append(("SeerAttention", f"Triton kernel ({where})", out,
+                 seer.block_sparse_attention(q64, k64, v64, mask, block=16), seconds))  # fmt: skip
+
+    top_k = 24  # of the 80 cached tokens
+    channels = np.tile(np.arange(4), (q.shape[1], 1))  # four heavy channels of every kv head
+    out, seconds = timed(lambda: double_sparsity_kernel.decode(tq[:, :, -1], tk, tv, torch.from_numpy(channels).to(device),
+                                                               top_k=top_k).cpu().numpy())  # fmt: skip
+    rows.append(("Double Sparsity", f"Triton kernel ({where})", out,
+                 double_sparsity.decode(q64[:, :, -1], k64, v64, channels, top_k=top_k), seconds))  # fmt: skip
     return rows
 
 
@@ -46,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     from reference.__main__ import report
 
-    return report(_rows(), "Every kernel, float32, against a float64 oracle (B=1, H=2, T=80, K=V=16)")
+    return report(_rows(), "Every kernel, float32, against a float64 oracle (B=1, H=2, T=80, K=V=16; SeerAttention at density 0.5, blocks of 16; Double Sparsity: the last token, 4 label channels, top_k = 24)")
 
 
 if __name__ == "__main__":
