@@ -19,13 +19,7 @@ GPU                         fp16 / bf16   5e-3 / 2e-2 (against SDPA in the same 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -33,6 +27,7 @@ from hypothesis import strategies as st
 
 from reference.testing.strategies import rel_err
 from tests.conftest import HAS_GPU, PROFILE
+from tests.compile_check import compile_in_subprocess
 from tests.interpreter_bounds import bounds_checked
 
 triton = pytest.importorskip("triton", reason="Triton is installed on Linux only (pyproject.toml)")
@@ -352,21 +347,6 @@ for tag, dtype, K, V, block in [("bench", torch.bfloat16, 128, 128, 64), ("bench
     for name, info in compile_recorded(launches).items():
         print(json.dumps({"tag": tag, "block": block, "kernel": name, **info}))
 """
-
-
-def compile_in_subprocess(code: str) -> list[dict]:
-    """Run ``code`` (which prints one JSON object per line) without the interpreter; the objects."""
-    if HAS_GPU:
-        pytest.skip("a GPU is here: the gpu tests compile and run the kernels for real")
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this Triton build has no NVIDIA backend (no ptxas)")
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-    assert done.returncode == 0, f"compiling for sm_90 failed:\n{done.stderr[-4000:]}"
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def test_kernels_compile_for_the_h100():

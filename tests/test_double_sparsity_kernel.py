@@ -29,6 +29,7 @@ from reference import double_sparsity as ref
 from reference.testing.suites import double_sparsity as suite
 from reference.testing.suites._base import using
 from tests.conftest import HAS_GPU, PROFILE
+from tests.compile_check import compile_in_subprocess
 from tests.interpreter_bounds import bounds_checked
 
 pytest.importorskip("triton", reason="Triton is installed on Linux only (pyproject.toml)")
@@ -284,28 +285,10 @@ def test_kernels_compile_for_the_h100():
     """Every launch of the benchmark's path (int8 and fp16 labels, the radix passes, sparse and dense
     attention, the offload gather), compiled to an sm_90 cubin without a GPU: no register spills,
     shared memory within an H100 block."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
-    if HAS_GPU:
-        pytest.skip("a GPU is here: the gpu tests compile and run the kernels for real")
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this Triton build has no NVIDIA backend (no ptxas)")
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H100], env=env, cwd=root, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, f"compiling for sm_90 failed:\n{done.stderr[-4000:]}"
-    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    reports = compile_in_subprocess(_COMPILE_FOR_H100)
     kernels = {r["launch"].split(" #")[0] for r in reports}
     assert kernels == {"_score_kernel", "_radix_kernel", "_count_kernel", "_write_kernel", "_attn_kernel",
-                       "_merge_kernel", "_gather_rows_kernel"}, done.stdout  # fmt: skip
+                       "_merge_kernel", "_gather_rows_kernel"}, reports  # fmt: skip
     for r in reports:
         assert r["shared_bytes"] <= 227 * 1024, r
         assert r.get("stack_bytes", 0) == 0, f"register spills: {r}"

@@ -21,11 +21,6 @@ GPU                         bf16          3e-2; ``d log_alpha`` 5e-2 (8-bit mant
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +30,7 @@ from hypothesis import strategies as st
 
 from reference import gla as ref
 from tests.conftest import HAS_GPU, PROFILE
+from tests.compile_check import compile_in_subprocess
 from tests.interpreter_bounds import bounds_checked
 from tests.strategies import rel_err
 
@@ -228,20 +224,10 @@ def test_kernels_compile_for_the_h100():
     measured faster than the spill-free 32-wide ones, perf log entry 4) — and every kernel's shared
     memory must fit an H100 block (227 KiB).
     """
-    if HAS_GPU:
-        pytest.skip("a GPU is here: the gpu tests compile and run the kernels for real")
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this Triton build has no NVIDIA backend (no ptxas)")
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H100], env=env, cwd=root, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, f"compiling for sm_90 failed:\n{done.stderr[-4000:]}"
-    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    reports = compile_in_subprocess(_COMPILE_FOR_H100)
     kernels = {"_fwd_states_kernel", "_fwd_output_kernel", "_bwd_dstates_kernel", "_bwd_dv_kernel", "_bwd_kernel"}
     for tag in ("bench", "narrow"):
-        assert {r["kernel"] for r in reports if r["tag"] == tag} == kernels, done.stdout
+        assert {r["kernel"] for r in reports if r["tag"] == tag} == kernels, reports
     for r in reports:
         assert r["shared_bytes"] <= 227 * 1024, r
         if r["tag"] == "bench" and "stack_bytes" in r:

@@ -19,11 +19,6 @@ GPU                         bf16          3e-2   (8-bit mantissa inputs, state r
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +28,7 @@ from hypothesis import strategies as st
 
 from reference import lightning as ref
 from tests.conftest import HAS_GPU, PROFILE
+from tests.compile_check import compile_in_subprocess
 from tests.interpreter_bounds import bounds_checked
 from tests.strategies import decays, rel_err
 
@@ -260,20 +256,9 @@ def test_gpu_every_output_element_is_written():
 def test_kernels_compile_for_the_h100():
     """Every Lightning kernel, with the arguments a real call passes, compiles to an sm_90 cubin with
     the ptxas of Triton's wheel (``kernels.tools``; no GPU needed) and fits an H100 block's shared memory."""
-    if HAS_GPU:
-        pytest.skip("a GPU is here: the gpu tests compile and run the kernels for real")
-    import triton
-
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this Triton build has no NVIDIA backend (no ptxas)")
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     code = ("import json; from kernels import tools, lightning\n"
             "print(json.dumps(tools.compile_lightning(config=lightning.Config(fused_dkdv=True))))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, f"compiling for sm_90 failed:\n{done.stderr[-4000:]}"
-    reports = json.loads(done.stdout.splitlines()[-1])
+    (reports,) = compile_in_subprocess(code)
     assert set(reports) == {"_segment_state_kernel", "_segment_scan_kernel", "_chunk_scan_kernel", "_dkdv_kernel"}
     for name, info in reports.items():
         assert info["shared_bytes"] <= 227 * 1024, (name, info)

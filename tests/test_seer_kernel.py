@@ -20,7 +20,8 @@ from tests.interpreter_bounds import bounds_checked
 
 pytest.importorskip("triton", reason="Triton is installed on Linux only (pyproject.toml)")
 from kernels import _triton, seer  # noqa: E402  (after conftest has set TRITON_INTERPRET)
-from tests.test_block_sparse_kernel import COMPILE_HELPER, compile_in_subprocess  # noqa: E402
+from tests.compile_check import compile_in_subprocess  # noqa: E402
+from tests.test_block_sparse_kernel import COMPILE_HELPER  # noqa: E402
 
 DEVICE = "cuda" if HAS_GPU else "cpu"
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
