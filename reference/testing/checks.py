@@ -14,7 +14,7 @@ import types
 
 import numpy as np
 
-from reference.testing.strategies import to_numpy
+from reference.testing.strategies import to_backend, to_numpy
 from reference.testing.suites._base import backend_of
 
 __all__ = ["Target", "assert_close", "assert_rejects", "tolerance", "inputs", "backend_of"]
@@ -67,16 +67,8 @@ def inputs(impl, *arrays, requires_grad: bool = False):
     """The float64 NumPy ``arrays`` in ``impl``'s library (``None`` stays ``None``)."""
     if backend_of(impl) == "numpy":
         return arrays
-    import torch
-
-    out = []
-    for a in arrays:
-        if a is None:
-            out.append(None)
-        else:
-            t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
-            out.append(t.requires_grad_() if requires_grad else t)
-    return tuple(out)
+    arrays = tuple(None if a is None else np.asarray(a, dtype=np.float64) for a in arrays)
+    return to_backend("torch", *arrays, requires_grad=requires_grad)
 
 
 def _as_array(x, what: str, name: str, shape) -> np.ndarray:
