@@ -10,10 +10,29 @@ backpropagates ``Σ o_r ⊙ do_r`` and returns ``o_r`` and its chunk's ``dq, dk,
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import strategies as st
 
 from reference.testing.checks import assert_close
+from reference.testing.strategies import chunk_lengths
 
 _LOADED: dict = {}  # per rank process: modules loaded by path, keyed by (path, modification time)
+
+
+@st.composite
+def rank_lengths(draw) -> tuple[int, ...]:
+    """2 or 3 ranks' chunk lengths: unequal, single tokens included."""
+    W = draw(st.integers(2, 3))
+    T = draw(st.integers(W, 3 * W + 4))
+    return tuple(draw(chunk_lengths(T, W)))
+
+
+def problem(case):
+    """The whole sequence's ``q, k, v`` and output gradient ``do`` of a rank case (a tuple with
+    ``seed, B, H, K, V, lengths``), drawn from its seed."""
+    rng = np.random.default_rng(case.seed)
+    T = sum(case.lengths)
+    q, k, v = (rng.standard_normal((case.B, case.H, T, d)) for d in (case.K, case.K, case.V))
+    return q, k, v, rng.standard_normal((case.B, case.H, T, case.V))
 
 
 def where_defined(impl, name: str):

@@ -177,12 +177,10 @@ class RankCase(NamedTuple):
 @st.composite
 def rank_cases(draw):
     """2 or 3 ranks, unequal chunks (single tokens included), decays down to 0.3 or none."""
-    W = draw(st.integers(2, 3))
     H = draw(st.integers(1, 2))
-    T = draw(st.integers(W, 3 * W + 4))
     decay = draw(st.one_of(st.none(), decays(H).map(lambda x: tuple(float(r) for r in x))))
     return RankCase(draw(seeds()), draw(st.integers(1, 2)), H, draw(st.integers(1, 4)), draw(st.integers(1, 4)),
-                    tuple(draw(chunk_lengths(T, W))), decay, draw(st.sampled_from([1.0, 0.5])))  # fmt: skip
+                    draw(_ranks.rank_lengths()), decay, draw(st.sampled_from([1.0, 0.5])))  # fmt: skip
 
 
 RANK_EXAMPLE = RankCase(seed=0, B=1, H=2, K=2, V=3, lengths=(3, 1, 2), decay=(0.5, 0.9), scale=0.5)
@@ -199,10 +197,7 @@ def attention_on_ranks_equals_one_device(impl):
     @example(case=RANK_EXAMPLE)
     @given(case=rank_cases())
     def run(case):
-        rng = np.random.default_rng(case.seed)
-        T = sum(case.lengths)
-        q, k, v = (rng.standard_normal((case.B, case.H, T, d)) for d in (case.K, case.K, case.V))
-        do = rng.standard_normal((case.B, case.H, T, case.V))
+        q, k, v, do = _ranks.problem(case)
         options = {"decay": case.decay, "causal": True, "scale": case.scale}
         per_rank = _ranks.run_on_ranks(where, q, k, v, do, case.lengths, options)
         want_o, _ = oracles.decayed_linear_attention(q, k, v, case.decay, scale=case.scale)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from reference.testing import oracles
 from reference.testing.checks import assert_close, assert_rejects, inputs, tolerance
-from reference.testing.strategies import Case, chunk_lengths, seeds, softmax_cases, to_numpy
+from reference.testing.strategies import Case, seeds, softmax_cases, to_numpy
 from reference.testing.suites import _ranks
 from reference.testing.suites._base import Property, configured, registrar
 
@@ -175,10 +175,8 @@ class RankCase(NamedTuple):
 @st.composite
 def rank_cases(draw):
     """2 or 3 ranks, unequal chunks (single tokens included), causal or not, default scale or 0.7."""
-    W = draw(st.integers(2, 3))
-    T = draw(st.integers(W, 3 * W + 4))
     return RankCase(draw(seeds()), draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4)),
-                    draw(st.integers(1, 4)), tuple(draw(chunk_lengths(T, W))), draw(st.booleans()),
+                    draw(st.integers(1, 4)), draw(_ranks.rank_lengths()), draw(st.booleans()),
                     draw(st.sampled_from([None, 0.7])))  # fmt: skip
 
 
@@ -193,10 +191,7 @@ def attention_on_ranks_equals_one_device(impl):
     @example(case=RankCase(seed=0, B=1, H=2, K=4, V=3, lengths=(3, 1, 2), causal=True, scale=None))
     @given(case=rank_cases())
     def run(case):
-        rng = np.random.default_rng(case.seed)
-        T = sum(case.lengths)
-        q, k, v = (rng.standard_normal((case.B, case.H, T, d)) for d in (case.K, case.K, case.V))
-        do = rng.standard_normal((case.B, case.H, T, case.V))
+        q, k, v, do = _ranks.problem(case)
         per_rank = _ranks.run_on_ranks(where, q, k, v, do, case.lengths, {"causal": case.causal, "scale": case.scale})
         want = (
             oracles.softmax_attention(q, k, v, causal=case.causal, scale=case.scale),
