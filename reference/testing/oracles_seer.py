@@ -46,6 +46,15 @@ def pool(x, *, block, kind):
     return out
 
 
+def _softmax_weights(q_row, key_rows, scale) -> list[float]:
+    """``softmax_s(scale · q·k_s)`` over the given keys, one float at a time (max subtracted, fsum)."""
+    logits = [scale * float(np.dot(q_row, k_row)) for k_row in key_rows]
+    top = max(logits)
+    weights = [math.exp(x - top) for x in logits]
+    total = math.fsum(weights)
+    return [w / total for w in weights]
+
+
 def causal_probabilities(q, k, *, scale=None):
     """``P[b, h, t, s] = exp(scale q_t·k_s) / Σ_{s' ≤ t} exp(scale q_t·k_s')`` for ``s ≤ t``, else 0."""
     q, k = np.asarray(q, dtype=np.float64), np.asarray(k, dtype=np.float64)
@@ -57,12 +66,8 @@ def causal_probabilities(q, k, *, scale=None):
         for h in range(H):
             g = kv_head(h, H, Hkv)
             for t in range(T):
-                logits = [scale * float(np.dot(q[b, h, t], k[b, g, s])) for s in range(t + 1)]
-                top = max(logits)
-                weights = [math.exp(x - top) for x in logits]
-                total = math.fsum(weights)
-                for s in range(t + 1):
-                    P[b, h, t, s] = weights[s] / total
+                for s, w in enumerate(_softmax_weights(q[b, h, t], [k[b, g, s] for s in range(t + 1)], scale)):
+                    P[b, h, t, s] = w
     return P
 
 
@@ -95,12 +100,8 @@ def causal_attention(q, k, v, *, scale=None):
         for h in range(H):
             g = kv_head(h, H, Hkv)
             for t in range(T):
-                logits = [scale * float(np.dot(q[b, h, t], k[b, g, s])) for s in range(t + 1)]
-                top = max(logits)
-                weights = [math.exp(x - top) for x in logits]
-                total = math.fsum(weights)
-                for s in range(t + 1):
-                    o[b, h, t] += (weights[s] / total) * v[b, g, s]
+                for s, w in enumerate(_softmax_weights(q[b, h, t], [k[b, g, s] for s in range(t + 1)], scale)):
+                    o[b, h, t] += w * v[b, g, s]
     return o
 
 
@@ -117,12 +118,8 @@ def block_sparse_attention(q, k, v, block_mask, *, block, scale=None):
             g = kv_head(h, H, Hkv)
             for t in range(T):
                 keys = [s for s in range(t + 1) if mask[b, h, t // block, s // block]]
-                logits = [scale * float(np.dot(q[b, h, t], k[b, g, s])) for s in keys]
-                top = max(logits)
-                weights = [math.exp(x - top) for x in logits]
-                total = math.fsum(weights)
-                for w, s in zip(weights, keys):
-                    o[b, h, t] += (w / total) * v[b, g, s]
+                for w, s in zip(_softmax_weights(q[b, h, t], [k[b, g, s] for s in keys], scale), keys):
+                    o[b, h, t] += w * v[b, g, s]
     return o
 
 
