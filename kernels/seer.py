@@ -14,25 +14,34 @@ Design of the ground truth
 --------------------------
 ``max_{t ∈ i, s ∈ j} P[t, s] = max_{t ∈ i} exp(r_tj − lse_t)`` where ``r_tj = max_{s ∈ j} scale·q_t·k_s``
 is the row's raw maximum score over key block ``j`` and ``lse_t`` the row's final log-sum-exp. So
-one program per (query block, head) walks its causal key blocks twice, with keys only (no
-values):
+one program per query tile (``Config.block_rows`` consecutive block-rows of one head) walks its
+causal key blocks twice, with keys only (no values):
 
 1. the flash forward's running max and sum, giving every row's ``lse`` (base 2 inside);
-2. the scores again, each block reduced at once to ``g_ij = 2^(max_t (max_s s_ts − lse_t))`` — two
-   maxima and a subtraction per element, no exponential.
+2. the scores again, each key block reduced at once, per block-row of the tile, to
+   ``g_ij = 2^(max_t (max_s s_ts − lse_t))`` — two maxima and a subtraction per element, no
+   exponential — and stored to the output as it is found, the row's sum kept in a register;
+3. the tile's rows read back, divided by their sums, and written with zeros above the diagonal.
 
-The ``g_ij`` of the block-row are collected in registers (a vector of the padded row length), so
-the program ends with the whole row: it divides by the row's sum and stores the row once, zeros
-above the diagonal included. Nothing of size ``T × nq`` ever reaches memory. The two walks cost
-two ``q kᵀ`` products per key block — the same matrix FLOPs as a dense flash forward (``q kᵀ`` and
-``p v``), with half its exponentials.
+Every step costs O(1) per key block: the row is never held as a register vector of length
+``nq`` (updating such a vector costs ``O(nq)`` per key block, which made the kernel's cost grow
+faster than ``T²``: perf log, run 2). Nothing of size ``T × nq`` reaches memory; the output is
+written once and read back once by the program that wrote it. The two walks cost two ``q kᵀ``
+products per key block — the same matrix FLOPs as a dense flash forward (``q kᵀ`` and ``p v``),
+with half its exponentials.
 
-The query tile equals the block (a program owns one block-row), and so does the key tile; rows
-past the end of the sequence get ``lse = +inf`` and drop out of every maximum. GQA as in
-``kernels.block_sparse``: ``k`` may have ``Hkv`` heads dividing ``H``, read in place. Inputs fp32,
-fp16 or bf16 (products in the input dtype, fp32 accumulation; fp32 products three-pass tf32 on the
-GPU); bf16 runs in fp32 under the interpreter. Inference only (no backward; inputs that require a
-gradient while autograd is on are refused — the ground truth is a training *target*).
+Key tiles are one block. The block-rows of a tile share its walk: the key blocks left of the
+tile are visible to all its rows (no mask), the tile's own ``block_rows`` key blocks get the
+causal mask, and a block-row above one of them gets ``2^(−∞) = 0`` there (its right value).
+Rows past the end of the sequence get ``lse = +inf`` and drop out of every maximum.
+
+*Launch order for the L2* (as in ``kernels.block_sparse``): the query tiles of one kv head are
+the fastest grid axis, heaviest first, the query heads that share a kv head side by side; the
+programs running together read one head's keys, which stay in the L2. GQA: ``k`` may have
+``Hkv`` heads dividing ``H``, read in place. Inputs fp32, fp16 or bf16 (products in the input
+dtype, fp32 accumulation; fp32 products three-pass tf32 on the GPU); bf16 runs in fp32 under the
+interpreter. Inference only (no backward; inputs that require a gradient while autograd is on are
+refused — the ground truth is a training *target*).
 
 Pooling
 -------
@@ -67,14 +76,16 @@ _LOG2E = 1.0 / math.log(2.0)
 
 @dataclass(frozen=True)
 class Config:
-    """Launch settings of the ground-truth kernel (one block-row per program; results do not depend
-    on them beyond rounding).
+    """Launch settings of the ground-truth kernel (results do not depend on them beyond rounding).
 
     Attributes:
+        block_rows: consecutive block-rows per program (1, 2, 4 or 8; ``block_rows · block ≤ 128``):
+            blocks of 64 with 2 make 128-row query tiles, 128 × 64 products.
         num_warps: warps per program.
         num_stages: software-pipelining depth of the key-block loops.
     """
 
+    block_rows: int = 1
     num_warps: int = 4
     num_stages: int = 2
 
@@ -90,22 +101,36 @@ def config_for(block: int) -> Config:
     return _BY_BLOCK[check_block(block)]
 
 
+def _check_rows(cfg: Config, block: int) -> int:
+    rows = cfg.block_rows
+    if isinstance(rows, bool) or rows not in (1, 2, 4, 8) or rows * block > 128:
+        raise ValueError(f"config.block_rows must be 1, 2, 4 or 8 with block_rows · block ≤ 128, got {rows!r} "
+                         f"with block={block}")  # fmt: skip
+    return rows
+
+
 @triton.jit
 def _ground_truth_kernel(
     Q, K, G,
     sqb, sqh, sqt,
     skb, skh, skt,
     H, T, NQB, GROUP, qk_scale,
-    BLOCK: tl.constexpr, HEAD_K: tl.constexpr, BLOCK_K: tl.constexpr, ROW: tl.constexpr,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, HEAD_K: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    qb = tl.num_programs(1) - 1 - tl.program_id(1)  # longest rows first
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
+    """``ROWS`` consecutive block-rows (a query tile of ``ROWS · BLOCK`` rows) of one head."""
+    # axis 0 walks the query tiles of one kv head (heaviest first), the GROUP query heads that share
+    # it side by side; axis 1 is (batch, kv head): programs running together read one head's keys
+    pid_g = tl.program_id(0)
+    pid_m = tl.num_programs(0) // GROUP - 1 - pid_g // GROUP
+    b = tl.program_id(1) // (H // GROUP)
+    hk = tl.program_id(1) % (H // GROUP)
+    h = hk * GROUP + pid_g % GROUP
+    pid_bh = b * H + h
+    qb0 = pid_m * ROWS  # the tile's first block-row
+    BLOCK_M: tl.constexpr = ROWS * BLOCK
 
-    offs_m = qb * BLOCK + tl.arange(0, BLOCK)
+    offs_m = qb0 * BLOCK + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK)
     offs_k = tl.arange(0, BLOCK_K)
     kmask = offs_k < HEAD_K
@@ -113,41 +138,65 @@ def _ground_truth_kernel(
     q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m.to(tl.int64)[:, None] * sqt + offs_k[None, :],
                 mask=row_in[:, None] & kmask[None, :], other=0.0)  # fmt: skip
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_k[:, None]
+    # key blocks left of the tile are visible to all its rows; the tile's own ROWS blocks are masked
+    n_full = qb0
+    n_all = tl.minimum(qb0 + ROWS, NQB)
 
-    # 1. every row's log-sum-exp (base 2): blocks left of the diagonal unmasked, then the diagonal
-    m_i = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK], dtype=tl.float32)
-    for j in range(0, qb):
-        cols = (j * BLOCK + offs_n).to(tl.int64)
-        kt = tl.load(k_base + cols[None, :] * skt, mask=kmask[:, None], other=0.0)
+    # 1. every row's log-sum-exp (base 2)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for j in range(0, n_full):
+        kt = tl.load(k_base + (j * BLOCK + offs_n).to(tl.int64)[None, :] * skt, mask=kmask[:, None], other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         m_new = tl.maximum(m_i, tl.max(s, 1))
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
         m_i = m_new
-    dcols = qb * BLOCK + offs_n
-    visible = (dcols[None, :] <= offs_m[:, None]) & (dcols < T)[None, :]
-    kt = tl.load(k_base + dcols.to(tl.int64)[None, :] * skt, mask=kmask[:, None] & (dcols < T)[None, :], other=0.0)
-    s_diag = tl.where(visible, tl.dot(q, kt, input_precision=PRECISION) * qk_scale, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s_diag, 1))
-    l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s_diag - m_new[:, None]), 1)
-    m_i = m_new
+    for j in range(n_full, n_all):
+        s = _masked_scores(q, k_base, skt, j, offs_m, offs_n, kmask, T, qk_scale, BLOCK, PRECISION)
+        # key block 0 comes first and every row sees its first key: m_i is finite from there on
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
+        m_i = m_new
     lse = tl.where(row_in, m_i + tl.log2(l_i), float("inf"))  # padded rows drop out of the maxima
 
-    # 2. per key block, the largest probability of the block: 2^(max_t (max_s s_ts − lse_t))
-    slots = tl.arange(0, ROW)
-    g_row = tl.zeros([ROW], dtype=tl.float32)
-    for j in range(0, qb):
-        cols = (j * BLOCK + offs_n).to(tl.int64)
-        kt = tl.load(k_base + cols[None, :] * skt, mask=kmask[:, None], other=0.0)
+    # 2. per key block, each block-row's largest probability 2^(max_t (max_s s_ts − lse_t)), stored
+    #    at once (unnormalised) and added to the row's sum: O(1) per key block, whatever T
+    rows = qb0 + tl.arange(0, ROWS)
+    rows_in = rows < NQB
+    g_rows = G + (pid_bh.to(tl.int64) * NQB + rows) * NQB
+    total = tl.zeros([ROWS], dtype=tl.float32)
+    for j in range(0, n_full):
+        kt = tl.load(k_base + (j * BLOCK + offs_n).to(tl.int64)[None, :] * skt, mask=kmask[:, None], other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        g = tl.exp2(tl.max(tl.max(s, 1) - lse, 0))
-        g_row = tl.where(slots == j, g, g_row)
-    g = tl.exp2(tl.max(tl.max(s_diag, 1) - lse, 0))
-    g_row = tl.where(slots == qb, g, g_row)
+        g = tl.exp2(tl.max(tl.reshape(tl.max(s, 1) - lse, (ROWS, BLOCK)), 1))
+        tl.store(g_rows + j, g, mask=rows_in)
+        total += g
+    for j in range(n_full, n_all):
+        s = _masked_scores(q, k_base, skt, j, offs_m, offs_n, kmask, T, qk_scale, BLOCK, PRECISION)
+        # a block-row above this key block sees none of it: 2^(−inf) = 0, its right value anyway
+        g = tl.exp2(tl.max(tl.reshape(tl.max(s, 1) - lse, (ROWS, BLOCK)), 1))
+        tl.store(g_rows + j, g, mask=rows_in)
+        total += g
 
-    g_row = g_row / tl.sum(g_row, 0)
-    out = G + (pid_bh.to(tl.int64) * NQB + qb) * NQB + slots
-    tl.store(out, g_row, mask=slots < NQB)
+    # 3. the rows divided by their sums, zeros above the diagonal (the stores above must be visible
+    #    to every thread of the program first)
+    tl.debug_barrier()
+    inv = 1.0 / tl.where(total > 0, total, 1.0)  # block-rows past the end have none (and store nothing)
+    for c in range(0, NQB, CHUNK):
+        cols = c + tl.arange(0, CHUNK)
+        ptrs = g_rows[:, None] + cols[None, :]
+        written = rows_in[:, None] & (cols[None, :] <= rows[:, None])
+        x = tl.load(ptrs, mask=written, other=0.0)
+        tl.store(ptrs, x * inv[:, None], mask=rows_in[:, None] & (cols < NQB)[None, :])
+
+
+@triton.jit
+def _masked_scores(q, k_base, skt, j, offs_m, offs_n, kmask, T, qk_scale, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """Scores of key block ``j`` with the causal and sequence-end masks (``−inf`` where hidden)."""
+    cols = j * BLOCK + offs_n
+    kt = tl.load(k_base + cols.to(tl.int64)[None, :] * skt, mask=kmask[:, None] & (cols < T)[None, :], other=0.0)
+    visible = (cols[None, :] <= offs_m[:, None]) & (cols < T)[None, :]
+    return tl.where(visible, tl.dot(q, kt, input_precision=PRECISION) * qk_scale, float("-inf"))
 
 
 @triton.jit
@@ -213,28 +262,32 @@ def ground_truth(q: torch.Tensor, k: torch.Tensor, *, block: int = 64, scale: fl
     refuse_autograd(q, k)
     if _triton.interpreter_upcasts(q.dtype):
         return ground_truth(q.float(), k.float(), block=block, scale=scale, config=config)
-    need = (torch.finfo(q.dtype).bits // 8) * 3 * block * max(16, next_power_of_2(K))
+    rows = _check_rows(cfg, block)
+    need = (torch.finfo(q.dtype).bits // 8) * (rows + 2) * block * max(16, next_power_of_2(K))
     if need > _SMEM_BUDGET:
-        raise ValueError(f"ground_truth with block={block}, K={K} and {q.dtype} needs ~{need // 1024} KiB of shared "
-                         f"memory per program (a block-row and two key tiles), over {_SMEM_BUDGET // 1024} KiB: "
-                         "use a smaller block or 16-bit inputs")  # fmt: skip
+        raise ValueError(f"ground_truth with block={block}, block_rows={rows}, K={K} and {q.dtype} needs "
+                         f"~{need // 1024} KiB of shared memory per program (its query rows and two key tiles), "
+                         f"over {_SMEM_BUDGET // 1024} KiB: use a smaller block or 16-bit inputs")  # fmt: skip
     return _ground_truth(q, k, block, scale, cfg)
 
 
 def _ground_truth(q, k, block: int, scale: float, cfg: Config) -> torch.Tensor:
     """The launcher (inputs checked by the caller)."""
     B, H, T, K = q.shape
+    Hkv = k.shape[1]
+    rows = _check_rows(cfg, block)
     q, k = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k))
     nq = triton.cdiv(T, block)
     out = _triton.empty(B, H, nq, nq, device=q.device, dtype=torch.float32)
     launch_kw = {} if INTERPRETER else dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _triton.launch(
-        _ground_truth_kernel, (B * H, nq),
+        _ground_truth_kernel, (triton.cdiv(nq, rows) * (H // Hkv), B * Hkv),
         q, k, out,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
-        H, T, nq, H // k.shape[1], float(scale) * _LOG2E,
-        BLOCK=block, HEAD_K=K, BLOCK_K=max(16, next_power_of_2(K)), ROW=max(16, next_power_of_2(nq)),
+        H, T, nq, H // Hkv, float(scale) * _LOG2E,
+        BLOCK=block, ROWS=rows, HEAD_K=K, BLOCK_K=max(16, next_power_of_2(K)),
+        CHUNK=min(128, max(16, next_power_of_2(nq))),
         PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32",
         **launch_kw,
     )  # fmt: skip

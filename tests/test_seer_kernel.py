@@ -66,6 +66,7 @@ def problems(draw):
         scale=draw(st.sampled_from([None, 0.3])),
         magnitude=draw(st.sampled_from([1.0, 3.0])),
         seed=draw(st.integers(0, 2**16)),
+        config=seer.Config(block_rows=draw(st.sampled_from([1, 2, 4]))),
     )
 
 
@@ -91,12 +92,22 @@ def test_ground_truth_fp16_matches_the_dense_oracle(problem):
 
 
 @pytest.mark.parametrize(
-    "shape, block",
-    [(dict(B=1, H=4, Hkv=2, T=150, K=64), 64), (dict(B=2, H=2, Hkv=1, T=77, K=24), 16), (dict(B=1, H=2, Hkv=2, T=100, K=48), 32)],
-    ids=["gqa-64", "16", "32"],
+    "shape, block, rows",
+    [
+        (dict(B=1, H=4, Hkv=2, T=150, K=64), 64, 1),
+        (dict(B=1, H=4, Hkv=2, T=150, K=64), 64, 2),
+        (dict(B=2, H=2, Hkv=1, T=77, K=24), 16, 1),
+        (dict(B=2, H=6, Hkv=2, T=77, K=24), 16, 8),
+        (dict(B=1, H=2, Hkv=2, T=100, K=48), 32, 2),
+        (dict(B=1, H=2, Hkv=1, T=97, K=16), 32, 4),
+    ],
+    ids=["gqa-64", "gqa-64-two-rows", "16", "gqa-16-eight-rows", "32-two-rows", "32-four-rows-past-the-end"],
 )
-def test_ground_truth_shapes_gqa_and_blocks(shape, block):
-    assert compare(**shape, block=block, dtype=torch.float32, seed=5, magnitude=2.0) < TOL[torch.float32]
+def test_ground_truth_shapes_gqa_blocks_and_tiles(shape, block, rows):
+    """Odd T (the last partial block), GQA, and query tiles of several block-rows, the last tile
+    reaching past the last block-row (97 tokens are 4 blocks of 32: a 4-row tile from row 0)."""
+    cfg = seer.Config(block_rows=rows)
+    assert compare(**shape, block=block, dtype=torch.float32, seed=5, magnitude=2.0, config=cfg) < TOL[torch.float32]
 
 
 def test_ground_truth_agrees_with_the_reference_and_the_loop_oracle():
@@ -125,6 +136,8 @@ def test_ground_truth_bf16_in_the_interpreter_is_computed_in_fp32():
 def test_every_output_element_is_written():
     with _triton.poisoned_outputs():
         assert compare(2, 2, 1, 70, 20, block=16, dtype=torch.float32, seed=4) < TOL[torch.float32]
+        cfg = seer.Config(block_rows=4)
+        assert compare(1, 2, 1, 70, 20, block=16, dtype=torch.float32, seed=4, config=cfg) < TOL[torch.float32]
         x = torch.randn(2, 3, 50, 20, device=DEVICE)
         y = seer.pool_features(x, block=16)
     assert torch.isfinite(y).all()
@@ -134,6 +147,8 @@ def test_every_output_element_is_written():
 def test_every_load_and_store_stays_inside_its_tensors():
     with bounds_checked():
         assert compare(1, 2, 1, 45, 20, block=16, dtype=torch.float32, seed=7) < TOL[torch.float32]
+        cfg = seer.Config(block_rows=2)
+        assert compare(1, 2, 1, 45, 20, block=16, dtype=torch.float32, seed=7, config=cfg) < TOL[torch.float32]
         x = torch.randn(1, 2, 45, 20, device=DEVICE)
         seer.pool_features(x, block=32, kinds=("avg", "min"))
 
@@ -194,6 +209,8 @@ def test_pool_bad_input_raises_a_clear_error(kwargs, exc, words):
         (dict(q=torch.zeros(1, 2, 20, 256), k=torch.zeros(1, 1, 20, 256), block=128), ValueError, "shared memory"),
         (dict(scale="x"), TypeError, "scale must be a real number"),
         (dict(config=seer.DEFAULT_CONFIG.__dict__), TypeError, "config must be a kernels.seer.Config"),
+        (dict(config=seer.Config(block_rows=3)), ValueError, "block_rows must be 1, 2, 4 or 8"),
+        (dict(config=seer.Config(block_rows=2), block=128), ValueError, "block_rows · block ≤ 128"),
     ],
 )
 def test_ground_truth_bad_input_raises_a_clear_error(kwargs, exc, words):
@@ -207,13 +224,15 @@ def test_ground_truth_bad_input_raises_a_clear_error(kwargs, exc, words):
 _COMPILE_FOR_H100 = COMPILE_HELPER + """
 from kernels import seer
 
-for dtype, K, block in [(torch.bfloat16, 128, 64), (torch.bfloat16, 128, 128), (torch.float16, 64, 16)]:
+for dtype, K, block, cfg in [(torch.bfloat16, 128, 64, seer.config_for(64)), (torch.bfloat16, 128, 128, seer.config_for(128)),
+                             (torch.float16, 64, 16, seer.config_for(16)),
+                             (torch.bfloat16, 128, 64, seer.Config(block_rows=2, num_warps=8, num_stages=2))]:
     T = 32768 + 5
     with _triton.recorded_launches() as launches:
-        seer._ground_truth(meta(1, 8, T, K, dtype=dtype), meta(1, 2, T, K, dtype=dtype), block, 0.1, seer.config_for(block))
+        seer._ground_truth(meta(1, 8, T, K, dtype=dtype), meta(1, 2, T, K, dtype=dtype), block, 0.1, cfg)
         seer._pool(meta(1, 2, T, K, dtype=dtype), block, ("max", "min", "avg"))
     for name, info in compile_recorded(launches).items():
-        print(json.dumps({"dtype": str(dtype), "block": block, "kernel": name, **info}))
+        print(json.dumps({"dtype": str(dtype), "block": block, "rows": cfg.block_rows, "kernel": name, **info}))
 """
 
 
@@ -221,7 +240,7 @@ def test_kernels_compile_for_the_h100():
     """The ground-truth and pooling kernels compiled for sm_90 as a real call launches them: shared
     memory fits, no register spills, warpgroup MMAs on the bf16 path."""
     reports = compile_in_subprocess(_COMPILE_FOR_H100)
-    assert len(reports) == 6, reports
+    assert len(reports) == 8, reports
     for r in reports:
         assert r["shared_bytes"] <= 227 * 1024, r
         if "stack_bytes" in r:
@@ -235,19 +254,20 @@ def test_kernels_compile_for_the_h100():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "shape, block, dtype",
+    "shape, block, dtype, rows",
     [
-        (dict(B=1, H=8, Hkv=2, T=4096 + 33, K=128), 64, torch.bfloat16),
-        (dict(B=1, H=4, Hkv=4, T=4096, K=128), 128, torch.bfloat16),
-        (dict(B=2, H=2, Hkv=1, T=1500, K=64), 32, torch.float16),
-        (dict(B=1, H=2, Hkv=2, T=700, K=20), 16, torch.float32),
+        (dict(B=1, H=8, Hkv=2, T=4096 + 33, K=128), 64, torch.bfloat16, 1),
+        (dict(B=1, H=8, Hkv=2, T=4096 + 33, K=128), 64, torch.bfloat16, 2),
+        (dict(B=1, H=4, Hkv=4, T=4096, K=128), 128, torch.bfloat16, 1),
+        (dict(B=2, H=2, Hkv=1, T=1500, K=64), 32, torch.float16, 4),
+        (dict(B=1, H=2, Hkv=2, T=700, K=20), 16, torch.float32, 1),
     ],
-    ids=["64-bf16", "128-bf16", "32-fp16", "16-fp32"],
+    ids=["64-bf16", "64-bf16-two-rows", "128-bf16", "32-fp16-four-rows", "16-fp32"],
 )
-def test_gpu_ground_truth_large_shapes(shape, block, dtype):
+def test_gpu_ground_truth_large_shapes(shape, block, dtype, rows):
     with _triton.poisoned_outputs():
         q, k = qk(**shape, dtype=dtype, seed=1, magnitude=1.5)
-        got = seer.ground_truth(q, k, block=block)
+        got = seer.ground_truth(q, k, block=block, config=seer.Config(block_rows=rows, num_warps=4 * rows if block == 64 else 4))
     want = dense_ground_truth(q, k, block)
     assert rel_err(got, want) < TOL[dtype], rel_err(got, want)
 
