@@ -27,15 +27,21 @@ fills all multiprocessors.
    to match the reference; a serving loop keeps them and calls ``decode_with_labels``.
 2. **Scores and the first radix digit** (``_score_kernel``): one program per (query head, run of
    tokens) reads the labels of its kv head, computes fp32 scores (``q`` gathered at the channels
-   on chip), writes them, and counts the top 8 bits of each score's order-preserving integer key
-   into a per-row histogram (``tl.histogram`` on chip, then one atomic add per bin).
-3. **Exact selection by radix select** (``_radix_kernel`` ×3, ``_count_kernel``, ``_write_kernel``):
-   three more passes each count the next 8 bits of the keys that still share the prefix found so
-   far; from the third digit on with one atomic add per matching key, since only a few keys in a
-   thousand still match. The last program of a row to finish a pass (an arrival counter after
+   on chip), writes them, and counts the first digit (top bits) of each score's order-preserving
+   integer key into a per-row histogram (``tl.histogram`` on chip, then one atomic add per bin).
+   The key is the fp32 score (32 bits, four 8-bit digits) or, with ``Config(score_dtype="float16")``,
+   the score rounded to fp16 (16 bits, digits of 5, 5 and 6 bits): half the score bytes, one
+   pass fewer, and small histograms (``tl.histogram`` issues about ``bins · log2(bins) / 32``
+   instructions per key and warp: 256 bins cost seven times 32). The selection is then the exact
+   top-k of the fp16-rounded scores, ties to the lower index — not the fp32 top-k where scores lie
+   within fp16 rounding of the k-th (``Config.score_dtype``).
+3. **Exact selection by radix select** (``_radix_kernel`` per later digit, ``_count_kernel``,
+   ``_write_kernel``): each pass counts the next digit of the keys that still share the prefix
+   found so far; from the third digit on with one atomic add per matching key, since only a few
+   keys in a thousand still match. The last program of a row to finish a pass (an arrival counter after
    the histogram atomics: the CUDA "last block" pattern) picks the pass's digit and writes the
    row's state — the key prefix and how many keys with it are still to take — so every program of
-   the next launch loads two integers instead of re-deriving them. After four digits the state
+   the next launch loads two integers instead of re-deriving them. After the last digit the state
    is the exact k-th largest key ``τ`` and the number of keys equal to ``τ`` to take. Two parallel
    passes then write the indices: per block of tokens, the count of keys ``> τ`` and ``= τ``; then
    each block writes its keys ``> τ``, and its keys ``= τ`` while their rank among equal keys (by
@@ -98,8 +104,14 @@ __all__ = [
     "DEFAULT_CONFIG",
 ]
 
-#: Bins of one radix digit (8 bits per pass, four passes over a 32-bit key).
+#: Histogram bins kept per pass and row: a radix digit has at most 8 bits.
 _BINS = 256
+#: Tokens per block of the counting and writing kernels at most (two running counts share an int32).
+_MAX_SELECT_BLOCK = 1 << 14
+#: Radix digits (bits, from the top of the key) when ``Config.digits`` is ``None``: four bytes of
+#: an fp32 key; for an fp16 key a 5-bit first digit (32 bins: the histogram's cost per key grows
+#: with its bins) and two more.
+_DEFAULT_DIGITS = {"float32": (8, 8, 8, 8), "float16": (5, 5, 6)}
 _LOG2E = 1.4426950408889634
 
 
@@ -118,9 +130,19 @@ class Config:
         select_block: tokens per block of the counting and writing kernels.
         select: ``"radix"`` (this module's exact selection, ties to the lower index) or
             ``"torch"`` (``torch.topk(sorted=False)``, ties as torch breaks them).
-        atomic_from_pass: radix passes from this one on (1–3; 4: none) count with one atomic add
-            per key that still matches the prefix, instead of a histogram over every key of the
-            tile (after one or two digits only a few keys in a thousand still match).
+        score_dtype: ``"float32"`` (default): the selection ranks the fp32 label scores.
+            ``"float16"``: the scores are rounded to fp16 (to nearest, ties to even) and the
+            selection is the exact top-k of the *rounded* scores, ties to the lower index — a
+            different function: tokens whose fp32 scores differ but round to one fp16 value tie,
+            so the set can differ from the fp32 one where scores lie within fp16 rounding
+            (a relative 2⁻¹¹) of the k-th; scores beyond ±65504 saturate to ±inf. Half the score
+            bytes, and a 16-bit key needs fewer radix digits (``docs/double_sparsity.md``).
+        digits: radix digit widths (bits, from the top of the key; each 1–8, summing to the key's
+            32 or 16 bits); ``None``: four bytes for fp32 keys, ``(5, 5, 6)`` for fp16 keys.
+        atomic_from_pass: radix passes from this one on (1 ..; at or past the number of digits:
+            none) count with one atomic add per key that still matches the prefix, instead of a
+            histogram over every key of the tile (after a digit or two only a few keys in a
+            thousand still match).
         attn_block: selected rows per tile of the attention kernel.
         splits: programs per query head in the attention kernel; ``None`` sizes it to the GPU
             (about four programs per multiprocessor in all).
@@ -132,12 +154,18 @@ class Config:
     score_tiles: int = 4
     select_block: int = 2048
     select: str = "radix"
+    score_dtype: str = "float32"
+    digits: tuple | None = None
     atomic_from_pass: int = 2
     attn_block: int = 64
     splits: int | None = None
     num_warps: int = 4
     attn_num_warps: int = 4
     attn_num_stages: int = 1
+
+    def key_digits(self) -> tuple:
+        """The radix digit widths in use (``digits``, or the default of ``score_dtype``)."""
+        return tuple(self.digits) if self.digits is not None else _DEFAULT_DIGITS[self.score_dtype]
 
     def clipped(self, S: int, nsel: int) -> "Config":
         """Tiles no longer than the work (powers of two, at least 16): short caches launch small
@@ -225,6 +253,26 @@ def append_labels(labels: Labels, k_new: torch.Tensor, channels: torch.Tensor) -
 
 
 @triton.jit
+def _order_key(bits, KB: tl.constexpr):
+    """An int32 whose signed order is the order of the scores: ``bits`` are an fp32 score's bits
+    (``KB = 32``) or an fp16 score's, sign-extended (``KB = 16``); negatives get their magnitude bits
+    flipped, and -0.0 (key -1) becomes +0.0's key 0, so that equal scores have equal keys. For
+    ``KB = 16`` the key lies in ``-2**15 .. 2**15 - 1``."""
+    key = bits ^ ((bits >> 31) & ((1 << (KB - 1)) - 1))
+    return tl.where(key == -1, 0, key)
+
+
+@triton.jit
+def _load_keys(ptrs, mask, KB: tl.constexpr):
+    """The order keys of the scores at ``ptrs`` (fp32 for ``KB = 32``, fp16 for ``KB = 16``)."""
+    if KB == 32:
+        bits = tl.load(ptrs, mask=mask, other=0.0).to(tl.int32, bitcast=True)
+    else:
+        bits = tl.load(ptrs, mask=mask, other=0.0).to(tl.int16, bitcast=True).to(tl.int32)
+    return _order_key(bits, KB)
+
+
+@triton.jit
 def _pick(hist, k_rem, NB: tl.constexpr):
     """The digit ``d*`` holding the ``k_rem``-th largest of the keys a histogram counts — the
     largest ``d`` with ``#(digit ≥ d) ≥ k_rem`` — and how many keys of digit ``d*`` are still to
@@ -236,21 +284,23 @@ def _pick(hist, k_rem, NB: tl.constexpr):
 
 
 @triton.jit
-def _finish_pass(hist_ptr, cnt_ptr, state_ptr, pref, k_rem, NPROG, PASS: tl.constexpr, NB: tl.constexpr):
+def _finish_pass(hist_ptr, cnt_ptr, state_ptr, pref, k_rem, NPROG, PASS: tl.constexpr, SHIFT: tl.constexpr,
+                 NB: tl.constexpr, KB: tl.constexpr):  # fmt: skip
     """Called by every program of a pass after adding its counts to the row's histogram; the last
-    program of the row to arrive picks the pass's digit and writes the row's state
-    ``(key prefix, keys still to take)`` for the next launch. (The CUDA "last block" pattern:
-    each program's counts are added before its arrival is counted.)"""
+    program of the row to arrive picks the pass's digit (bits ``SHIFT .. SHIFT + log2(NB)`` of the
+    key) and writes the row's state ``(key prefix, keys still to take)`` for the next launch. (The
+    CUDA "last block" pattern: each program's counts are added before its arrival is counted.)"""
     tl.debug_barrier()  # every thread's histogram atomics precede the arrival
     arrived = tl.atomic_add(cnt_ptr, 1)
     if arrived == NPROG - 1:
         bins = tl.arange(0, NB)
         hist = tl.atomic_add(hist_ptr + bins, tl.zeros([NB], dtype=tl.int32))  # read at L2: every count in
         dstar, k_left = _pick(hist, k_rem, NB)
-        if PASS == 0:
-            found = (dstar ^ 0x80) << 24  # the first digit counts the sign-flipped top byte
+        if PASS == 0:  # the first digit counts the sign-flipped top bits; the prefix is sign-extended
+            found = ((dstar ^ (NB // 2)) << SHIFT) << (32 - KB)
+            found = found >> (32 - KB)
         else:
-            found = pref | (dstar << (24 - 8 * PASS))
+            found = pref | (dstar << SHIFT)
         tl.store(state_ptr, found)
         tl.store(state_ptr + 1, k_left)
 
@@ -261,10 +311,10 @@ def _score_kernel(
     ch_ptr,  # [Hkv, r] int32
     lab_ptr,  # [B, Hkv, S, r]
     lsc_ptr,  # [B, Hkv, S] per-token scale (if HAS_SCALE)
-    s_ptr,  # [B·H, S] fp32 out: label scores
-    hist_ptr,  # [4, B·H, NB] int32, zeroed: digit histograms (this kernel counts digit 0)
-    cnt_ptr,  # [4, B·H] int32, zeroed: programs arrived per pass and row
-    state_ptr,  # [4, B·H, 2] int32 out: (key prefix, keys still to take) after each pass
+    s_ptr,  # [B·H, S] out: label scores, fp32 (KB = 32) or rounded to fp16 (KB = 16)
+    hist_ptr,  # [P, B·H, 256] int32, zeroed: digit histograms (this kernel counts digit 0)
+    cnt_ptr,  # [P, B·H] int32, zeroed: programs arrived per pass and row
+    state_ptr,  # [P, B·H, 2] int32 out: (key prefix, keys still to take) after each pass
     S,
     H,
     HKV,
@@ -278,8 +328,11 @@ def _score_kernel(
     TILES: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     HIST: tl.constexpr,
-    NB: tl.constexpr,
+    KB: tl.constexpr,  # key bits: 32 (fp32 scores) or 16 (fp16 scores)
+    W0: tl.constexpr,  # bits of the first digit
 ):
+    NB: tl.constexpr = 1 << W0
+    SHIFT: tl.constexpr = KB - W0
     pid = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -299,52 +352,57 @@ def _score_kernel(
         s = tl.sum(lab.to(tl.float32) * qc[None, :], axis=1)
         if HAS_SCALE:
             s = s * tl.load(lsc_ptr + bk + t, mask=tm, other=0.0).to(tl.float32)
-        tl.store(s_ptr + row.to(tl.int64) * S + t, s, mask=tm)
-        if HIST:
+        if KB == 16:  # the key is the fp16-rounded score (round to nearest even)
+            s16 = s.to(tl.float16)
+            tl.store(s_ptr + row.to(tl.int64) * S + t, s16, mask=tm)
+            bits = s16.to(tl.int16, bitcast=True).to(tl.int32)
+        else:
+            tl.store(s_ptr + row.to(tl.int64) * S + t, s, mask=tm)
             bits = s.to(tl.int32, bitcast=True)
-            key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed order of key = order of s (see _radix_kernel)
-            hist += tl.histogram(tl.where(tm, ((key >> 24) & 0xFF) ^ 0x80, 0), NB)
+        if HIST:
+            key = _order_key(bits, KB)
+            hist += tl.histogram(tl.where(tm, ((key >> SHIFT) & (NB - 1)) ^ (NB // 2), 0), NB)
             outside += tl.sum((~tm).to(tl.int32), 0)
     if HIST:
         bins = tl.arange(0, NB)
         hist -= tl.where(bins == 0, outside, 0)  # tokens past S were counted in bin 0
-        tl.atomic_add(hist_ptr + row * NB + bins, hist, mask=hist > 0)
-        _finish_pass(hist_ptr + row * NB, cnt_ptr + row, state_ptr + row * 2, 0, top_k, NPROG, 0, NB)
+        tl.atomic_add(hist_ptr + row * 256 + bins, hist, mask=hist > 0)
+        _finish_pass(hist_ptr + row * 256, cnt_ptr + row, state_ptr + row * 2, 0, top_k, NPROG, 0, SHIFT, NB, KB)
 
 
 @triton.jit
 def _radix_kernel(
-    s_ptr,  # [B·H, S] fp32 scores
-    hist_ptr,  # [4, B·H, NB] int32
-    cnt_ptr,  # [4, B·H] int32
-    state_ptr,  # [4, B·H, 2] int32: reads pass PASS - 1's, the last program writes pass PASS's
+    s_ptr,  # [B·H, S] fp32 or fp16 scores
+    hist_ptr,  # [P, B·H, 256] int32
+    cnt_ptr,  # [P, B·H] int32
+    state_ptr,  # [P, B·H, 2] int32: reads pass PASS - 1's, the last program writes pass PASS's
     S,
     R,
     NPROG,
-    PASS: tl.constexpr,  # 1, 2 or 3: the digit this launch counts
+    PASS: tl.constexpr,  # the digit this launch counts (1 ..)
+    SHIFT: tl.constexpr,  # key bits below this digit
+    W: tl.constexpr,  # bits of this digit
     ATOMIC: tl.constexpr,  # count with one atomic per matching key (few match) instead of tl.histogram
     BLOCK: tl.constexpr,
     TILES: tl.constexpr,
-    NB: tl.constexpr,
+    KB: tl.constexpr,
 ):
+    NB: tl.constexpr = 1 << W
     pid = tl.program_id(0)
     row = tl.program_id(1)
     prev = state_ptr + ((PASS - 1) * R + row) * 2
     pref = tl.load(prev)
     k_rem = tl.load(prev + 1)
-    hi = 32 - 8 * PASS  # bits of the prefix found so far
-    want = pref >> hi
-    out = hist_ptr + (PASS * R + row) * NB
+    want = pref >> (SHIFT + W)  # the prefix found so far (arithmetic shifts on both sides)
+    out = hist_ptr + (PASS * R + row) * 256
     hist = tl.zeros([NB], dtype=tl.int32)
     skipped = 0
     for i in range(TILES):
         t = (pid * TILES + i) * BLOCK + tl.arange(0, BLOCK)
         tm = t < S
-        bits = tl.load(s_ptr + row.to(tl.int64) * S + t, mask=tm, other=0.0).to(tl.int32, bitcast=True)
-        # an int32 whose signed order is the order of the fp32 scores: flip the magnitude bits of negatives
-        key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-        keep = tm & ((key >> hi) == want)
-        digit = (key >> (24 - 8 * PASS)) & 0xFF
+        key = _load_keys(s_ptr + row.to(tl.int64) * S + t, tm, KB)
+        keep = tm & ((key >> (SHIFT + W)) == want)
+        digit = (key >> SHIFT) & (NB - 1)
         if ATOMIC:
             tl.atomic_add(out + digit, tl.full([BLOCK], 1, tl.int32), mask=keep)
         else:
@@ -354,26 +412,28 @@ def _radix_kernel(
         bins = tl.arange(0, NB)
         hist -= tl.where(bins == 0, skipped, 0)
         tl.atomic_add(out + bins, hist, mask=hist > 0)
-    _finish_pass(out, cnt_ptr + PASS * R + row, state_ptr + (PASS * R + row) * 2, pref, k_rem, NPROG, PASS, NB)
+    _finish_pass(out, cnt_ptr + PASS * R + row, state_ptr + (PASS * R + row) * 2, pref, k_rem, NPROG, PASS, SHIFT,
+                 NB, KB)  # fmt: skip
 
 
 @triton.jit
 def _count_kernel(
-    s_ptr,  # [B·H, S] fp32 scores
-    state_ptr,  # [4, B·H, 2] int32, complete: pass 3's is (τ, keys = τ to take)
+    s_ptr,  # [B·H, S] fp32 or fp16 scores
+    state_ptr,  # [P, B·H, 2] int32, complete: the last pass's is (τ, keys = τ to take)
     cnt_ptr,  # [B·H, NBLK, 2] int32 out: keys > τ and keys = τ in each block
     S,
     R,
     NBLK,
+    LAST,  # index of the last pass
     BLOCK: tl.constexpr,
+    KB: tl.constexpr,
 ):
     blk = tl.program_id(0)
     row = tl.program_id(1)
-    tau = tl.load(state_ptr + (3 * R + row) * 2)  # the top_k-th largest key
+    tau = tl.load(state_ptr + (LAST * R + row) * 2)  # the top_k-th largest key
     t = blk * BLOCK + tl.arange(0, BLOCK)
     tm = t < S
-    bits = tl.load(s_ptr + row.to(tl.int64) * S + t, mask=tm, other=0.0).to(tl.int32, bitcast=True)
-    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    key = _load_keys(s_ptr + row.to(tl.int64) * S + t, tm, KB)
     c = (row.to(tl.int64) * NBLK + blk) * 2
     tl.store(cnt_ptr + c, tl.sum((tm & (key > tau)).to(tl.int32), 0))
     tl.store(cnt_ptr + c + 1, tl.sum((tm & (key == tau)).to(tl.int32), 0))
@@ -381,23 +441,25 @@ def _count_kernel(
 
 @triton.jit
 def _write_kernel(
-    s_ptr,  # [B·H, S] fp32 scores
-    state_ptr,  # [4, B·H, 2] int32, complete
+    s_ptr,  # [B·H, S] fp32 or fp16 scores
+    state_ptr,  # [P, B·H, 2] int32, complete
     cnt_ptr,  # [B·H, NBLK, 2] int32 from _count_kernel
     idx_ptr,  # [B·H, top_k] int32 out
     S,
     top_k,
     R,
     NBLK,
+    LAST,
     BLOCK: tl.constexpr,
     NBLKP: tl.constexpr,  # NBLK padded to a power of two
+    KB: tl.constexpr,
 ):
     """Each block writes its selected tokens in token order at the position the blocks before it
     leave: keys > τ all, keys = τ while their rank among equal keys (by token) is below k_eq."""
     blk = tl.program_id(0)
     row = tl.program_id(1)
-    tau = tl.load(state_ptr + (3 * R + row) * 2)
-    k_eq = tl.load(state_ptr + (3 * R + row) * 2 + 1)
+    tau = tl.load(state_ptr + (LAST * R + row) * 2)
+    k_eq = tl.load(state_ptr + (LAST * R + row) * 2 + 1)
     j = tl.arange(0, NBLKP)
     jm = j < NBLK
     c = (row.to(tl.int64) * NBLK + j) * 2
@@ -407,15 +469,18 @@ def _write_kernel(
     take_j = gt_j + tl.minimum(tl.maximum(k_eq - eq_before_j, 0), eq_j)
     earlier = j < blk
     base = tl.sum(tl.where(earlier, take_j, 0), 0)
-    eq_base = tl.sum(tl.where(earlier, eq_j, 0), 0)
+    eq_left = tl.maximum(k_eq - tl.sum(tl.where(earlier, eq_j, 0), 0), 0)  # keys = τ this block may take
     t = blk * BLOCK + tl.arange(0, BLOCK)
     tm = t < S
-    bits = tl.load(s_ptr + row.to(tl.int64) * S + t, mask=tm, other=0.0).to(tl.int32, bitcast=True)
-    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    key = _load_keys(s_ptr + row.to(tl.int64) * S + t, tm, KB)
+    gt = tm & (key > tau)
     eq = tm & (key == tau)
-    eq_rank = eq_base + tl.cumsum(eq.to(tl.int32), 0) - 1
-    take = (tm & (key > tau)) | (eq & (eq_rank < k_eq))
-    pos = base + tl.cumsum(take.to(tl.int32), 0) - 1
+    # one scan for both running counts (keys > τ in the low 16 bits, keys = τ above: BLOCK < 2**16)
+    both = tl.cumsum(gt.to(tl.int32) + (eq.to(tl.int32) << 16), 0)
+    n_gt = both & 0xFFFF
+    n_eq = both >> 16
+    take = gt | (eq & (n_eq <= eq_left))  # the first eq_left keys = τ of the block, in token order
+    pos = base + n_gt + tl.minimum(n_eq, eq_left) - 1
     tl.store(idx_ptr + row.to(tl.int64) * top_k + pos, t, mask=take)
 
 
@@ -623,8 +688,17 @@ def _check_config(config) -> Config:
         raise ValueError(f"config.select must be 'radix' or 'torch', got {cfg.select!r}")
     if cfg.splits is not None and (not isinstance(cfg.splits, int) or cfg.splits < 1):
         raise ValueError(f"config.splits must be None or a positive int, got {cfg.splits!r}")
-    if cfg.atomic_from_pass not in (1, 2, 3, 4):
-        raise ValueError(f"config.atomic_from_pass must be 1, 2, 3 or 4, got {cfg.atomic_from_pass!r}")
+    if cfg.score_dtype not in _DEFAULT_DIGITS:
+        raise ValueError(f"config.score_dtype must be 'float32' or 'float16', got {cfg.score_dtype!r}")
+    if cfg.digits is not None:
+        bits = 32 if cfg.score_dtype == "float32" else 16
+        digits = cfg.digits
+        if (not isinstance(digits, (tuple, list)) or not digits or sum(digits) != bits
+                or any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 8 for w in digits)):  # fmt: skip
+            raise ValueError(f"config.digits must be None or widths of 1..8 bits summing to {bits} "
+                             f"(the {cfg.score_dtype} key), got {digits!r}")  # fmt: skip
+    if isinstance(cfg.atomic_from_pass, bool) or not isinstance(cfg.atomic_from_pass, int) or cfg.atomic_from_pass < 1:
+        raise ValueError(f"config.atomic_from_pass must be a positive int, got {cfg.atomic_from_pass!r}")
     if not isinstance(cfg.score_tiles, int) or cfg.score_tiles < 1:
         raise ValueError(f"config.score_tiles must be a positive int, got {cfg.score_tiles!r}")
     return cfg
@@ -666,21 +740,28 @@ def _empty_index(*shape: int, device) -> torch.Tensor:
 def _select_radix(scores: torch.Tensor, work, top_k: int, nprog: int, cfg: Config) -> torch.Tensor:
     hist, cnt, state = work
     R, S = scores.shape
+    KB = 32 if scores.dtype == torch.float32 else 16
+    digits = cfg.key_digits()
     idx = _empty_index(R, top_k, device=scores.device)
-    for p in (1, 2, 3):
+    shift = KB - digits[0]
+    for p, w in enumerate(digits[1:], start=1):
+        shift -= w
         launch(
             _radix_kernel, (nprog, R),
-            scores, hist, cnt, state, S, R, nprog, PASS=p, ATOMIC=p >= cfg.atomic_from_pass,
-            BLOCK=cfg.score_block, TILES=cfg.score_tiles, NB=_BINS, num_warps=cfg.num_warps,
+            scores, hist, cnt, state, S, R, nprog, PASS=p, SHIFT=shift, W=w, ATOMIC=p >= cfg.atomic_from_pass,
+            BLOCK=cfg.score_block, TILES=cfg.score_tiles, KB=KB, num_warps=cfg.num_warps,
         )  # fmt: skip
-    # at most 1024 blocks per row: the write kernel reads every block's counts
-    block = max(cfg.select_block, next_power_of_2(triton.cdiv(S, 1024)))
+    # at most 1024 blocks per row where S allows (the write kernel reads every block's counts), and
+    # at most 2**14 tokens per block (the write kernel packs two running counts into one int32)
+    block = min(max(cfg.select_block, next_power_of_2(triton.cdiv(S, 1024))), _MAX_SELECT_BLOCK)
     nblk = triton.cdiv(S, block)
     counts = _empty_index(R, nblk, 2, device=scores.device)
-    launch(_count_kernel, (nblk, R), scores, state, counts, S, R, nblk, BLOCK=block, num_warps=cfg.num_warps)
+    last = len(digits) - 1
+    launch(_count_kernel, (nblk, R), scores, state, counts, S, R, nblk, last, BLOCK=block, KB=KB,
+           num_warps=cfg.num_warps)  # fmt: skip
     launch(
         _write_kernel, (nblk, R),
-        scores, state, counts, idx, S, top_k, R, nblk, BLOCK=block, NBLKP=max(2, next_power_of_2(nblk)),
+        scores, state, counts, idx, S, top_k, R, nblk, last, BLOCK=block, NBLKP=max(2, next_power_of_2(nblk)), KB=KB,
         num_warps=cfg.num_warps,
     )  # fmt: skip
     return idx
@@ -697,19 +778,22 @@ def _select(q, labels: Labels, channels: torch.Tensor, top_k: int, Hkv: int, cfg
         tiles = max(1, min(cfg.score_tiles, triton.cdiv(triton.cdiv(S, cfg.score_block) * R, wanted)))
         cfg = replace(cfg, score_tiles=tiles)
     radix = cfg.select == "radix"
-    scores = _triton.empty(R, S, device=q.device, dtype=torch.float32)
+    fp16_keys = cfg.score_dtype == "float16"
+    scores = _triton.empty(R, S, device=q.device, dtype=torch.float16 if fp16_keys else torch.float32)
     nprog = triton.cdiv(S, cfg.score_block * cfg.score_tiles)
+    P = len(cfg.key_digits())
     if radix:  # histograms and arrival counters zeroed in one go; the states are written by the passes
-        zeroed = torch.zeros(4 * R * (_BINS + 1), device=q.device, dtype=torch.int32)
-        work = (zeroed[: 4 * R * _BINS].view(4, R, _BINS), zeroed[4 * R * _BINS :].view(4, R),
-                _empty_index(4, R, 2, device=q.device))  # fmt: skip
+        zeroed = torch.zeros(P * R * (_BINS + 1), device=q.device, dtype=torch.int32)
+        work = (zeroed[: P * R * _BINS].view(P, R, _BINS), zeroed[P * R * _BINS :].view(P, R),
+                _empty_index(P, R, 2, device=q.device))  # fmt: skip
     else:
         work = (scores, scores, scores)  # unused
     launch(
         _score_kernel, (nprog, H, B),
         q, channels, labels.values, labels.scale if labels.scale is not None else labels.values, scores, *work,
         S, H, Hkv, R, top_k, nprog, D=D, RC=r, RP=max(2, next_power_of_2(r)), BLOCK=cfg.score_block,
-        TILES=cfg.score_tiles, HAS_SCALE=labels.scale is not None, HIST=radix, NB=_BINS, num_warps=cfg.num_warps,
+        TILES=cfg.score_tiles, HAS_SCALE=labels.scale is not None, HIST=radix, KB=16 if fp16_keys else 32,
+        W0=cfg.key_digits()[0], num_warps=cfg.num_warps,
     )  # fmt: skip
     if radix:
         return _select_radix(scores, work, top_k, nprog, cfg)
@@ -917,7 +1001,8 @@ def bytes_moved(B: int, H: int, Hkv: int, S: int, D: int, top_k: int, *, label_b
 
 def record_benchmark_launches(*, S: int = 262144, B: int = 1, H: int = 32) -> list:
     """Every kernel launch of the benchmark's path (fp16 caches, ``D = 128``, ``top_k = S/16``; int8
-    ``r = 16`` and fp16 ``r = 8`` labels; sparse and dense attention; the offload gather), recorded on
+    ``r = 16`` and fp16 ``r = 8`` labels, fp32 and fp16 score keys; sparse and dense attention; the
+    offload gather), recorded on
     ``meta`` tensors instead of run: ``kernels.tools.compile_double_sparsity`` compiles them for the
     GPU without one (the interpreter accepts what the GPU compiler may reject)."""
 
@@ -931,6 +1016,9 @@ def record_benchmark_launches(*, S: int = 262144, B: int = 1, H: int = 32) -> li
     with _triton.recorded_launches() as launches:
         idx = _select(q, Labels(meta(B, H, S, 16, dtype=torch.int8), meta(B, H, S)), ch, top_k, H, cfg)
         _select(q, Labels(meta(B, H, S, 8)), ch[:, :8], top_k, H, cfg)
+        fp16_keys = replace(cfg, score_dtype="float16")  # rounded scores: 16-bit keys, three digits
+        _select(q, Labels(meta(B, H, S, 16, dtype=torch.int8), meta(B, H, S)), ch, top_k, H, fp16_keys)
+        _select(q, Labels(meta(B, H, S, 8)), ch[:, :8], top_k, H, fp16_keys)
         _attend(q, k, v, idx, top_k, 0.1, cfg)
         _attend(q, k, v, None, S, 0.1, cfg)
         gather_rows(idx, k, v, H)

@@ -256,7 +256,9 @@ def test_every_load_and_store_stays_inside_its_tensors():
         lab = ds.build_labels(k, ch, bits=8)
         o8 = ds.decode_with_labels(q, k, v, lab, ch, top_k=11)
         idx = ds.select(q, lab, ch, top_k=11)
+        idx16 = ds.select(q, lab, ch, top_k=11, config=FP16_KEYS)
     assert rel_err(o, reference_decode(q, k, v, ch, 11)) < 1e-4
+    assert bool(((idx16 >= 0) & (idx16 < 70)).all())
     assert torch.isfinite(o8).all() and idx.shape == (1, 6, 11)
     q, k, v, ch = problem(1, 4, 2, 50, 16, 2)
     idx = ds.select(q, ds.build_labels(k, ch), ch, top_k=9)
@@ -312,6 +314,10 @@ def test_kernels_compile_for_the_h100():
         (dict(scale=float("inf")), ValueError, "scale"),
         (dict(config="fast"), TypeError, "config must be a kernels.double_sparsity.Config"),
         (dict(config=ds.Config(select="sort")), ValueError, "config.select"),
+        (dict(config=ds.Config(score_dtype="bfloat16")), ValueError, "config.score_dtype"),
+        (dict(config=ds.Config(score_dtype="float16", digits=(8, 8, 8, 8))), ValueError, "summing to 16"),
+        (dict(config=ds.Config(digits=(16, 16))), ValueError, "config.digits"),
+        (dict(config=ds.Config(atomic_from_pass=0)), ValueError, "config.atomic_from_pass"),
     ],
 )
 def test_bad_input_raises_a_clear_error(change, exc, words):
@@ -354,6 +360,89 @@ def test_offloaded_step_equals_the_on_device_sparse_step(bits):
                           v[:1], labels[:1], ch[:1], top_k=12)  # fmt: skip
     assert torch.allclose(one, model.output(0, x, o0))
     assert not torch.equal(own, want)  # the prediction does change later layers' selections here
+
+
+# ------------------------------------------------------------------------ fp16 score keys
+
+FP16_KEYS = ds.Config(score_dtype="float16")
+
+
+def dyadic_problem(B, H, Hkv, S, D, r, *, seed=0):
+    """Queries and keys on a grid of 1/64 (and below 8 in size): every label score (a sum of at most
+    16 products, multiples of 2**-12 below 2**10) is exact in fp32 whatever the order of the sum, so
+    its fp16 rounding is known exactly — and fp16's 11 bits round many of them together."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.round(torch.randn(B, H, D, generator=g).clamp(-7, 7) * 64) / 64
+    k = torch.round(torch.randn(B, Hkv, S, D, generator=g).clamp(-7, 7) * 64) / 64
+    channels = torch.stack([torch.randperm(D, generator=g)[:r] for _ in range(Hkv)])
+    return q.to(DEVICE), k.to(DEVICE), channels
+
+
+def exact_scores(q, k, ch):
+    return ref.label_scores(q.double().cpu(), ref.gather_labels(k.double().cpu(), ch), ch)
+
+
+def top_k_set(scores, top_k):
+    return ref.top_k_indices(scores, top_k).sort(dim=-1).values
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        FP16_KEYS,  # digits (5, 5, 6), the last by atomics
+        ds.Config(score_dtype="float16", digits=(8, 8), atomic_from_pass=1, score_block=64, select_block=32),
+        ds.Config(score_dtype="float16", digits=(2, 7, 7), atomic_from_pass=3, score_block=32, score_tiles=2),
+        ds.Config(score_dtype="float16", digits=(4, 4, 4, 4), select_block=32),
+    ],
+    ids=["default", "two-bytes-atomic", "histograms", "four-digits"],
+)
+def test_fp16_keys_select_the_exact_top_k_of_the_rounded_scores(config):
+    """The fp16-key selection is the exact top-k of the fp16-rounded scores (ties to the lower index),
+    for every digit layout; it differs from the fp32 selection, and only at scores within fp16
+    rounding of the k-th."""
+    q, k, ch = dyadic_problem(1, 4, 2, 1024, 16, 8, seed=1)  # seed 1: rounding moves 19 tokens across the k-th
+    top_k = 64
+    lab = ds.build_labels(k, ch)
+    got = ds.select(q, lab, ch, top_k=top_k, config=config).cpu().long()
+    s = exact_scores(q, k, ch)  # exact in fp32 too
+    s16 = s.float().half().double()
+    assert torch.equal(got, top_k_set(s16, top_k))
+    fp32 = ds.select(q, lab, ch, top_k=top_k).cpu().long()
+    assert torch.equal(fp32, top_k_set(s, top_k))
+    kth = s.sort(dim=-1, descending=True).values[..., top_k - 1 : top_k]
+    ulp = torch.finfo(torch.float16).eps * kth.abs().float().half().double()  # fp16 spacing at the k-th
+    differs = 0
+    for row in range(4):
+        a, b = set(got.view(4, -1)[row].tolist()), set(fp32.view(4, -1)[row].tolist())
+        for t in a ^ b:
+            differs += 1
+            assert abs(float(s.view(4, -1)[row, t] - kth.view(4)[row])) <= float(ulp.view(4)[row]), (row, t)
+    assert differs > 0, "the data should make fp16 rounding change the selection somewhere"
+
+
+@pytest.mark.parametrize("score_dtype", ["float32", "float16"])
+def test_signed_zeros_tie_and_go_to_the_lower_index(score_dtype):
+    """Scores of +0.0 and -0.0 are equal scores: the k-th falls among them, the lower indices win."""
+    S, top_k = 64, 20
+    q = torch.tensor([[[1.0, 1.0]]])
+    lab = torch.zeros(1, 1, S, 2)
+    lab[0, 0, 1::2] = -0.0  # -0.0 · 1 + -0.0 · 1 = -0.0: every odd token scores -0.0
+    lab[0, 0, 40:45] = 1.0  # five positive scores
+    lab[0, 0, 50:53] = -1.0  # three negative ones
+    idx = ds.select(q.to(DEVICE), lab.to(DEVICE), torch.tensor([[0, 1]]), top_k=top_k,
+                    config=ds.Config(score_dtype=score_dtype)).cpu().long()  # fmt: skip
+    want = torch.tensor(sorted([40, 41, 42, 43, 44] + list(range(15))))
+    assert torch.equal(idx.view(-1), want)
+
+
+@pytest.mark.parametrize("integer", [False, True], ids=["random", "ties"])
+def test_decode_with_fp16_keys_is_exact_attention_over_its_selection(integer):
+    q, k, v, ch = problem(2, 4, 2, 200, 16, 4, integer=integer, seed=3)
+    lab = ds.build_labels(k, ch)
+    o = ds.decode_with_labels(q, k, v, lab, ch, top_k=30, scale=0.4, config=FP16_KEYS)
+    idx = ds.select(q, lab, ch, top_k=30, config=FP16_KEYS)
+    assert torch.equal(idx.cpu().long(), top_k_set(exact_scores(q, k, ch).float().half().double(), 30))
+    assert torch.equal(o, ds.sparse_attention(q, k, v, idx, scale=0.4))
 
 
 # ------------------------------------------------------------------------ GPU
@@ -417,3 +506,31 @@ def test_gpu_offloaded_step_from_pinned_memory_equals_the_on_device_step():
     torch.cuda.synchronize()
     assert torch.equal(got, want), f"fetch mode {dec.fetch_mode}"
     assert torch.equal(got2, want) and {lane for lane, *_ in spans} == {"compute stream", "select stream", "fetch stream"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [8, 16])
+def test_gpu_fp16_keys_select_the_top_k_of_the_rounded_scores(bits):
+    """S = 32k: the fp16-key selection against the top-k (ties to the lower index) of torch's fp32
+    label scores rounded to fp16. The kernel sums in another order, so a score's fp32 value (and,
+    rarely, its fp16 rounding) may differ by a unit: tokens may differ only at the k-th fp16 value."""
+    B, H, S, D, top_k = 1, 8, 32768, 128, 2048
+    q, k, v, ch = problem(B, H, H, S, D, 16 if bits == 8 else 8, dtype=torch.float16, seed=6)
+    lab = ds.build_labels(k, ch, bits=bits)
+    idx = ds.select(q, lab, ch, top_k=top_k, config=FP16_KEYS).long()
+    assert bool((idx[..., 1:] > idx[..., :-1]).all())
+    values = lab.values.float() * (lab.scale.float()[..., None] if lab.scale is not None else 1.0)
+    qc = q.float().gather(2, ch.to(DEVICE).long()[None].expand(B, -1, -1))
+    s16 = torch.einsum("bhr,bhsr->bhs", qc, values).half().float()
+    order = torch.sort(-s16, dim=-1, stable=True).indices[..., :top_k].sort(dim=-1).values
+    kth = s16.gather(2, order).min(dim=-1, keepdim=True).values
+    ulp = torch.finfo(torch.float16).eps * kth.abs()
+    mine, theirs = torch.zeros_like(s16, dtype=torch.bool), torch.zeros_like(s16, dtype=torch.bool)
+    mine.scatter_(2, idx, True)
+    theirs.scatter_(2, order, True)
+    differ = mine ^ theirs
+    assert bool(((s16 - kth).abs() <= ulp)[differ].all()), "a token away from the k-th fp16 score differs"
+    assert int(differ.sum()) <= 2 * B * H * 8, int(differ.sum())
+    o = ds.decode_with_labels(q, k, v, lab, ch, top_k=top_k, config=FP16_KEYS)
+    assert torch.equal(o, ds.sparse_attention(q, k, v, idx.int()))
+
