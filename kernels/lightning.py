@@ -167,14 +167,21 @@ def _chunk_scan_kernel(
         distance = cols - rows  # s - t: the future feeds the past
     else:
         distance = rows - cols  # t - s: the past feeds the present
-    causal = distance >= 0
-    mask_weight = tl.where(causal, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0)
+    mask_weight = tl.where(distance >= 0, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0)
     mask_weight = mask_weight * scale_b
     for i in range(n_blocks):
         if REVERSE:
             t0 = seg_start + (n_blocks - 1 - i) * BLOCK_T
         else:
             t0 = seg_start + i * BLOCK_T
+        # The causal predicate, rebuilt from absolute positions in each iteration: the same values
+        # as ``distance >= 0``, but not loop-invariant, so the compiler does not hoist a second
+        # [BLOCK_T, BLOCK_T] tile that would stay live across the loop (it pushed the kernel
+        # into spills on sm_90).
+        if REVERSE:
+            causal = (t0 + offs_t)[None, :] >= (t0 + offs_t)[:, None]
+        else:
+            causal = (t0 + offs_t)[:, None] >= (t0 + offs_t)[None, :]
         n = tl.minimum(BLOCK_T, seg_end - t0)
         t_valid = offs_t < n
         j = (offs_t + 1).to(tl.float32)  # local index 1..BLOCK_T
@@ -275,13 +282,13 @@ def _dkdv_kernel(
 
     # Reverse mask: entry (t, s) = λ^(s-t) for s ≥ t — the transpose of the forward's D.
     distance = offs_t[None, :] - offs_t[:, None]
-    causal = distance >= 0
-    mask_weight = tl.where(causal, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0) * scale
+    mask_weight = tl.where(distance >= 0, tl.exp2(tl.maximum(distance, 0).to(tl.float32) * log2_decay), 0.0) * scale
 
     base_k = i_bh * T * DK
     base_v = i_bh * T * DV
     for i in range(n_blocks):
         t0 = seg_start + (n_blocks - 1 - i) * BLOCK_T
+        causal = (t0 + offs_t)[None, :] >= (t0 + offs_t)[:, None]  # rebuilt per block: see _chunk_scan_kernel
         n = tl.minimum(BLOCK_T, seg_end - t0)
         t_valid = offs_t < n
         j = (offs_t + 1).to(tl.float32)
