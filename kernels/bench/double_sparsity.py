@@ -9,8 +9,11 @@ key bits two ways: ``r = 16`` channels at 8 bits (int8 plus one fp16 scale per t
 16 bits. Each case is checked first (our output against fp32 torch attention over the indices our
 selection chose; our selection against ``torch.topk`` of fp32 label scores), then timed twice:
 eagerly (``do_bench``: Python launches included) and as a CUDA graph replay (``do_bench_cudagraph``:
-what a serving loop that captures its decode step pays). Our top-k is timed both ways
-(``Config(select="radix")``, the default, and ``select="torch"``).
+what a serving loop that captures its decode step pays). Ours is timed with both score keys:
+the fp32 scores (the default: the reference's selection) and the scores rounded to fp16
+(``Config(score_dtype="float16")``: the exact top-k of the rounded scores, checked against torch's
+stable top-k of the same rounding); and with ``torch.topk`` in place of our selection
+(``select="torch"``).
 
 Part 2 — offloaded decoding (``kernels.double_sparsity_offload``): a synthetic 4-layer decoder with
 random weights (``d_model = 4096, H = 32, D = 128``, fp16; per layer RMSNorm, W_q, attention, W_o),
@@ -24,7 +27,8 @@ with the caches on the GPU (equal outputs).
 Writes ``docs/benchmarks/double_sparsity.json`` / ``.png`` and ``double_sparsity_offload.json`` /
 ``double_sparsity_offload_timeline.png`` (and copies to ``$OUT`` when set) as it goes. Options:
 ``--quick`` (S = 32k, B = 1 only; small offload), ``--lengths``, ``--batches``, ``--no-offload``,
-``--out DIR``, ``--budget-s S`` (default 230: later cases are skipped, never cut mid-way).
+``--no-decode``, ``--no-sweep``, ``--out DIR``, ``--budget-s S`` (default 230: later cases are
+skipped, never cut mid-way).
 """
 
 from __future__ import annotations
@@ -56,11 +60,15 @@ PLOT_LABELS = {
     "ours_dense": "ours, dense (top_k = S)",
     "torch_sparse_r8_16bit": "torch sparse step (r=8, 16-bit)",
     "torch_sparse_r16_8bit": "torch sparse step (r=16, 8-bit)",
-    "ours_r8_16bit": "ours (r=8, 16-bit)",
-    "ours_r16_8bit": "ours (r=16, 8-bit)",
+    "ours_r8_16bit": "ours, fp32 keys (r=8, 16-bit)",
+    "ours_r16_8bit": "ours, fp32 keys (r=16, 8-bit)",
     "ours_r16_8bit_torch_topk": "ours with torch.topk (r=16, 8-bit)",
-    "ours_r16_8bit_tuned": "ours, swept settings (r=16, 8-bit)",
+    "ours_r8_16bit_fp16keys": "ours, fp16 keys (r=8, 16-bit)",
+    "ours_r16_8bit_fp16keys": "ours, fp16 keys (r=16, 8-bit)",
 }
+#: The score keys timed: the fp32 scores (the default, the reference's selection) and the scores
+#: rounded to fp16 (``Config(score_dtype="float16")``: the exact top-k of the rounded scores).
+KEYS = {"": {}, "_fp16keys": {"score_dtype": "float16"}}
 
 
 def _rel(a, b) -> float:
@@ -95,7 +103,8 @@ def _sdpa(q, k, v):
 
 
 def _check(q, k, v, lab, channels, top_k, cfg) -> dict:
-    """Ours against fp32 torch attention over our indices, and our selection against torch.topk."""
+    """Ours against fp32 torch attention over our indices, and our selection against torch.topk
+    (of the fp32 scores; with fp16 keys also the stable top-k of the scores rounded to fp16)."""
     from kernels import double_sparsity as ds
 
     o = ds.decode_with_labels(q, k, v, lab, channels, top_k=top_k, config=cfg)
@@ -110,22 +119,50 @@ def _check(q, k, v, lab, channels, top_k, cfg) -> dict:
     chosen = s.gather(2, idx)
     t_idx = s.topk(top_k, dim=-1).indices
     overlap = torch.zeros_like(s, dtype=torch.bool).scatter_(2, t_idx, True).gather(2, idx).float().mean()
-    return {
+    out = {
         "o_rel_err_vs_fp32_same_indices": round(_rel(o, want), 6),
         "selected_below_kth_score": int((chosen < kth - 1e-4 * kth.abs().clamp_min(1)).sum()),
         "overlap_with_torch_topk": round(float(overlap), 6),
         "indices_increasing": bool((idx[..., 1:] > idx[..., :-1]).all()),
     }
+    if cfg is not None and cfg.score_dtype == "float16":
+        # torch sums in another order: a score's fp32 value (rarely its fp16 rounding) may differ by a unit
+        s16 = s.half().float()
+        order = torch.sort(-s16, dim=-1, stable=True).indices[..., :top_k]
+        mine = torch.zeros_like(s16, dtype=torch.bool).scatter_(2, idx, True)
+        theirs = torch.zeros_like(s16, dtype=torch.bool).scatter_(2, order, True)
+        kth16 = s16.gather(2, order).min(dim=-1, keepdim=True).values
+        differ = mine ^ theirs
+        far = differ & ((s16 - kth16).abs() > torch.finfo(torch.float16).eps * kth16.abs())
+        out["fp16_tokens_differing_from_torch_fp16_topk"] = int(differ.sum())
+        out["fp16_differing_tokens_beyond_one_fp16_unit_of_kth"] = int(far.sum())
+        out["fp16_tokens_differing_from_fp32_topk"] = int((~mine).logical_and(
+            torch.zeros_like(mine).scatter_(2, t_idx, True)).sum())  # fmt: skip
+    return out
 
 
 #: Launch settings tried at the longest cache (each checked against the default first): the
 #: selection (label scores, radix passes, counting and writing) and the attention, timed apart.
 SELECT_SWEEP = {
     "default": {},
-    "score_tiles_4": dict(score_tiles=4),
+    "score_tiles_8": dict(score_tiles=8),
     "warps_8": dict(num_warps=8),
     "atomic_from_pass_1": dict(atomic_from_pass=1),
     "select_block_4096": dict(select_block=4096),
+    "digits_5_5_6_8_8": dict(digits=(5, 5, 6, 8, 8)),
+    "fp16keys": dict(score_dtype="float16"),
+    "fp16keys_digits_8_8": dict(score_dtype="float16", digits=(8, 8)),
+    "fp16keys_digits_8_8_hist": dict(score_dtype="float16", digits=(8, 8), atomic_from_pass=2),
+    "fp16keys_digits_6_5_5": dict(score_dtype="float16", digits=(6, 5, 5)),
+    "fp16keys_digits_4_6_6": dict(score_dtype="float16", digits=(4, 6, 6)),
+    "fp16keys_digits_5_5_6_hist": dict(score_dtype="float16", atomic_from_pass=3),
+    "fp16keys_digits_5_5_6_atomic": dict(score_dtype="float16", atomic_from_pass=1),
+    "fp16keys_score_tiles_2": dict(score_dtype="float16", score_tiles=2),
+    "fp16keys_score_tiles_8": dict(score_dtype="float16", score_tiles=8),
+    "fp16keys_score_block_2048": dict(score_dtype="float16", score_block=2048, score_tiles=2),
+    "fp16keys_warps_8": dict(score_dtype="float16", num_warps=8),
+    "fp16keys_select_block_4096": dict(score_dtype="float16", select_block=4096),
+    "fp16keys_select_block_8192": dict(score_dtype="float16", select_block=8192),
 }
 ATTN_SWEEP = {
     "default": {},
@@ -146,11 +183,13 @@ def _sweep(q, k, v, lab, ch, top_k, log) -> dict:
     B, H_ = q.shape[:2]
     out = {"select": {}, "attention": {}}
     idx0 = ds.select(q, lab, ch, top_k=top_k)
+    idx16 = ds.select(q, lab, ch, top_k=top_k, config=ds.Config(score_dtype="float16"))
     o0 = ds.sparse_attention(q, k, v, idx0)
     for name, kw in SELECT_SWEEP.items():
         cfg = dataclasses.replace(ds.DEFAULT_CONFIG, **kw)
-        try:
-            same = bool(torch.equal(ds.select(q, lab, ch, top_k=top_k, config=cfg), idx0))
+        try:  # the same indices as the default of the same score keys
+            want = idx16 if cfg.score_dtype == "float16" else idx0
+            same = bool(torch.equal(ds.select(q, lab, ch, top_k=top_k, config=cfg), want))
             out["select"][name] = {"ms": _time(lambda: ds.select(q, lab, ch, top_k=top_k, config=cfg), True, 100),
                                    "same_indices": same}  # fmt: skip
         except Exception as err:
@@ -170,18 +209,20 @@ def _sweep(q, k, v, lab, ch, top_k, log) -> dict:
     return out
 
 
-def _best_config(sweep: dict):
-    """The default with the fastest correct selection setting and the fastest correct attention setting."""
+def _best_config(sweep: dict, fp16_keys: bool):
+    """The default with the fastest correct selection setting (of the given score keys) and the
+    fastest correct attention setting."""
     import dataclasses
 
     from kernels import double_sparsity as ds
 
     def fastest(entries, ok):
-        good = {n: e for n, e in entries.items() if "ms" in e and ok(e)}
-        return min(good, key=lambda n: good[n]["ms"]) if good else "default"
+        good = {n: e for n, e in entries.items() if "ms" in e and ok(n, e)}
+        return min(good, key=lambda n: good[n]["ms"]) if good else None
 
-    sel = fastest(sweep["select"], lambda e: e["same_indices"])
-    att = fastest(sweep["attention"], lambda e: e["rel_err_vs_default"] < 1e-3)
+    sel = fastest(sweep["select"], lambda n, e: e["same_indices"] and n.startswith("fp16keys") == fp16_keys)
+    sel = sel or ("fp16keys" if fp16_keys else "default")
+    att = fastest(sweep["attention"], lambda n, e: e["rel_err_vs_default"] < 1e-3) or "default"
     kw = dict(SELECT_SWEEP[sel])
     kw.update(sweep["attention"][att].get("config", {}) if att != "default" else {})
     return dataclasses.replace(ds.DEFAULT_CONFIG, **kw)
@@ -239,9 +280,12 @@ def decode_part(args, env, ceilings, log, started, batches, state) -> dict:
                 b = _bytes(B, S, top_k, r, bits)
                 row["bytes"][name] = b
                 row["floor_ms"][name] = {kk: round(vv / (ceilings["copy_TBps"] * 1e12) * 1e3, 4) for kk, vv in b.items()}
-                row["check"][name] = _check(q, k, v, labs[name], chs[name], top_k, None)
                 lab, ch = labs[name], chs[name]
-                impls[f"ours_{name}"] = (lambda lab=lab, ch=ch: ds.decode_with_labels(q, k, v, lab, ch, top_k=top_k))
+                for suffix, kw in KEYS.items():
+                    cfg = ds.Config(**kw)
+                    row["check"][name + suffix] = _check(q, k, v, lab, ch, top_k, cfg)
+                    impls[f"ours_{name}{suffix}"] = (
+                        lambda lab=lab, ch=ch, cfg=cfg: ds.decode_with_labels(q, k, v, lab, ch, top_k=top_k, config=cfg))
                 impls[f"torch_sparse_{name}"] = (
                     lambda lab=lab, ch=ch: _torch_sparse(q, k, v, lab.values, lab.scale, ch, top_k))  # fmt: skip
             lab, ch = labs["r16_8bit"], chs["r16_8bit"]
@@ -251,20 +295,23 @@ def decode_part(args, env, ceilings, log, started, batches, state) -> dict:
             row["check"]["ours_dense_vs_sdpa_rel"] = (
                 round(_rel(impls["ours_dense"](), impls["sdpa_dense"]()), 6) if "ours_dense" in impls else None)  # fmt: skip
             log(f"S={S} B={B}: check {row['check']}")
-            if S == max(lengths) and B == 1:
-                profiles[f"S{S}_B{B}_ours_r16_8bit"] = common.profile_kernels(impls["ours_r16_8bit"], top=12)
-                profiles[f"S{S}_B{B}_torch_sparse_r16_8bit"] = common.profile_kernels(impls["torch_sparse_r16_8bit"], top=12)
+            if S == max(lengths):
+                for name in ("ours_r16_8bit", "ours_r16_8bit_fp16keys", "ours_r8_16bit_fp16keys",
+                             "ours_r16_8bit_torch_topk", "torch_sparse_r16_8bit"):  # fmt: skip
+                    profiles[f"S{S}_B{B}_{name}"] = common.profile_kernels(impls[name], top=12)
                 log(f"profile {profiles}")
             rep = 60 if S * B <= 262144 else 150
-            if S == max(lengths) and not args.quick:
+            if S == max(lengths) and B == 1 and not args.quick and not args.no_sweep:
                 row["sweep"] = _sweep(q, k, v, labs["r16_8bit"], chs["r16_8bit"], top_k, log)
-                tuned = _best_config(row["sweep"])
-                row["tuned_config"] = tuned.__dict__
-                for name in LABELS:
-                    lab, ch = labs[name], chs[name]
-                    impls[f"ours_{name}_tuned"] = (
-                        lambda lab=lab, ch=ch: ds.decode_with_labels(q, k, v, lab, ch, top_k=top_k, config=tuned))  # fmt: skip
-                row["check"]["tuned_vs_default_rel"] = round(_rel(impls["ours_r16_8bit_tuned"](), impls["ours_r16_8bit"]()), 6)
+                row["tuned_config"] = {}
+                for suffix in KEYS:
+                    tuned = _best_config(row["sweep"], fp16_keys=bool(suffix))
+                    row["tuned_config"][suffix or "_fp32keys"] = {kk: str(vv) for kk, vv in tuned.__dict__.items()}
+                    for name in LABELS:
+                        lab, ch = labs[name], chs[name]
+                        impls[f"ours_{name}{suffix}_tuned"] = (
+                            lambda lab=lab, ch=ch, tuned=tuned: ds.decode_with_labels(q, k, v, lab, ch, top_k=top_k,
+                                                                                      config=tuned))  # fmt: skip
             for name, fn in impls.items():
                 entry = {}
                 for mode, graph in (("eager", False), ("graph", True)):
@@ -281,14 +328,17 @@ def decode_part(args, env, ceilings, log, started, batches, state) -> dict:
                     if dense and t:
                         row[name][f"{mode}_speedup_vs_sdpa_dense"] = round(dense / t, 3)
                 for name in LABELS:
-                    a, b = row[f"ours_{name}"].get(f"{mode}_ms"), row[f"torch_sparse_{name}"].get(f"{mode}_ms")
-                    if a and b:
-                        row[f"ours_{name}"][f"{mode}_speedup_vs_torch_sparse"] = round(b / a, 3)
+                    for suffix in KEYS:
+                        a, b = row[f"ours_{name}{suffix}"].get(f"{mode}_ms"), row[f"torch_sparse_{name}"].get(f"{mode}_ms")
+                        if a and b:
+                            row[f"ours_{name}{suffix}"][f"{mode}_speedup_vs_torch_sparse"] = round(b / a, 3)
             for name in LABELS:
-                t = row[f"ours_{name}"].get("graph_ms")
-                if t:
-                    row[f"ours_{name}"]["fraction_of_sparse_floor"] = round(row["floor_ms"][name]["sparse"] / t, 3)
-                    row[f"ours_{name}"]["achieved_TBps_sparse_bytes"] = round(row["bytes"][name]["sparse"] / t / 1e9, 3)
+                for suffix in KEYS:
+                    t = row[f"ours_{name}{suffix}"].get("graph_ms")
+                    if t:
+                        entry = row[f"ours_{name}{suffix}"]
+                        entry["fraction_of_sparse_floor"] = round(row["floor_ms"][name]["sparse"] / t, 3)
+                        entry["achieved_TBps_sparse_bytes"] = round(row["bytes"][name]["sparse"] / t / 1e9, 3)
             t = row["sdpa_dense"].get("graph_ms")
             if t:
                 row["sdpa_dense"]["achieved_TBps"] = round(row["bytes"]["r8_16bit"]["dense"] / t / 1e9, 3)
@@ -451,8 +501,10 @@ def offload_part(args, env, log, started) -> dict:
         row["sparse_bytes_fetched_per_step_GB"] = round(fetched / 1e9, 3)
         row["dense_bytes_fetched_per_step_GB"] = round(2 * B * H * S * D * ELEM * L / 1e9, 3)
         rows.append(row)
+        torch.cuda.synchronize()
         del sparse, dense, host_k, host_v, labels
         torch.cuda.empty_cache()
+        _release_pinned_memory()
         result.update({
             "model": "synthetic decoder, random weights: per layer RMSNorm, W_q, attention over the layer's cache, W_o, residual; "
                      "caches given (not appended); B = 1, fp16",
@@ -465,6 +517,14 @@ def offload_part(args, env, log, started) -> dict:
         except Exception as err:
             print(f"timeline plot failed: {err!r}", flush=True)
     return result
+
+
+def _release_pinned_memory() -> None:
+    """Hand the pinned host blocks torch caches back to the driver now (a run of 16 GB of pinned
+    caches otherwise lives until the interpreter's exit)."""
+    empty = getattr(torch._C, "_host_emptyCache", None)
+    if empty is not None:
+        empty()
 
 
 def _plot_timeline(result, path):
@@ -510,6 +570,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=None)
     parser.add_argument("--batches", type=int, nargs="+", default=None)
     parser.add_argument("--no-offload", action="store_true")
+    parser.add_argument("--no-decode", action="store_true", help="the offloaded decoding part only")
+    parser.add_argument("--no-sweep", action="store_true", help="no launch-setting sweep at the longest cache")
     parser.add_argument("--out", default=None, help="directory for the JSONs and plots (default docs/benchmarks)")
     parser.add_argument("--budget-s", type=float, default=230.0)
     args = parser.parse_args(argv)
@@ -526,12 +588,18 @@ def main(argv: list[str]) -> int:
     state = {"rows": [], "profiles": {}, "skipped": []}
     # B = 1 first, then the offloaded decoder, then larger batches: a run cut short keeps the headline cases
     result = None
-    if 1 in batches:
+    if 1 in batches and not args.no_decode:
         result = decode_part(args, env, ceilings, log, started, [1], state)
     offload = None if args.no_offload else offload_part(args, env, log, started)
-    if any(b != 1 for b in batches):
+    if any(b != 1 for b in batches) and not args.no_decode:
         result = decode_part(args, env, ceilings, log, started, [b for b in batches if b != 1], state)
     stack_dumps.set()
+    import threading
+
+    for thread in threading.enumerate():  # the stack-dump thread ends before the interpreter does
+        if thread.name == "stack-dumps":
+            thread.join(timeout=5)
+    torch.cuda.synchronize()
     _print_table(result, offload)
     return 0
 
