@@ -53,6 +53,7 @@ concatenation none.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -64,7 +65,7 @@ from kernels import _triton
 from kernels._triton import INTERPRETER, check_device, check_dtype, next_power_of_2
 from kernels.block_sparse import BLOCKS, check_block, check_inputs, refuse_autograd
 
-__all__ = ["ground_truth", "pool", "pool_features", "Config", "DEFAULT_CONFIG", "config_for", "POOL_KINDS"]
+__all__ = ["ground_truth", "gate_topk", "pool", "pool_features", "Config", "DEFAULT_CONFIG", "config_for", "POOL_KINDS"]
 
 POOL_KINDS = ("avg", "max", "min")
 
@@ -200,6 +201,90 @@ def _masked_scores(q, k_base, skt, j, offs_m, offs_n, kmask, T, qk_scale, BLOCK:
 
 
 @triton.jit
+def _gate_topk_kernel(
+    QG, KG, COS, SIN, COUNTS, P, MASK,
+    sqb, sqh, sqn,
+    skb, skh, skn,
+    H, N, GROUP, scale,
+    DG: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr, ROW: tl.constexpr,
+    SUB: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Block-rows ``TILE·p … TILE·p + TILE − 1`` of one head: (1) their logits over the causal key
+    blocks into ``P``; (2) ``SUB`` rows at a time read back whole (``ROW`` ≥ N columns), softmax,
+    top-k by a bitwise search for the k-th largest probability, mask and probabilities stored."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    i0 = pid_m * TILE
+
+    # 1. logits of the tile's rows: RoPE (rotate-half, the block's first position) on the fly
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < DG
+    partner = tl.where(offs_d < DG // 2, offs_d + DG // 2, offs_d - DG // 2)
+    sign = tl.where(offs_d < DG // 2, -1.0, 1.0)
+    rows = i0 + tl.arange(0, TILE)
+    q = _rotated(QG + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, sqn, rows, N, COS, SIN, offs_d, partner, sign, dmask, DG)
+    k_base = KG + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    p_base = P + pid_bh.to(tl.int64) * N * N
+    offs_c = tl.arange(0, CHUNK)
+    for c in range(0, tl.minimum(i0 + TILE, N), CHUNK):
+        cols = c + offs_c
+        kc = _rotated(k_base, skn, cols, N, COS, SIN, offs_d, partner, sign, dmask, DG)
+        s = tl.dot(q, tl.trans(kc), input_precision=PRECISION) * scale
+        tl.store(p_base + rows[:, None] * N + cols[None, :], s,
+                 mask=(rows < N)[:, None] & (cols[None, :] <= rows[:, None]))  # fmt: skip
+    tl.debug_barrier()  # the logits above are read back by other threads of this program
+
+    # 2. per row: softmax over j ≤ i, then keep the diagonal and the k_i − 1 most probable j < i
+    #    (ties to the lower index), k_i from COUNTS
+    offs_r = tl.arange(0, ROW)
+    for r0 in tl.static_range(0, TILE, SUB):
+        i = i0 + r0 + tl.arange(0, SUB)
+        i_in = i < N
+        ptrs = p_base + i[:, None] * N + offs_r[None, :]
+        causal = i_in[:, None] & (offs_r[None, :] <= i[:, None])
+        s = tl.load(ptrs, mask=causal, other=float("-inf"))
+        # rows past the end see nothing: their max and sum are set so that they come out all 0
+        shifted = s - tl.where(i_in, tl.max(s, 1), 0.0)[:, None]
+        z = tl.where(i_in, tl.sum(tl.exp(shifted), 1), 1.0)
+        p = tl.exp(shifted - tl.log(z)[:, None])  # 0 where not causal
+        # probabilities are ≥ 0, so their bit patterns order like them; non-candidates get −1
+        below = causal & (offs_r[None, :] < i[:, None])
+        key = tl.where(below, p.to(tl.int32, bitcast=True), -1)
+        want = tl.load(COUNTS + i, mask=i_in, other=1) - 1
+        # the largest v with #{key ≥ v} ≥ want, bit by bit from the top: the want-th largest key
+        # (all ones where want = 0: then nothing passes)
+        v = tl.zeros([SUB], dtype=tl.int32)
+        for bit in tl.static_range(30, -1, -1):
+            trial = v | (1 << bit)
+            enough = tl.sum((key >= trial[:, None]).to(tl.int32), 1) >= want
+            v = tl.where(enough, trial, v)
+        greater = key > v[:, None]
+        equal = key == v[:, None]
+        need = want - tl.sum(greater.to(tl.int32), 1)
+        keep = greater | (equal & (tl.cumsum(equal.to(tl.int32), 1) <= need[:, None]))
+        keep = keep | (offs_r[None, :] == i[:, None])
+        inside = i_in[:, None] & (offs_r < N)[None, :]
+        tl.store(ptrs, p, mask=inside)
+        tl.store(MASK + pid_bh.to(tl.int64) * N * N + i[:, None] * N + offs_r[None, :], keep, mask=inside)
+
+
+@triton.jit
+def _rotated(base, stride, rows, N, COS, SIN, offs_d, partner, sign, dmask, DG: tl.constexpr):
+    """Rows ``rows`` of a ``[N, DG]`` head at ``base``, rotate-half RoPE applied, fp32 (zeros past ``N``)."""
+    inside = (rows < N)[:, None] & dmask[None, :]
+    r = rows.to(tl.int64)[:, None] * stride
+    x = tl.load(base + r + offs_d[None, :], mask=inside, other=0.0).to(tl.float32)
+    xp = tl.load(base + r + partner[None, :], mask=inside, other=0.0).to(tl.float32)
+    t = rows[:, None] * DG + offs_d[None, :]
+    cos = tl.load(COS + t, mask=inside, other=0.0)
+    sin = tl.load(SIN + t, mask=inside, other=0.0)
+    return x * cos + sign[None, :] * xp * sin
+
+
+@triton.jit
 def _pool_kernel(
     X, Y,
     sxb, sxh, sxt,
@@ -292,6 +377,105 @@ def _ground_truth(q, k, block: int, scale: float, cfg: Config) -> torch.Tensor:
         **launch_kw,
     )  # fmt: skip
     return out
+
+
+# ------------------------------------------------------------------------------------------ the gate
+
+
+def gate_topk(q_gate: torch.Tensor, k_gate: torch.Tensor, *, density: float, block: int, scale: float | None = None,
+              rope_base: float = 10000.0, return_probs: bool = False):  # fmt: skip
+    r"""The gate's block mask from its projected queries and keys, in one kernel.
+
+    Equals ``reference.seer.select_topk(reference.seer.gate_scores(RoPE(q_gate), RoPE(k_gate)),
+    density=density)``: rotate-half RoPE of width ``d_g`` at each block's first position
+    ``i · block`` (what ``AttnGate.project`` applies after its projections), the block-causal
+    softmax of ``scale · q̃ k̃ᵀ``, then in row ``i`` the diagonal and the ``k_i − 1`` most probable
+    blocks ``j < i``, ``k_i = min(i+1, max(1, round(ρ(i+1))))``, ties to the lower index.
+
+    One program per 16 block-rows of a head writes their logits, reads each row back whole and
+    finds its ``(k_i − 1)``-th largest probability by a bitwise search over the probabilities' bit
+    patterns (31 counting passes over the row, no sort), then stores the row's mask and
+    probabilities. The RoPE tables and the per-row counts are built once per shape (cached).
+
+    Args:
+        q_gate: ``[B, H, n, d_g]`` the gate's projected queries, before RoPE.
+        k_gate: ``[B, Hkv, n, d_g]`` its projected keys (one per kv head), before RoPE.
+        density: ρ ∈ (0, 1].
+        block: tokens per block (the RoPE position step).
+        scale: multiplies the logits (default ``d_g ** -0.5``).
+        rope_base: the gate's RoPE base.
+        return_probs: also return the gate's probabilities.
+
+    Returns:
+        bool ``[B, H, n, n]`` (block-causal, diagonal kept); with ``return_probs`` also fp32
+        ``[B, H, n, n]`` probabilities (rows summing to 1 over ``j ≤ i``, 0 above).
+    """
+    for name, x in (("q_gate", q_gate), ("k_gate", k_gate)):
+        check_device(name, x)
+        check_dtype(name, x)
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have 4 dimensions [B, heads, n, d_g], got shape {tuple(x.shape)}")
+    B, H, n, dg = q_gate.shape
+    Hkv = k_gate.shape[1]
+    if tuple(k_gate.shape) != (B, Hkv, n, dg) or Hkv < 1 or H % Hkv:
+        raise ValueError(f"k_gate must have shape [B, Hkv, n, d_g] = [{B}, Hkv, {n}, {dg}] with Hkv dividing H = {H}, "
+                         f"got {tuple(k_gate.shape)}")  # fmt: skip
+    if k_gate.device != q_gate.device:
+        raise ValueError(f"q_gate and k_gate must be on one device, got {q_gate.device} and {k_gate.device}")
+    if n < 1 or dg % 2 or not 2 <= dg <= 256:
+        raise ValueError(f"q_gate must have n ≥ 1 blocks and an even d_g in 2..256, got shape {tuple(q_gate.shape)}")
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be a real number in (0, 1], got {density!r}")
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive int, got {block!r}")
+    if isinstance(rope_base, bool) or not isinstance(rope_base, (int, float)) or not rope_base > 1.0:
+        raise ValueError(f"rope_base must be a real number > 1, got {rope_base!r}")
+    scale = _triton.check_scale(scale, default=dg**-0.5)
+    _triton.check_flag("return_probs", return_probs)
+    refuse_autograd(q_gate, k_gate)
+    mask, probs = _gate_topk(q_gate, k_gate, float(density), block, scale, float(rope_base))
+    return (mask, probs) if return_probs else mask
+
+
+def _gate_topk(q_gate, k_gate, density: float, block: int, scale: float, rope_base: float):
+    """The launcher (inputs checked by the caller): ``(mask, probs)``."""
+    B, H, n, dg = q_gate.shape
+    Hkv = k_gate.shape[1]
+    cos, sin = _rope_tables(n, dg, block, rope_base, q_gate.device)
+    counts = _row_counts(n, density, q_gate.device)
+    q_gate, k_gate = (x if x.stride(-1) == 1 else x.contiguous() for x in (q_gate, k_gate))
+    probs = _triton.empty(B, H, n, n, device=q_gate.device, dtype=torch.float32)
+    mask = _triton.empty(B, H, n, n, device=q_gate.device, dtype=torch.bool)
+    tile, row = 16, max(16, next_power_of_2(n))
+    sub = max(1, min(tile, 2048 // row))
+    # one stage: the loads of the logits loop are small and mostly from the L2; pipelining them
+    # would take 180 KiB of shared memory (one program per multiprocessor)
+    launch_kw = {} if INTERPRETER else dict(num_warps=4, num_stages=1)
+    _triton.launch(
+        _gate_topk_kernel, (triton.cdiv(n, tile), B * H),
+        q_gate, k_gate, cos, sin, counts, probs, mask,
+        q_gate.stride(0), q_gate.stride(1), q_gate.stride(2),
+        k_gate.stride(0), k_gate.stride(1), k_gate.stride(2),
+        H, n, H // Hkv, scale,
+        DG=dg, BLOCK_D=max(16, next_power_of_2(dg)), TILE=tile, CHUNK=64, ROW=row, SUB=sub,
+        PRECISION="ieee" if INTERPRETER else "tf32x3",
+        **launch_kw,
+    )  # fmt: skip
+    return mask, probs
+
+
+@functools.lru_cache(maxsize=8)
+def _rope_tables(n: int, dg: int, block: int, base: float, device: torch.device):
+    """fp32 ``cos, sin [n, d_g]`` of the angles ``(i · block) θ_c`` (formed in float64), each half repeated."""
+    theta = (torch.arange(n, dtype=torch.float64) * block)[:, None] * base ** (-torch.arange(0, dg, 2, dtype=torch.float64) / dg)
+    theta = torch.cat([theta, theta], dim=-1)
+    return theta.cos().float().to(device), theta.sin().float().to(device)
+
+
+@functools.lru_cache(maxsize=8)
+def _row_counts(n: int, density: float, device: torch.device) -> torch.Tensor:
+    """``k_i = min(i+1, max(1, round(ρ(i+1))))`` per block-row (``reference.seer.blocks_per_row``), int32."""
+    return torch.tensor([min(i + 1, max(1, round(density * (i + 1)))) for i in range(n)], dtype=torch.int32).to(device)
 
 
 def pool_features(x: torch.Tensor, *, block: int = 64, kinds=("max", "min", "avg")) -> torch.Tensor:

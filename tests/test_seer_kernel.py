@@ -221,6 +221,104 @@ def test_ground_truth_bad_input_raises_a_clear_error(kwargs, exc, words):
         seer.ground_truth(q, k, **args)
 
 
+# ------------------------------------------------------------------------------------------ the gate
+
+
+def gate_case(B, H, Hkv, T, D, dg, block, *, seed, device=DEVICE):
+    """Pre-RoPE q, k and a reference ``AttnGate``; its projected (unrotated) gate queries and keys."""
+    from reference import seer as ref
+
+    g = torch.Generator().manual_seed(seed)
+    q_pre, k_pre = torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, T, D, generator=g)
+    gate = ref.AttnGate(H, Hkv, D, gate_dim=dg, block=block, seed=seed)
+    with torch.no_grad():
+        q_pool, k_pool = gate.pooled(q_pre, k_pre)
+        qg, kg = q_pool @ gate.q_proj, k_pool @ gate.k_proj[None]
+    return gate, q_pre, k_pre, q_pool, k_pool, qg.to(device), kg.to(device)
+
+
+@pytest.mark.parametrize(
+    "shape, density",
+    [
+        (dict(B=1, H=4, Hkv=2, T=150, D=8, dg=16, block=16), 0.3),
+        (dict(B=2, H=2, Hkv=1, T=77, D=6, dg=12, block=8), 0.5),
+        (dict(B=1, H=2, Hkv=2, T=300, D=8, dg=32, block=8), 0.1),
+        (dict(B=1, H=1, Hkv=1, T=5, D=4, dg=4, block=16), 1.0),
+    ],
+    ids=["gqa", "odd-T-dg12", "38-rows", "one-block"],
+)
+def test_gate_topk_equals_the_reference_gate_and_selection(shape, density):
+    """``gate_topk`` = ``select_topk(gate_scores(RoPE(q̃), RoPE(k̃)))`` of ``reference.seer``:
+    the probabilities to 1e-5, the mask exactly, the achieved density the rule's."""
+    from reference import seer as ref
+
+    gate, *_, q_pool, k_pool, qg, kg = gate_case(**shape, seed=3)
+    with torch.no_grad():
+        want = gate.from_pooled(q_pool, k_pool, log=False)
+    with _triton.poisoned_outputs():
+        mask, probs = seer.gate_topk(qg, kg, density=density, block=shape["block"], return_probs=True)
+    assert mask.dtype == torch.bool and probs.dtype == torch.float32
+    assert rel_err(probs, want) < 1e-5
+    assert torch.equal(mask.cpu(), ref.select_topk(want, density=density))
+    n = want.shape[-1]
+    assert int(mask.sum()) == shape["B"] * shape["H"] * sum(ref.blocks_per_row(n, density))
+
+
+def test_gate_topk_breaks_ties_toward_the_lower_block():
+    """Zero gate queries make every causal block equally probable: the lowest blocks are kept,
+    as ``reference.seer.select_topk``'s stable ranking keeps them."""
+    from reference import seer as ref
+
+    *_, qg, kg = gate_case(1, 2, 1, 200, 8, 16, 8, seed=1)
+    mask = seer.gate_topk(torch.zeros_like(qg), kg, density=0.3, block=8)
+    assert torch.equal(mask.cpu(), ref.select_topk(ref.gate_scores(torch.zeros_like(qg).cpu(), kg.cpu()), density=0.3))
+    i = 20  # row 20 keeps round(0.3 · 21) = 6: blocks 0..4 and its diagonal
+    assert mask[0, 0, i].nonzero().flatten().tolist() == [0, 1, 2, 3, 4, 20]
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the interpreter's loads and stores")
+def test_gate_topk_loads_and_stores_stay_inside_its_tensors():
+    *_, qg, kg = gate_case(1, 2, 1, 45, 8, 16, 8, seed=2)
+    with bounds_checked():
+        seer.gate_topk(qg, kg, density=0.5, block=8)
+
+
+def test_the_benchmarks_gate_selects_what_the_reference_selects():
+    """``kernels.bench.block_sparse.gate_mask`` (the timed pipeline: our pooling, the projections,
+    ``gate_topk``) and its torch-ops baseline against ``AttnGate`` → ``select_topk``."""
+    from kernels.bench import block_sparse as bench
+    from reference import seer as ref
+
+    gate, q_pre, k_pre, *_ = gate_case(1, 4, 2, 100, 8, 16, 16, seed=4)
+    with torch.no_grad():
+        want = ref.select_topk(gate(q_pre, k_pre, log=False), density=0.3)
+        wq, wk = gate.q_proj.detach(), gate.k_proj.detach()
+        got = bench.gate_mask(q_pre.to(DEVICE), k_pre.to(DEVICE), wq.to(DEVICE), wk.to(DEVICE), block=16, density=0.3)
+        base, _ = bench._TorchGate(7, 16, 16, 0.3, "cpu", torch.float32)(q_pre, k_pre, wq, wk)
+    assert torch.equal(got.cpu(), want)
+    assert torch.equal(base, want)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        (dict(k=torch.zeros(1, 3, 4, 8)), ValueError, "Hkv dividing H"),
+        (dict(q=torch.zeros(1, 2, 4, 7), k=torch.zeros(1, 1, 4, 7)), ValueError, "even d_g"),
+        (dict(density=0.0), ValueError, "density must be a real number in"),
+        (dict(block=0), ValueError, "block must be a positive int"),
+        (dict(rope_base=1.0), ValueError, "rope_base must be a real number > 1"),
+        (dict(return_probs="yes"), TypeError, "return_probs must be True or False"),
+        (dict(q=torch.zeros(2, 4, 8)), ValueError, "q_gate must have 4 dimensions"),
+    ],
+)
+def test_gate_topk_bad_input_raises_a_clear_error(kwargs, exc, words):
+    args = dict(q=torch.zeros(1, 2, 4, 8), k=torch.zeros(1, 1, 4, 8), density=0.5, block=16)
+    args.update(kwargs)
+    q, k = args.pop("q").to(DEVICE), args.pop("k").to(DEVICE)
+    with pytest.raises(exc, match=words):
+        seer.gate_topk(q, k, **args)
+
+
 _COMPILE_FOR_H100 = COMPILE_HELPER + """
 from kernels import seer
 
@@ -233,14 +331,20 @@ for dtype, K, block, cfg in [(torch.bfloat16, 128, 64, seer.config_for(64)), (to
         seer._pool(meta(1, 2, T, K, dtype=dtype), block, ("max", "min", "avg"))
     for name, info in compile_recorded(launches).items():
         print(json.dumps({"dtype": str(dtype), "block": block, "rows": cfg.block_rows, "kernel": name, **info}))
+for n in (128, 512, 2048):  # the gate at 8k, 32k and 128k tokens in blocks of 64
+    with _triton.recorded_launches() as launches:
+        seer._gate_topk(meta(1, 32, n, 128, dtype=torch.bfloat16), meta(1, 8, n, 128, dtype=torch.bfloat16),
+                        0.1, 64, 128**-0.5, 10000.0)
+    for name, info in compile_recorded(launches).items():
+        print(json.dumps({"dtype": "torch.bfloat16", "block": 64, "n": n, "kernel": name, **info}))
 """
 
 
 def test_kernels_compile_for_the_h100():
-    """The ground-truth and pooling kernels compiled for sm_90 as a real call launches them: shared
+    """The ground-truth, gate and pooling kernels compiled for sm_90 as a real call launches them: shared
     memory fits, no register spills, warpgroup MMAs on the bf16 path."""
     reports = compile_in_subprocess(_COMPILE_FOR_H100)
-    assert len(reports) == 8, reports
+    assert len(reports) == 11, reports
     for r in reports:
         assert r["shared_bytes"] <= 227 * 1024, r
         if "stack_bytes" in r:
@@ -279,3 +383,18 @@ def test_gpu_pool_features_large():
         got = seer.pool_features(x, block=64)
     want = torch.cat([seer._torch_pool(x, 64, kd) for kd in ("max", "min", "avg")], dim=-1)
     assert rel_err(got, want.float()) < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_gate_topk_against_the_reference():
+    """257 block-rows (odd), GQA, fp32 on the GPU (three-pass tf32 logits) against the reference on
+    the CPU: probabilities to 1e-4; masks equal but for near-ties of the k-th probability."""
+    from reference import seer as ref
+
+    gate, *_, q_pool, k_pool, qg, kg = gate_case(1, 4, 2, 4096 + 17, 32, 64, 16, seed=6)
+    with torch.no_grad():
+        want = gate.from_pooled(q_pool, k_pool, log=False)
+    with _triton.poisoned_outputs():
+        mask, probs = seer.gate_topk(qg, kg, density=0.1, block=16, return_probs=True)
+    assert rel_err(probs, want) < 1e-4
+    assert int((mask.cpu() != ref.select_topk(want, density=0.1)).sum()) <= 4

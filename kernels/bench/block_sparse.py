@@ -16,14 +16,18 @@ Shapes: ``B = 1, H = 32, D = 128``, bf16, ``T ∈ {8k, 32k, 128k}``, blocks of 6
    function), the diagonal as the only *partial* block (a causal ``mask_mod``) — and its
    BlockMask build time apart; torch SDPA dense causal once per length. Our output is checked
    against flex's and against fp32 SDPA on the token mask (relative errors);
-4. the ground-truth kernel (``kernels.seer.ground_truth``) against SDPA's dense causal forward;
-5. the gate's own cost at 32k (block 64): pooling (our one-read kernel, and torch), the per-head
-   projections, RoPE, block scores and the top-k selection (``reference.seer.AttnGate``'s steps,
-   written in torch here: the reference itself needs ``array_api_compat``, absent on the GPU image).
+4. the ground-truth kernel (``kernels.seer.ground_truth``) against SDPA's dense causal forward: at
+   32k a small sweep of its launch settings (``GT_SWEEP``, blocks of 64), the fastest then used at
+   every length; blocks of 128 at 32k too;
+5. per length, the gate's own cost (block 64, density 0.1): ``gate_mask`` — our pooling kernel,
+   the per-head projections, ``kernels.seer.gate_topk`` (RoPE, scores, block-causal softmax,
+   top-k in one kernel) — its stages apart, the CUDA time of each kernel, and the same gate in
+   torch ops (``_TorchGate``), as a share of our sparse attention at that point.
 
 ``docs/benchmarks/block_sparse.json`` and ``.png`` are rewritten after every length (and copied to
 ``$OUT`` when set), ``"complete": false`` until the end. A time budget (``--budget-s``) skips what
-would start too late. Options: ``--quick`` (8k only), ``--lengths T …``, ``--out DIR``, ``--budget-s S``.
+would start too late. Options: ``--quick`` (8k only), ``--lengths T …``, ``--out DIR``, ``--budget-s S``,
+``--parts`` (any of ``attention ground_truth gate``).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ LENGTHS = (32768, 8192, 131072)
 BLOCKS = (64, 128)
 DENSITIES = (0.1, 0.3, 0.5)
 GATE_DIM = 128
-SWEEP_T = 32768  # where the launch settings are swept, and the gate measured
+SWEEP_T = 32768  # where the launch settings are swept
+PARTS = ("attention", "ground_truth", "gate")
 
 #: Launch settings tried at T = 32k, density 0.1, as (block_m, block_n, num_warps, num_stages)
 #: (each checked against SDPA on a slice before it is timed). Run 1's best first.
@@ -57,6 +62,10 @@ SWEEP = {
     128: {"default": None, "m128_w8_s3": (128, None, 8, 3), "m128_n64_w8_s3": (128, 64, 8, 3),
           "m128_n64_w8_s4": (128, 64, 8, 4)},
 }  # fmt: skip
+
+#: Ground-truth launch settings tried at T = 32k, blocks of 64, as ``kernels.seer.Config``
+#: (block_rows, num_warps, num_stages); the fastest correct one is used at every length.
+GT_SWEEP = {"default": None, "r1_w4_s3": (1, 4, 3), "r2_w4_s2": (2, 4, 2), "r2_w8_s2": (2, 8, 2), "r2_w8_s3": (2, 8, 3)}
 
 
 def _inputs(T: int, seed: int = 0):
@@ -137,21 +146,63 @@ def _flex_setup():
     return block_mask, run
 
 
-def _rope(x, starts: torch.Tensor, base: float = 10000.0):
-    """Rotate-half RoPE of ``x [..., n, d]`` at positions ``starts`` (each block's first token)."""
-    d = x.shape[-1]
-    theta = starts.double()[:, None] * base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    cos = torch.cat([theta.cos(), theta.cos()], -1).to(x.device, x.dtype)
-    sin = torch.cat([theta.sin(), theta.sin()], -1).to(x.device, x.dtype)
-    a, b = x[..., : d // 2], x[..., d // 2 :]
-    return x * cos + torch.cat([-b, a], -1) * sin
+def gate_mask(q, k, wq, wk, *, block: int, density: float, rope_base: float = 10000.0) -> torch.Tensor:
+    """The gate at inference, as this benchmark times it: ``q``'s mean and ``k``'s max, min and mean
+    per block (``kernels.seer.pool_features``), the per-head projections (one batched matmul
+    each), then ``kernels.seer.gate_topk`` (RoPE at each block's first position, the block-causal
+    softmax, the top-k rule) — the steps of ``reference.seer.AttnGate`` and ``select_topk``
+    (``tests/test_seer_kernel.py`` checks this function against them). No host synchronisation:
+    the RoPE tables and the per-row counts are built once per shape.
+
+    ``q [B, H, T, D]`` and ``k [B, Hkv, T, D]`` before RoPE, ``wq [H, D, d_g]``, ``wk [Hkv, 3D, d_g]``;
+    returns the bool block mask ``[B, H, n, n]``."""
+    from kernels import seer
+
+    qg = seer.pool_features(q, block=block, kinds=("avg",)) @ wq.to(q.dtype)
+    kg = seer.pool_features(k, block=block) @ wk.to(k.dtype)
+    return seer.gate_topk(qg, kg, density=density, block=block, rope_base=rope_base)
+
+
+class _TorchGate:
+    """The same gate written in torch ops (``_torch_pool``, matmuls, rotate-half RoPE from cached
+    tables, masked softmax, ``torch.topk`` at the row's largest count, a scatter), the baseline of
+    ``gate_mask``. Ties may break differently (``topk`` does not promise the lower index)."""
+
+    def __init__(self, n: int, gate_dim: int, block: int, density: float, device, dtype, base: float = 10000.0):
+        theta = (torch.arange(n, dtype=torch.float64) * block)[:, None] * base ** (
+            -torch.arange(0, gate_dim, 2, dtype=torch.float64) / gate_dim)  # fmt: skip
+        self.cos = torch.cat([theta.cos(), theta.cos()], -1).to(device, dtype)
+        self.sin = torch.cat([theta.sin(), theta.sin()], -1).to(device, dtype)
+        counts = [min(r + 1, max(1, round(density * (r + 1)))) for r in range(n)]
+        self.top = max(counts) - 1
+        i = torch.arange(n, device=device)
+        self.keep = torch.arange(max(1, self.top), device=device)[None, :] < (torch.tensor(counts, device=device) - 1)[:, None]
+        self.causal = i[None, :] <= i[:, None]
+        self.below = i[None, :] < i[:, None]
+        self.eye = torch.eye(n, dtype=torch.bool, device=device)
+        self.block, self.scale = block, gate_dim**-0.5
+
+    def rope(self, x):
+        a, b = x.chunk(2, dim=-1)
+        return x * self.cos + torch.cat([-b, a], -1) * self.sin
+
+    def __call__(self, q, k, wq, wk):
+        qf = _torch_pool(q, self.block, "avg")
+        kf = torch.cat([_torch_pool(k, self.block, kd) for kd in ("max", "min", "avg")], dim=-1)
+        qg, kg = self.rope(qf @ wq.to(q.dtype)), self.rope(kf @ wk.to(k.dtype))
+        kg = kg.repeat_interleave(q.shape[1] // k.shape[1], 1)  # GQA: each kv head's gate key to its query heads
+        s = (qg.float() @ kg.float().transpose(-1, -2)) * self.scale
+        p = s.masked_fill(~self.causal, float("-inf")).softmax(-1)
+        mask = self.eye.expand_as(p).clone()
+        if self.top > 0:
+            idx = p.masked_fill(~self.below, float("-inf")).topk(self.top, dim=-1).indices
+            mask.scatter_(-1, idx, self.keep.expand_as(idx) | mask.gather(-1, idx))
+        return mask, p
 
 
 def _gate_pipeline(T: int, block: int, density: float):
-    """The gate at inference: pooled q (avg) and k ([max, min, avg]), per-head projections to
-    ``d_g``, RoPE at each block's first position, block scores, the top-k mask (the steps of
-    ``reference.seer.AttnGate`` and ``select_topk``, written here in torch, weights random).
-    Returns ``{stage: fn}``, the whole pipeline as ``"total"``."""
+    """The gate's stages at one point, weights random: ``({stage: fn}, checks)``; the whole
+    pipeline is ``"total"`` (``gate_mask``), its torch-ops version ``"torch_total"``."""
     from kernels import seer
 
     g = torch.Generator(device=DEVICE).manual_seed(5)
@@ -159,33 +210,31 @@ def _gate_pipeline(T: int, block: int, density: float):
     wk = (torch.randn(H, 3 * D, GATE_DIM, device=DEVICE, generator=g) * (3 * D) ** -0.5).to(DTYPE)
     q, k, _ = _inputs(T, seed=1)
     n = -(-T // block)
-    starts = torch.arange(n) * block
-    i = torch.arange(n, device=DEVICE)
-    causal = i[None, :] <= i[:, None]
+    torch_gate = _TorchGate(n, GATE_DIM, block, density, DEVICE, DTYPE)
+    qf, kf = seer.pool_features(q, block=block, kinds=("avg",)), seer.pool_features(k, block=block)
+    qg, kg = qf @ wq, kf @ wk
 
     def pool():
-        return seer.pool(q, block=block, kind="avg"), seer.pool_features(k, block=block)
+        return seer.pool_features(q, block=block, kinds=("avg",)), seer.pool_features(k, block=block)
 
     def pool_torch():
         return _torch_pool(q, block, "avg"), torch.cat([_torch_pool(k, block, kd) for kd in ("max", "min", "avg")], dim=-1)
 
-    def total():
-        qf, kf = pool()
-        qg = _rope(torch.einsum("bhnd,hde->bhne", qf, wq), starts)
-        kg = _rope(torch.einsum("bhnd,hde->bhne", kf, wk), starts)
-        s = (qg @ kg.transpose(-1, -2)).float() * GATE_DIM**-0.5
-        return _select(s.masked_fill(~causal, float("-inf")), density)
-
-    def total_torch_pool():
-        qf, kf = pool_torch()
-        qg = _rope(torch.einsum("bhnd,hde->bhne", qf, wq), starts)
-        kg = _rope(torch.einsum("bhnd,hde->bhne", kf, wk), starts)
-        s = (qg @ kg.transpose(-1, -2)).float() * GATE_DIM**-0.5
-        return _select(s.masked_fill(~causal, float("-inf")), density)
-
-    # our pooling against torch's, once
-    check = max(float((a.float() - b.float()).abs().max()) for a, b in zip(pool(), pool_torch()))
-    return {"pool_triton": pool, "pool_torch": pool_torch, "total": total, "total_with_torch_pool": total_torch_pool}, check
+    stages = {
+        "pool_triton": pool,
+        "pool_torch": pool_torch,
+        "project": lambda: (qf @ wq, kf @ wk),
+        "select": lambda: seer.gate_topk(qg, kg, density=density, block=block),
+        "total": lambda: gate_mask(q, k, wq, wk, block=block, density=density),
+        "torch_total": lambda: torch_gate(q, k, wq, wk),
+    }
+    checks = {"pool_triton_vs_torch_max_abs_diff": max(float((a.float() - b.float()).abs().max()) for a, b in zip(pool(), pool_torch()))}
+    mask, probs = seer.gate_topk(qg, kg, density=density, block=block, return_probs=True)
+    tmask, tprobs = torch_gate(q, k, wq, wk)
+    checks["probs_rel_err_vs_torch"] = _rel(probs, tprobs)
+    checks["mask_agreement_vs_torch"] = round(float((mask == tmask).float().mean()), 6)
+    checks["mask_density"] = round(_density(mask), 4)
+    return stages, checks, stages["total"]
 
 
 def _torch_pool(x, block: int, kind: str):
@@ -209,6 +258,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="directory for the JSON and plot (default docs/benchmarks)")
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 32768 8192 131072)")
     parser.add_argument("--budget-s", type=float, default=230.0, help="start nothing new after this many seconds")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to measure (default all): the attention points, the ground truth, the gate")  # fmt: skip
     args = parser.parse_args(argv)
 
     from kernels import block_sparse, seer
@@ -237,11 +288,13 @@ def main(argv: list[str]) -> int:
         "sweep": [],
         "rows": [],
         "sdpa_dense_ms": {},
-        "gate": {},
+        "gate": [],
+        "ground_truth_sweep": [],
         "ground_truth": [],
         "skipped": [],
     }
     best = {blk: None for blk in BLOCKS}
+    gt_best = None
 
     def save():
         result["wall_s"] = round(time.time() - started, 1)
@@ -258,7 +311,7 @@ def main(argv: list[str]) -> int:
             sdpa()
             result["sdpa_dense_ms"][str(T)] = round(common.time_ms(sdpa), 4)
             log(f"T={T}: SDPA dense causal {result['sdpa_dense_ms'][str(T)]} ms")
-            for block in BLOCKS:
+            for block in BLOCKS if "attention" in args.parts else ():
                 for density in DENSITIES:
                     if late(15 if T <= 32768 else 25):
                         result["skipped"].append({"T": T, "block": block, "density": density, "why": "time budget"})
@@ -268,13 +321,16 @@ def main(argv: list[str]) -> int:
                     result["rows"].append(row)
                     log(f"T={T} block={block} density={density}: {row}")
                 save()
-            if not late(15):
+            if "ground_truth" in args.parts and not late(15):
+                sd = result["sdpa_dense_ms"][str(T)]
+                if T == SWEEP_T and gt_best is None:
+                    gt_best = _ground_truth_sweep(T, q, k, sd, result, log)
                 for block in BLOCKS if T == SWEEP_T else BLOCKS[:1]:
-                    entry = _ground_truth(T, block, q, k, result["sdpa_dense_ms"][str(T)], seer, log)
-                    result["ground_truth"].append(entry)
+                    cfg = gt_best if block == BLOCKS[0] else None
+                    result["ground_truth"].append(_ground_truth(T, block, q, k, sd, seer, log, config=cfg))
                 save()
-            if T == SWEEP_T and not late(10):
-                result["gate"] = _gate(T, BLOCKS[0], 0.1, result, log)
+            if "gate" in args.parts and not late(10):
+                result["gate"].append(_gate(T, BLOCKS[0], 0.1, result, log, (q, k, v)))
                 save()
             del q, k, v
             torch.cuda.empty_cache()
@@ -374,29 +430,64 @@ def _check_slice(o, q, k, v, mask, block, heads: int = 2, rows: int = 1024) -> f
     return _rel(o[0, :heads, T - rows:], want)
 
 
-def _gate(T, block, density, result, log) -> dict:
-    """The gate's cost beside our sparse attention at the same point."""
+def _gate(T, block, density, result, log, qkv) -> dict:
+    """The gate's cost beside our sparse attention at the same point (timed here when the attention
+    points were not run)."""
+    from kernels import block_sparse
+
     out = {"T": T, "block": block, "density": density, "gate_dim": GATE_DIM}
     try:
-        stages, out["pool_triton_vs_torch_max_abs_diff"] = _gate_pipeline(T, block, density)
+        stages, checks, total = _gate_pipeline(T, block, density)
+        out.update(checks)
         for stage, fn in stages.items():
             fn()
             out[f"{stage}_ms"] = round(common.time_ms(fn), 4)
-        sparse = [r for r in result["rows"] if r["T"] == T and r["block"] == block and r["density"] == density]
-        if sparse:
-            out["sparse_attention_ms"] = sparse[0]["ours_ms"]
-            out["gate_share_of_sparse_attention"] = round(out["total_ms"] / sparse[0]["ours_ms"], 3)
+        out["total_kernels_ms"] = common.profile_kernels(total)
+        sparse = [r["ours_ms"] for r in result["rows"] if r["T"] == T and r["block"] == block and r["density"] == density]
+        if not sparse:
+            mask = _mask(T, block, density, seed=T + block + int(density * 100))
+            sparse = [round(common.time_ms(lambda: block_sparse.attention(*qkv, mask, block=block)), 4)]
+        out["sparse_attention_ms"] = sparse[0]
+        out["gate_share_of_sparse_attention"] = round(out["total_ms"] / sparse[0], 3)
+        out["torch_gate_share_of_sparse_attention"] = round(out["torch_total_ms"] / sparse[0], 3)
     except Exception as err:
         out["error"] = repr(err)[:300]
     log(f"gate {out}")
     return out
 
 
-def _ground_truth(T, block, q, k, sdpa_ms, seer, log) -> dict:
-    entry = {"T": T, "block": block}
+def _ground_truth_sweep(T, q, k, sdpa_ms, result, log):
+    """``GT_SWEEP`` at blocks of 64, each checked (rows sum to 1, equal to the default's output)
+    before it is timed; the fastest ``Config``."""
+    from kernels import seer
+
+    fastest, ref = (math.inf, None), None
+    for tag, setting in GT_SWEEP.items():
+        cfg = seer.config_for(64) if setting is None else seer.Config(*setting)
+        entry = {"T": T, "block": 64, "setting": tag, "config": dataclasses.asdict(cfg)}
+        try:
+            g = seer.ground_truth(q, k, block=64, config=cfg)
+            ref = g if ref is None else ref
+            entry["rel_err_vs_default"] = _rel(g, ref)
+            entry["rows_sum_to_one_max_err"] = float((g.sum(-1) - 1).abs().max())
+            del g
+            entry["ms"] = round(common.time_ms(lambda: seer.ground_truth(q, k, block=64, config=cfg)), 4)
+            entry["ratio_to_sdpa_dense_forward"] = round(entry["ms"] / sdpa_ms, 3)
+            if entry["rel_err_vs_default"] < 1e-4 and entry["rows_sum_to_one_max_err"] < 1e-4 and entry["ms"] < fastest[0]:
+                fastest = (entry["ms"], cfg)
+        except Exception as err:
+            entry["error"] = repr(err)[:300]
+        result["ground_truth_sweep"].append(entry)
+        log(f"ground-truth sweep {entry}")
+    return fastest[1]
+
+
+def _ground_truth(T, block, q, k, sdpa_ms, seer, log, config=None) -> dict:
+    cfg = config or seer.config_for(block)
+    entry = {"T": T, "block": block, "config": dataclasses.asdict(cfg)}
     try:
         t0 = time.time()
-        g = seer.ground_truth(q, k, block=block)
+        g = seer.ground_truth(q, k, block=block, config=cfg)
         torch.cuda.synchronize()
         entry["compile_and_first_call_s"] = round(time.time() - t0, 1)
         entry["rows_sum_to_one_max_err"] = float((g.sum(-1) - 1).abs().max())
@@ -410,7 +501,7 @@ def _ground_truth(T, block, q, k, sdpa_ms, seer, log) -> dict:
             want = pooled / pooled.sum(-1, keepdim=True)
             entry["rel_err_vs_materialised_fp32"] = _rel(g[:, :2], want)
             del s, P
-        entry["ms"] = round(common.time_ms(lambda: seer.ground_truth(q, k, block=block)), 4)
+        entry["ms"] = round(common.time_ms(lambda: seer.ground_truth(q, k, block=block, config=cfg)), 4)
         entry["sdpa_dense_forward_ms"] = sdpa_ms
         entry["ratio_to_sdpa_dense_forward"] = round(entry["ms"] / sdpa_ms, 3)
     except Exception as err:
@@ -479,7 +570,10 @@ def _print_table(result: dict) -> None:
               f" {r.get('flex_ms', math.nan):>8.3f} {r.get('ours_speedup_vs_flex', math.nan):>7.2f} {r['ours_speedup_vs_sdpa_dense']:>7.2f}"
               f" ({r.get('flex_speedup_vs_sdpa_dense', math.nan):>5.2f}) {r['ours_TFLOPs']:>12.0f}  {r.get('rel_err_vs_flex')}, {r.get('rel_err_vs_sdpa_fp32_slice')}")  # fmt: skip
     print(f"\nSDPA dense causal ms: {result['sdpa_dense_ms']}")
-    print(f"gate: {result['gate']}")
+    for e in result["gate"]:
+        print(f"gate: {e}")
+    for e in result["ground_truth_sweep"]:
+        print(f"ground-truth sweep: {e}")
     for e in result["ground_truth"]:
         print(f"ground truth: {e}")
     if result["skipped"]:
