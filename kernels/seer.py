@@ -45,7 +45,7 @@ refused — the ground truth is a training *target*).
 
 Pooling
 -------
-One program per (block, head) loads the block's ``[block, D]`` tile once and keeps what the kinds
+One program per (block, head) (or per few consecutive blocks of a head) loads each block's ``[block, D]`` tile once and keeps what the kinds
 ask for: the mean over the block's real tokens (the last block's too), the maximum, the minimum.
 The gate's key features ``[max, min, avg]`` then cost one read of ``k`` instead of three, and the
 concatenation none.
@@ -289,29 +289,31 @@ def _pool_kernel(
     X, Y,
     sxb, sxh, sxt,
     H, T, NQB, D,
-    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PER: tl.constexpr,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, NK: tl.constexpr,
 ):  # fmt: skip
-    """Kinds K0, K1, K2 (0 avg, 1 max, 2 min, −1 none) of one block, written side by side."""
-    pid_bh = tl.program_id(0)
-    i = tl.program_id(1)
+    """Kinds K0, K1, K2 (0 avg, 1 max, 2 min, −1 none) of ``PER`` consecutive blocks of one head,
+    written side by side (the blocks unrolled: their loads are independent)."""
+    pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    offs_t = i * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    t_in = offs_t < T
-    inside = t_in[:, None] & (offs_d < D)[None, :]
-    x = tl.load(X + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + offs_t.to(tl.int64)[:, None] * sxt + offs_d[None, :],
-                mask=inside, other=0.0).to(tl.float32)  # fmt: skip
-    n = tl.minimum(T - i * BLOCK, BLOCK).to(tl.float32)
-    out = Y + (pid_bh.to(tl.int64) * NQB + i) * (NK * D) + offs_d
     dmask = offs_d < D
-    if K0 >= 0:
-        tl.store(out, _pooled(x, inside, n, K0).to(Y.dtype.element_ty), mask=dmask)
-    if K1 >= 0:
-        tl.store(out + D, _pooled(x, inside, n, K1).to(Y.dtype.element_ty), mask=dmask)
-    if K2 >= 0:
-        tl.store(out + 2 * D, _pooled(x, inside, n, K2).to(Y.dtype.element_ty), mask=dmask)
+    x_base = X + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh
+    for r in tl.static_range(PER):
+        i = tl.program_id(0) * PER + r
+        offs_t = i * BLOCK + tl.arange(0, BLOCK)
+        inside = (offs_t < T)[:, None] & dmask[None, :]
+        x = tl.load(x_base + offs_t.to(tl.int64)[:, None] * sxt + offs_d[None, :], mask=inside, other=0.0).to(tl.float32)
+        n = tl.maximum(tl.minimum(T - i * BLOCK, BLOCK), 1).to(tl.float32)  # a block past the end stores nothing
+        out = Y + (pid_bh.to(tl.int64) * NQB + i) * (NK * D) + offs_d
+        smask = dmask & (i + 0 * offs_d < NQB)
+        if K0 >= 0:
+            tl.store(out, _pooled(x, inside, n, K0).to(Y.dtype.element_ty), mask=smask)
+        if K1 >= 0:
+            tl.store(out + D, _pooled(x, inside, n, K1).to(Y.dtype.element_ty), mask=smask)
+        if K2 >= 0:
+            tl.store(out + 2 * D, _pooled(x, inside, n, K2).to(Y.dtype.element_ty), mask=smask)
 
 
 @triton.jit
@@ -504,16 +506,19 @@ def pool_features(x: torch.Tensor, *, block: int = 64, kinds=("max", "min", "avg
     return _pool(x, block, tuple(kinds))
 
 
-def _pool(x, block: int, kinds: tuple) -> torch.Tensor:
-    """The launcher (inputs checked by the caller; ``block`` a power of two in 16..128)."""
+def _pool(x, block: int, kinds: tuple, *, per_program: int = 1, num_warps: int | None = None) -> torch.Tensor:
+    """The launcher (inputs checked by the caller; ``block`` a power of two in 16..128):
+    ``per_program`` consecutive blocks of one head per program, the blocks of a head on the
+    fastest grid axis (consecutive programs read consecutive memory)."""
     B, H, T, D = x.shape
     x = x if x.stride(-1) == 1 else x.contiguous()
     nq = triton.cdiv(T, block)
     y = _triton.empty(B, H, nq, len(kinds) * D, device=x.device, dtype=x.dtype)
     codes = [POOL_KINDS.index(kd) for kd in kinds] + [-1] * (3 - len(kinds))
-    launch_kw = {} if INTERPRETER else dict(num_warps=4 if block * D <= 64 * 128 else 8)
-    _triton.launch(_pool_kernel, (B * H, nq), x, y, x.stride(0), x.stride(1), x.stride(2), H, T, nq, D,
-                   BLOCK=block, BLOCK_D=max(16, next_power_of_2(D)),
+    warps = num_warps or (4 if block * D <= 64 * 128 else 8)
+    launch_kw = {} if INTERPRETER else dict(num_warps=warps)
+    _triton.launch(_pool_kernel, (triton.cdiv(nq, per_program), B * H), x, y, x.stride(0), x.stride(1), x.stride(2),
+                   H, T, nq, D, BLOCK=block, BLOCK_D=max(16, next_power_of_2(D)), PER=per_program,
                    K0=codes[0], K1=codes[1], K2=codes[2], NK=len(kinds), **launch_kw)  # fmt: skip
     return y
 

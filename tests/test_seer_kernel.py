@@ -184,6 +184,17 @@ def test_pool_matches_the_loop_oracle_and_the_reference(block, dtype):
     assert torch.equal(feats, want)
 
 
+@pytest.mark.parametrize("per_program", [2, 4])
+def test_pool_several_blocks_per_program(per_program):
+    """Programs of several consecutive blocks (the last program reaching past the last block)
+    pool what one block per program pools."""
+    x = torch.randn(2, 3, 77, 20, device=DEVICE)  # 5 blocks of 16
+    with _triton.poisoned_outputs():
+        got = seer._pool(x, 16, ("max", "min", "avg"), per_program=per_program)
+    assert torch.equal(got, seer._pool(x, 16, ("max", "min", "avg")))
+    assert rel_err(got, torch.cat([seer._torch_pool(x, 16, kd) for kd in ("max", "min", "avg")], -1)) < 1e-6
+
+
 @pytest.mark.parametrize(
     "kwargs, exc, words",
     [
@@ -328,7 +339,7 @@ for dtype, K, block, cfg in [(torch.bfloat16, 128, 64, seer.config_for(64)), (to
     T = 32768 + 5
     with _triton.recorded_launches() as launches:
         seer._ground_truth(meta(1, 8, T, K, dtype=dtype), meta(1, 2, T, K, dtype=dtype), block, 0.1, cfg)
-        seer._pool(meta(1, 2, T, K, dtype=dtype), block, ("max", "min", "avg"))
+        seer._pool(meta(1, 2, T, K, dtype=dtype), block, ("max", "min", "avg"), per_program=cfg.block_rows * 2)
     for name, info in compile_recorded(launches).items():
         print(json.dumps({"dtype": str(dtype), "block": block, "rows": cfg.block_rows, "kernel": name, **info}))
 for n in (128, 512, 2048):  # the gate at 8k, 32k and 128k tokens in blocks of 64

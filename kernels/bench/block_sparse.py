@@ -53,6 +53,7 @@ DENSITIES = (0.1, 0.3, 0.5)
 GATE_DIM = 128
 SWEEP_T = 32768  # where the launch settings are swept
 PARTS = ("attention", "ground_truth", "gate")
+POOL_SWEEP = ((1, 4), (1, 8), (2, 4), (4, 4), (4, 8), (8, 8))
 
 #: Launch settings tried at T = 32k, density 0.1, as (block_m, block_n, num_warps, num_stages)
 #: (each checked against SDPA on a slice before it is timed). Run 1's best first.
@@ -228,6 +229,10 @@ def _gate_pipeline(T: int, block: int, density: float):
         "total": lambda: gate_mask(q, k, wq, wk, block=block, density=density),
         "torch_total": lambda: torch_gate(q, k, wq, wk),
     }
+    if T == SWEEP_T:  # our pooling's launch settings: (blocks per program, warps)
+        for per, warps in POOL_SWEEP:
+            stages[f"pool_k_p{per}_w{warps}"] = lambda per=per, warps=warps: seer._pool(
+                k, block, ("max", "min", "avg"), per_program=per, num_warps=warps)  # fmt: skip
     checks = {"pool_triton_vs_torch_max_abs_diff": max(float((a.float() - b.float()).abs().max()) for a, b in zip(pool(), pool_torch()))}
     mask, probs = seer.gate_topk(qg, kg, density=density, block=block, return_probs=True)
     tmask, tprobs = torch_gate(q, k, wq, wk)
