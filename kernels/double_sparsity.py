@@ -124,9 +124,12 @@ class Config:
     instead of 8, single-stage attention loop).
 
     Attributes:
-        score_block: tokens per tile of the scoring and radix kernels.
-        score_tiles: tiles per program of those kernels (a program adds its histogram to the row's
+        score_block: tokens per tile of the scoring kernel.
+        score_tiles: tiles per program of that kernel (a program adds its histogram to the row's
             once, so more tiles mean fewer atomics; fewer mean more programs).
+        radix_block: tokens per program of the later radix passes, loaded as one tile (the
+            passes read the scores from L2: what bounds them is how many bytes each program has
+            in flight, not the bytes).
         select_block: tokens per block of the counting and writing kernels.
         select: ``"radix"`` (this module's exact selection, ties to the lower index) or
             ``"torch"`` (``torch.topk(sorted=False)``, ties as torch breaks them).
@@ -148,10 +151,13 @@ class Config:
             (about four programs per multiprocessor in all).
         num_warps: for the scoring, radix and selection kernels.
         attn_num_warps, attn_num_stages: for the attention kernel (stages: gathers in flight).
+        attn_prefetch: the attention loop issues the next tile's gathers before it computes the
+            current tile (two tiles of K and V in flight per program instead of one).
     """
 
     score_block: int = 1024
     score_tiles: int = 4
+    radix_block: int = 4096
     select_block: int = 2048
     select: str = "radix"
     score_dtype: str = "float32"
@@ -162,6 +168,7 @@ class Config:
     num_warps: int = 4
     attn_num_warps: int = 4
     attn_num_stages: int = 1
+    attn_prefetch: bool = False
 
     def key_digits(self) -> tuple:
         """The radix digit widths in use (``digits``, or the default of ``score_dtype``)."""
@@ -175,6 +182,7 @@ class Config:
             self,
             score_block=block,
             score_tiles=max(1, min(self.score_tiles, triton.cdiv(S, block))),
+            radix_block=min(self.radix_block, max(16, next_power_of_2(S))),
             select_block=min(self.select_block, max(16, next_power_of_2(S))),
             attn_block=min(self.attn_block, max(16, next_power_of_2(nsel))),
         )
@@ -485,6 +493,19 @@ def _write_kernel(
 
 
 @triton.jit
+def _attn_tile(q, kk, vv, nm, m, l, acc):
+    """One tile of the online softmax: rows ``kk, vv`` (masked by ``nm``) into ``(m, l, acc)``."""
+    s = tl.sum(kk.to(tl.float32) * q[None, :], axis=1)
+    s = tl.where(nm, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 0))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(s - m_new)
+    l = l * alpha + tl.sum(p, 0)
+    acc = acc * alpha + tl.sum(p[:, None] * vv.to(tl.float32), axis=0)
+    return m_new, l, acc
+
+
+@triton.jit
 def _attn_kernel(
     q_ptr,  # [B, H, D]
     k_ptr,  # [B, Hkv, S, D]
@@ -506,6 +527,7 @@ def _attn_kernel(
     DVP: tl.constexpr,
     BN: tl.constexpr,
     DENSE: tl.constexpr,
+    PREFETCH: tl.constexpr,  # issue the next tile's gathers before computing this one
 ):
     split = tl.program_id(0)
     h = tl.program_id(1)
@@ -527,26 +549,44 @@ def _attn_kernel(
     n_next = start + tl.arange(0, BN)
     if not DENSE:  # the next tile's indices are loaded one iteration ahead: one round trip per tile, not two
         t_next = tl.load(irow + n_next, mask=n_next < end, other=0)
-    for j in range(start, end, BN):
-        n = j + tl.arange(0, BN)
-        nm = n < end
+    if PREFETCH:  # the first tile's rows before the loop; each iteration gathers the next tile's first
+        nm_next = n_next < end
         if DENSE:
-            t = n.to(tl.int64)
+            t = n_next.to(tl.int64)
         else:
             t = t_next.to(tl.int64)
-            n_next = n + BN
-            t_next = tl.load(irow + n_next, mask=n_next < end, other=0)
-        # both gathers issued before any arithmetic: twice the bytes in flight per program
-        kk = tl.load(k_ptr + (head + t)[:, None] * D + d[None, :], mask=nm[:, None] & dm[None, :], other=0.0)
-        vv = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm[:, None] & em[None, :], other=0.0)
-        s = tl.sum(kk.to(tl.float32) * q[None, :], axis=1)
-        s = tl.where(nm, s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 0))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new)
-        l = l * alpha + tl.sum(p, 0)
-        acc = acc * alpha + tl.sum(p[:, None] * vv.to(tl.float32), axis=0)
-        m = m_new
+            t_next = tl.load(irow + n_next + BN, mask=n_next + BN < end, other=0)
+        kk_next = tl.load(k_ptr + (head + t)[:, None] * D + d[None, :], mask=nm_next[:, None] & dm[None, :], other=0.0)
+        vv_next = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm_next[:, None] & em[None, :], other=0.0)
+        for j in range(start, end, BN):
+            n = j + tl.arange(0, BN)
+            nm = n < end
+            kk = kk_next
+            vv = vv_next
+            n1 = n + BN
+            nm1 = n1 < end
+            if DENSE:
+                t = n1.to(tl.int64)
+            else:
+                t = t_next.to(tl.int64)
+                t_next = tl.load(irow + n1 + BN, mask=n1 + BN < end, other=0)
+            kk_next = tl.load(k_ptr + (head + t)[:, None] * D + d[None, :], mask=nm1[:, None] & dm[None, :], other=0.0)
+            vv_next = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm1[:, None] & em[None, :], other=0.0)
+            m, l, acc = _attn_tile(q, kk, vv, nm, m, l, acc)
+    else:
+        for j in range(start, end, BN):
+            n = j + tl.arange(0, BN)
+            nm = n < end
+            if DENSE:
+                t = n.to(tl.int64)
+            else:
+                t = t_next.to(tl.int64)
+                n_next = n + BN
+                t_next = tl.load(irow + n_next, mask=n_next < end, other=0)
+            # both gathers issued before any arithmetic: twice the bytes in flight per program
+            kk = tl.load(k_ptr + (head + t)[:, None] * D + d[None, :], mask=nm[:, None] & dm[None, :], other=0.0)
+            vv = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm[:, None] & em[None, :], other=0.0)
+            m, l, acc = _attn_tile(q, kk, vv, nm, m, l, acc)
     out = row.to(tl.int64) * NSPLIT + split
     tl.store(m_ptr + out, m)
     tl.store(l_ptr + out, l)
@@ -680,7 +720,7 @@ def _check_top_k(top_k) -> int:
 
 def _check_config(config) -> Config:
     cfg = DEFAULT_CONFIG if config is None else check_config(config, Config)
-    for field in ("score_block", "select_block", "attn_block"):
+    for field in ("score_block", "radix_block", "select_block", "attn_block"):
         size = getattr(cfg, field)
         if not isinstance(size, int) or size < 16 or size & (size - 1):
             raise ValueError(f"config.{field} must be a power of two ≥ 16, got {size!r}")
@@ -737,9 +777,10 @@ def _empty_index(*shape: int, device) -> torch.Tensor:
     return _triton.empty(*shape, device=device, dtype=torch.float32).view(torch.int32)
 
 
-def _select_radix(scores: torch.Tensor, work, top_k: int, nprog: int, cfg: Config) -> torch.Tensor:
+def _select_radix(scores: torch.Tensor, work, top_k: int, cfg: Config) -> torch.Tensor:
     hist, cnt, state = work
     R, S = scores.shape
+    nprog = triton.cdiv(S, cfg.radix_block)
     KB = 32 if scores.dtype == torch.float32 else 16
     digits = cfg.key_digits()
     idx = _empty_index(R, top_k, device=scores.device)
@@ -749,7 +790,7 @@ def _select_radix(scores: torch.Tensor, work, top_k: int, nprog: int, cfg: Confi
         launch(
             _radix_kernel, (nprog, R),
             scores, hist, cnt, state, S, R, nprog, PASS=p, SHIFT=shift, W=w, ATOMIC=p >= cfg.atomic_from_pass,
-            BLOCK=cfg.score_block, TILES=cfg.score_tiles, KB=KB, num_warps=cfg.num_warps,
+            BLOCK=cfg.radix_block, TILES=1, KB=KB, num_warps=cfg.num_warps,
         )  # fmt: skip
     # at most 1024 blocks per row where S allows (the write kernel reads every block's counts), and
     # at most 2**14 tokens per block (the write kernel packs two running counts into one int32)
@@ -776,7 +817,10 @@ def _select(q, labels: Labels, channels: torch.Tensor, top_k: int, Hkv: int, cfg
     if q.device.type == "cuda":  # at least ~4 programs per multiprocessor: fewer tiles per program at small B·H·S
         wanted = 4 * _sm_count(q.device)
         tiles = max(1, min(cfg.score_tiles, triton.cdiv(triton.cdiv(S, cfg.score_block) * R, wanted)))
-        cfg = replace(cfg, score_tiles=tiles)
+        radix_block = cfg.radix_block
+        while radix_block > 1024 and triton.cdiv(S, radix_block) * R < wanted:
+            radix_block //= 2
+        cfg = replace(cfg, score_tiles=tiles, radix_block=radix_block)
     radix = cfg.select == "radix"
     fp16_keys = cfg.score_dtype == "float16"
     scores = _triton.empty(R, S, device=q.device, dtype=torch.float16 if fp16_keys else torch.float32)
@@ -796,7 +840,7 @@ def _select(q, labels: Labels, channels: torch.Tensor, top_k: int, Hkv: int, cfg
         W0=cfg.key_digits()[0], num_warps=cfg.num_warps,
     )  # fmt: skip
     if radix:
-        return _select_radix(scores, work, top_k, nprog, cfg)
+        return _select_radix(scores, work, top_k, cfg)
     return torch.topk(scores, top_k, dim=-1, sorted=False).indices.to(torch.int32)
 
 
@@ -840,6 +884,7 @@ def _attend(q, k_cache, v_cache, idx, nsel: int, scale: float, cfg: Config) -> t
         _attn_kernel, (nsplit, H, B),
         q, k_cache, v_cache, idx if idx is not None else m, m, l, acc, scale * _LOG2E, S, nsel, per, nsplit, H,
         Hkv, D=D, DP=max(16, next_power_of_2(D)), DV=Dv, DVP=DVP, BN=cfg.attn_block, DENSE=idx is None,
+        PREFETCH=cfg.attn_prefetch,
         num_warps=cfg.attn_num_warps, num_stages=cfg.attn_num_stages,
     )  # fmt: skip
     launch(_merge_kernel, (R,), m, l, acc, o, nsplit, D=Dv, DP=DVP, SP=max(2, next_power_of_2(nsplit)), num_warps=4)
@@ -1021,5 +1066,7 @@ def record_benchmark_launches(*, S: int = 262144, B: int = 1, H: int = 32) -> li
         _select(q, Labels(meta(B, H, S, 8)), ch[:, :8], top_k, H, fp16_keys)
         _attend(q, k, v, idx, top_k, 0.1, cfg)
         _attend(q, k, v, None, S, 0.1, cfg)
+        _attend(q, k, v, idx, top_k, 0.1, replace(cfg, attn_prefetch=True))
+        _attend(q, k, v, idx, top_k, 0.1, replace(cfg, attn_prefetch=True, attn_block=32))
         gather_rows(idx, k, v, H)
     return launches

@@ -95,6 +95,20 @@ def test_decode_matches_reference(case, dtype):
     assert rel_err(o, reference_decode(q, k, v, ch, top_k, 0.3)) < TOL[dtype]
 
 
+PREFETCH = ds.Config(attn_prefetch=True, attn_block=16, splits=3, radix_block=32)
+
+
+@pytest.mark.parametrize("top_k", [100, 150], ids=["sparse", "dense"])
+def test_prefetching_attention_and_small_radix_blocks_give_the_same_decode(top_k):
+    """The attention loop that gathers the next tile before computing this one (three splits of
+    three 16-row tiles, the last split ending mid-tile; the dense case) and one-tile radix passes
+    of 32 tokens."""
+    q, k, v, ch = problem(2, 4, 2, 150, 16, 3, Dv=24)
+    o = ds.decode(q, k, v, ch, top_k=top_k, scale=0.3, config=PREFETCH)
+    assert ds._splits(8, top_k, PREFETCH, q.device) == ((3, 48) if top_k == 100 else (3, 64))
+    assert rel_err(o, reference_decode(q, k, v, ch, top_k, 0.3)) < 1e-4
+
+
 def test_default_scale_is_one_over_sqrt_d():
     q, k, v, ch = problem(1, 2, 2, 50, 16, 4)
     assert rel_err(ds.decode(q, k, v, ch, top_k=7), reference_decode(q, k, v, ch, 7)) < 1e-4
@@ -151,8 +165,8 @@ def test_ties_go_to_the_lower_index_with_negative_and_zero_scores():
 @pytest.mark.parametrize(
     "config",
     [
-        ds.Config(score_block=16, score_tiles=2, select_block=16, atomic_from_pass=1),  # many blocks, all atomic
-        ds.Config(score_block=32, score_tiles=1, select_block=32, atomic_from_pass=4),  # histograms only
+        ds.Config(score_block=16, score_tiles=2, radix_block=16, select_block=16, atomic_from_pass=1),  # all atomic
+        ds.Config(score_block=32, score_tiles=1, radix_block=64, select_block=32, atomic_from_pass=4),  # histograms
     ],
     ids=["atomic", "histogram"],
 )
@@ -255,10 +269,13 @@ def test_every_load_and_store_stays_inside_its_tensors():
         o = ds.decode(q, k, v, ch, top_k=11)
         lab = ds.build_labels(k, ch, bits=8)
         o8 = ds.decode_with_labels(q, k, v, lab, ch, top_k=11)
+        o_prefetch = ds.decode(q, k, v, ch, top_k=11, config=PREFETCH)
+        o_dense = ds.decode(q, k, v, ch, top_k=70, config=PREFETCH)
         idx = ds.select(q, lab, ch, top_k=11)
         idx16 = ds.select(q, lab, ch, top_k=11, config=FP16_KEYS)
     assert rel_err(o, reference_decode(q, k, v, ch, 11)) < 1e-4
     assert bool(((idx16 >= 0) & (idx16 < 70)).all())
+    assert rel_err(o_prefetch, o) < 1e-5 and rel_err(o_dense, reference_decode(q, k, v, ch, 70)) < 1e-4
     assert torch.isfinite(o8).all() and idx.shape == (1, 6, 11)
     q, k, v, ch = problem(1, 4, 2, 50, 16, 2)
     idx = ds.select(q, ds.build_labels(k, ch), ch, top_k=9)
@@ -318,6 +335,7 @@ def test_kernels_compile_for_the_h100():
         (dict(config=ds.Config(score_dtype="float16", digits=(8, 8, 8, 8))), ValueError, "summing to 16"),
         (dict(config=ds.Config(digits=(16, 16))), ValueError, "config.digits"),
         (dict(config=ds.Config(atomic_from_pass=0)), ValueError, "config.atomic_from_pass"),
+        (dict(config=ds.Config(radix_block=1000)), ValueError, "config.radix_block"),
     ],
 )
 def test_bad_input_raises_a_clear_error(change, exc, words):

@@ -145,32 +145,31 @@ def _check(q, k, v, lab, channels, top_k, cfg) -> dict:
 #: selection (label scores, radix passes, counting and writing) and the attention, timed apart.
 SELECT_SWEEP = {
     "default": {},
-    "score_tiles_8": dict(score_tiles=8),
-    "warps_8": dict(num_warps=8),
-    "atomic_from_pass_1": dict(atomic_from_pass=1),
-    "select_block_4096": dict(select_block=4096),
+    "radix_block_2048": dict(radix_block=2048),
+    "radix_block_8192": dict(radix_block=8192),
     "digits_5_5_6_8_8": dict(digits=(5, 5, 6, 8, 8)),
     "fp16keys": dict(score_dtype="float16"),
+    "fp16keys_radix_block_1024": dict(score_dtype="float16", radix_block=1024),
+    "fp16keys_radix_block_2048": dict(score_dtype="float16", radix_block=2048),
+    "fp16keys_radix_block_8192": dict(score_dtype="float16", radix_block=8192),
     "fp16keys_digits_8_8": dict(score_dtype="float16", digits=(8, 8)),
-    "fp16keys_digits_8_8_hist": dict(score_dtype="float16", digits=(8, 8), atomic_from_pass=2),
     "fp16keys_digits_6_5_5": dict(score_dtype="float16", digits=(6, 5, 5)),
-    "fp16keys_digits_4_6_6": dict(score_dtype="float16", digits=(4, 6, 6)),
     "fp16keys_digits_5_5_6_hist": dict(score_dtype="float16", atomic_from_pass=3),
-    "fp16keys_digits_5_5_6_atomic": dict(score_dtype="float16", atomic_from_pass=1),
+    "fp16keys_digits_4_6_6": dict(score_dtype="float16", digits=(4, 6, 6)),
     "fp16keys_score_tiles_2": dict(score_dtype="float16", score_tiles=2),
     "fp16keys_score_tiles_8": dict(score_dtype="float16", score_tiles=8),
-    "fp16keys_score_block_2048": dict(score_dtype="float16", score_block=2048, score_tiles=2),
-    "fp16keys_warps_8": dict(score_dtype="float16", num_warps=8),
     "fp16keys_select_block_4096": dict(score_dtype="float16", select_block=4096),
-    "fp16keys_select_block_8192": dict(score_dtype="float16", select_block=8192),
+    "fp16keys_warps_8": dict(score_dtype="float16", num_warps=8),
 }
 ATTN_SWEEP = {
     "default": {},
     "attn_block_32": dict(attn_block=32),
     "attn_block_128": dict(attn_block=128),
-    "attn_warps_8": dict(attn_num_warps=8),
     "splits_x2": "x2",
-    "stages_1": dict(attn_num_stages=1),
+    "prefetch": dict(attn_prefetch=True),
+    "prefetch_block_32": dict(attn_prefetch=True, attn_block=32),
+    "prefetch_block_32_splits_x2": ("x2", dict(attn_prefetch=True, attn_block=32)),
+    "prefetch_warps_8": dict(attn_prefetch=True, attn_num_warps=8),
 }
 
 
@@ -195,9 +194,10 @@ def _sweep(q, k, v, lab, ch, top_k, log) -> dict:
         except Exception as err:
             out["select"][name] = {"error": repr(err)[:300]}
     for name, kw in ATTN_SWEEP.items():
-        if kw == "x2":
+        if kw == "x2" or isinstance(kw, tuple):
             sm = torch.cuda.get_device_properties(q.device).multi_processor_count
-            kw = dict(splits=max(1, 2 * triton_cdiv(4 * sm, B * H_)))
+            extra = kw[1] if isinstance(kw, tuple) else {}
+            kw = dict(splits=max(1, 2 * triton_cdiv(4 * sm, B * H_)), **extra)
         cfg = dataclasses.replace(ds.DEFAULT_CONFIG, **kw)
         try:
             err = _rel(ds.sparse_attention(q, k, v, idx0, config=cfg), o0)
