@@ -91,8 +91,9 @@ class Config:
     num_stages: int = 2
 
 
-#: The setting for blocks of 64.
-DEFAULT_CONFIG = Config()
+#: The setting for blocks of 64: two block-rows per program (128 × 64 products), the fastest of the
+#: H100 sweep at 32k (18.6 ms against 21.3 ms with one block-row; perf log, run 3).
+DEFAULT_CONFIG = Config(block_rows=2)
 
 _BY_BLOCK = {16: Config(num_warps=2), 32: Config(num_warps=4), 64: DEFAULT_CONFIG, 128: Config(num_warps=8)}
 
@@ -201,74 +202,77 @@ def _masked_scores(q, k_base, skt, j, offs_m, offs_n, kmask, T, qk_scale, BLOCK:
 
 
 @triton.jit
-def _gate_topk_kernel(
-    QG, KG, COS, SIN, COUNTS, P, MASK,
+def _gate_logits_kernel(
+    QG, KG, COS, SIN, L,
     sqb, sqh, sqn,
     skb, skh, skn,
     H, N, GROUP, scale,
-    DG: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr, ROW: tl.constexpr,
-    SUB: tl.constexpr, PRECISION: tl.constexpr,
+    DG: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Block-rows ``TILE·p … TILE·p + TILE − 1`` of one head: (1) their logits over the causal key
-    blocks into ``P``; (2) ``SUB`` rows at a time read back whole (``ROW`` ≥ N columns), softmax,
-    top-k by a bitwise search for the k-th largest probability, mask and probabilities stored."""
+    """Logits ``scale · q̃_i · k̃_j`` (RoPE on the fly) of block-rows ``TILE·p …`` of one head, ``j ≤ i``."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP
     i0 = pid_m * TILE
-
-    # 1. logits of the tile's rows: RoPE (rotate-half, the block's first position) on the fly
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < DG
     partner = tl.where(offs_d < DG // 2, offs_d + DG // 2, offs_d - DG // 2)
     sign = tl.where(offs_d < DG // 2, -1.0, 1.0)
     rows = i0 + tl.arange(0, TILE)
+    # rotated in fp32, then rounded to the input dtype as the reference's RoPE output is
     q = _rotated(QG + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, sqn, rows, N, COS, SIN, offs_d, partner, sign, dmask, DG)
+    q = q.to(QG.dtype.element_ty)
     k_base = KG + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
-    p_base = P + pid_bh.to(tl.int64) * N * N
+    l_base = L + pid_bh.to(tl.int64) * N * N
     offs_c = tl.arange(0, CHUNK)
     for c in range(0, tl.minimum(i0 + TILE, N), CHUNK):
         cols = c + offs_c
-        kc = _rotated(k_base, skn, cols, N, COS, SIN, offs_d, partner, sign, dmask, DG)
+        kc = _rotated(k_base, skn, cols, N, COS, SIN, offs_d, partner, sign, dmask, DG).to(KG.dtype.element_ty)
         s = tl.dot(q, tl.trans(kc), input_precision=PRECISION) * scale
-        tl.store(p_base + rows[:, None] * N + cols[None, :], s,
-                 mask=(rows < N)[:, None] & (cols[None, :] <= rows[:, None]))  # fmt: skip
-    tl.debug_barrier()  # the logits above are read back by other threads of this program
+        tl.store(l_base + rows[:, None] * N + cols[None, :], s, mask=(rows < N)[:, None] & (cols[None, :] <= rows[:, None]))
 
-    # 2. per row: softmax over j ≤ i, then keep the diagonal and the k_i − 1 most probable j < i
-    #    (ties to the lower index), k_i from COUNTS
+
+@triton.jit
+def _gate_select_kernel(
+    L, COUNTS, P, MASK,
+    H, N,
+    SUB: tl.constexpr, ROW: tl.constexpr, STORE_P: tl.constexpr,
+):  # fmt: skip
+    """Rows ``SUB·p …`` of one head, each read whole (``ROW ≥ N`` columns): softmax over ``j ≤ i``,
+    then the diagonal and the ``k_i − 1`` most probable ``j < i`` kept (ties to the lower index)."""
+    pid_bh = tl.program_id(1)
+    i = tl.program_id(0) * SUB + tl.arange(0, SUB)
+    i_in = i < N
     offs_r = tl.arange(0, ROW)
-    for r0 in tl.static_range(0, TILE, SUB):
-        i = i0 + r0 + tl.arange(0, SUB)
-        i_in = i < N
-        ptrs = p_base + i[:, None] * N + offs_r[None, :]
-        causal = i_in[:, None] & (offs_r[None, :] <= i[:, None])
-        s = tl.load(ptrs, mask=causal, other=float("-inf"))
-        # rows past the end see nothing: their max and sum are set so that they come out all 0
-        shifted = s - tl.where(i_in, tl.max(s, 1), 0.0)[:, None]
-        z = tl.where(i_in, tl.sum(tl.exp(shifted), 1), 1.0)
-        p = tl.exp(shifted - tl.log(z)[:, None])  # 0 where not causal
-        # probabilities are ≥ 0, so their bit patterns order like them; non-candidates get −1
-        below = causal & (offs_r[None, :] < i[:, None])
-        key = tl.where(below, p.to(tl.int32, bitcast=True), -1)
-        want = tl.load(COUNTS + i, mask=i_in, other=1) - 1
-        # the largest v with #{key ≥ v} ≥ want, bit by bit from the top: the want-th largest key
-        # (all ones where want = 0: then nothing passes)
-        v = tl.zeros([SUB], dtype=tl.int32)
-        for bit in tl.static_range(30, -1, -1):
-            trial = v | (1 << bit)
-            enough = tl.sum((key >= trial[:, None]).to(tl.int32), 1) >= want
-            v = tl.where(enough, trial, v)
-        greater = key > v[:, None]
-        equal = key == v[:, None]
-        need = want - tl.sum(greater.to(tl.int32), 1)
-        keep = greater | (equal & (tl.cumsum(equal.to(tl.int32), 1) <= need[:, None]))
-        keep = keep | (offs_r[None, :] == i[:, None])
-        inside = i_in[:, None] & (offs_r < N)[None, :]
-        tl.store(ptrs, p, mask=inside)
-        tl.store(MASK + pid_bh.to(tl.int64) * N * N + i[:, None] * N + offs_r[None, :], keep, mask=inside)
+    base = pid_bh.to(tl.int64) * N * N + i[:, None] * N + offs_r[None, :]
+    causal = i_in[:, None] & (offs_r[None, :] <= i[:, None])
+    s = tl.load(L + base, mask=causal, other=float("-inf"))
+    # rows past the end see nothing: their max and sum are set so that they come out all 0
+    shifted = s - tl.where(i_in, tl.max(s, 1), 0.0)[:, None]
+    z = tl.where(i_in, tl.sum(tl.exp(shifted), 1), 1.0)
+    p = tl.exp(shifted - tl.log(z)[:, None])  # 0 where not causal
+    # probabilities are ≥ 0, so their bit patterns order like them; non-candidates get −1
+    below = causal & (offs_r[None, :] < i[:, None])
+    key = tl.where(below, p.to(tl.int32, bitcast=True), -1)
+    want = tl.load(COUNTS + i, mask=i_in, other=1) - 1
+    # the largest v with #{key ≥ v} ≥ want, bit by bit from the top: the want-th largest key
+    # (all ones where want = 0: then nothing passes)
+    v = tl.zeros([SUB], dtype=tl.int32)
+    for bit in tl.static_range(30, -1, -1):
+        trial = v | (1 << bit)
+        enough = tl.sum((key >= trial[:, None]).to(tl.int32), 1) >= want
+        v = tl.where(enough, trial, v)
+    greater = key > v[:, None]
+    equal = key == v[:, None]
+    need = want - tl.sum(greater.to(tl.int32), 1)
+    keep = greater | (equal & (tl.cumsum(equal.to(tl.int32), 1) <= need[:, None]))
+    keep = keep | (offs_r[None, :] == i[:, None])
+    inside = i_in[:, None] & (offs_r < N)[None, :]
+    if STORE_P:
+        tl.store(P + base, p, mask=inside)
+    tl.store(MASK + base, keep, mask=inside)
 
 
 @triton.jit
@@ -394,10 +398,15 @@ def gate_topk(q_gate: torch.Tensor, k_gate: torch.Tensor, *, density: float, blo
     softmax of ``scale · q̃ k̃ᵀ``, then in row ``i`` the diagonal and the ``k_i − 1`` most probable
     blocks ``j < i``, ``k_i = min(i+1, max(1, round(ρ(i+1))))``, ties to the lower index.
 
-    One program per 16 block-rows of a head writes their logits, reads each row back whole and
-    finds its ``(k_i − 1)``-th largest probability by a bitwise search over the probabilities' bit
-    patterns (31 counting passes over the row, no sort), then stores the row's mask and
-    probabilities. The RoPE tables and the per-row counts are built once per shape (cached).
+    Two kernels: the logits of 64 block-rows per program (RoPE on the fly, the rotated values
+    rounded to the input dtype as the reference's RoPE output is, then products with fp32
+    accumulation; three-pass tf32 for fp32 inputs); then one warp per row (or a few rows) reads the
+    row's logits whole, takes the softmax and finds its ``(k_i − 1)``-th largest probability by a
+    bitwise search over the probabilities' bit patterns (31 counting passes, no sort), and stores
+    the row's mask. The search's 31 dependent reductions are warp shuffles, and many one-warp
+    programs run side by side: in one program of 4 warps per 16 rows (the first version) they
+    went through shared memory and took 0.31 ms at 32k (perf log, run 3). The RoPE tables and the
+    per-row counts are built once per shape (cached); nothing is read back to the host.
 
     Args:
         q_gate: ``[B, H, n, d_g]`` the gate's projected queries, before RoPE.
@@ -435,33 +444,45 @@ def gate_topk(q_gate: torch.Tensor, k_gate: torch.Tensor, *, density: float, blo
     scale = _triton.check_scale(scale, default=dg**-0.5)
     _triton.check_flag("return_probs", return_probs)
     refuse_autograd(q_gate, k_gate)
-    mask, probs = _gate_topk(q_gate, k_gate, float(density), block, scale, float(rope_base))
+    if _triton.interpreter_upcasts(q_gate.dtype):
+        q_gate, k_gate = q_gate.float(), k_gate.float()
+    mask, probs = _gate_topk(q_gate, k_gate, float(density), block, scale, float(rope_base), return_probs)
     return (mask, probs) if return_probs else mask
 
 
-def _gate_topk(q_gate, k_gate, density: float, block: int, scale: float, rope_base: float):
-    """The launcher (inputs checked by the caller): ``(mask, probs)``."""
+def _gate_topk(q_gate, k_gate, density: float, block: int, scale: float, rope_base: float, return_probs: bool = True):
+    """The launchers (inputs checked by the caller): ``(mask, probs or None)``."""
     B, H, n, dg = q_gate.shape
     Hkv = k_gate.shape[1]
     cos, sin = _rope_tables(n, dg, block, rope_base, q_gate.device)
     counts = _row_counts(n, density, q_gate.device)
     q_gate, k_gate = (x if x.stride(-1) == 1 else x.contiguous() for x in (q_gate, k_gate))
-    probs = _triton.empty(B, H, n, n, device=q_gate.device, dtype=torch.float32)
+    logits = torch.empty(B, H, n, n, device=q_gate.device, dtype=torch.float32)  # read only where written
+    probs = _triton.empty(B, H, n, n, device=q_gate.device, dtype=torch.float32) if return_probs else None
     mask = _triton.empty(B, H, n, n, device=q_gate.device, dtype=torch.bool)
-    tile, row = 16, max(16, next_power_of_2(n))
-    sub = max(1, min(tile, 2048 // row))
-    # one stage: the loads of the logits loop are small and mostly from the L2; pipelining them
-    # would take 180 KiB of shared memory (one program per multiprocessor)
-    launch_kw = {} if INTERPRETER else dict(num_warps=4, num_stages=1)
+    tile = 64 if n > 32 else 16
+    fp32 = q_gate.dtype == torch.float32
     _triton.launch(
-        _gate_topk_kernel, (triton.cdiv(n, tile), B * H),
-        q_gate, k_gate, cos, sin, counts, probs, mask,
+        _gate_logits_kernel, (triton.cdiv(n, tile), B * H),
+        q_gate, k_gate, cos, sin, logits,
         q_gate.stride(0), q_gate.stride(1), q_gate.stride(2),
         k_gate.stride(0), k_gate.stride(1), k_gate.stride(2),
         H, n, H // Hkv, scale,
-        DG=dg, BLOCK_D=max(16, next_power_of_2(dg)), TILE=tile, CHUNK=64, ROW=row, SUB=sub,
-        PRECISION="ieee" if INTERPRETER else "tf32x3",
-        **launch_kw,
+        DG=dg, BLOCK_D=max(16, next_power_of_2(dg)), TILE=tile, CHUNK=64,
+        PRECISION="ieee" if INTERPRETER else ("tf32x3" if fp32 else "tf32"),
+        # one stage: pipelining the four loads of a key chunk (its values, their RoPE partners, the
+        # cos and sin tables) would take 128 KiB of shared memory
+        **({} if INTERPRETER else dict(num_warps=4, num_stages=1)),
+    )  # fmt: skip
+    # the selection: a row in one warp (reductions by shuffles, many programs resident), a warp
+    # more per 1024 columns past the first 1024
+    row = max(16, next_power_of_2(n))
+    sub = max(1, min(16, 1024 // row))
+    _triton.launch(
+        _gate_select_kernel, (triton.cdiv(n, sub), B * H),
+        logits, counts, logits if probs is None else probs, mask, H, n,
+        SUB=sub, ROW=row, STORE_P=probs is not None,
+        **({} if INTERPRETER else dict(num_warps=max(1, min(8, row // 1024)), num_stages=1)),
     )  # fmt: skip
     return mask, probs
 

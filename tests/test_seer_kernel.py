@@ -355,7 +355,7 @@ def test_kernels_compile_for_the_h100():
     """The ground-truth, gate and pooling kernels compiled for sm_90 as a real call launches them: shared
     memory fits, no register spills, warpgroup MMAs on the bf16 path."""
     reports = compile_in_subprocess(_COMPILE_FOR_H100)
-    assert len(reports) == 11, reports
+    assert len(reports) == 14, reports
     for r in reports:
         assert r["shared_bytes"] <= 227 * 1024, r
         if "stack_bytes" in r:
