@@ -145,7 +145,8 @@ class Config:
         atomic_from_pass: radix passes from this one on (1 ..; at or past the number of digits:
             none) count with one atomic add per key that still matches the prefix, instead of a
             histogram over every key of the tile (after a digit or two only a few keys in a
-            thousand still match).
+            thousand still match); ``None``: 2 for fp32 keys, none for fp16 keys (their small
+            histograms cost less than the atomics: run 3 of the perf log).
         attn_block: selected rows per tile of the attention kernel.
         splits: programs per query head in the attention kernel; ``None`` sizes it to the GPU
             (about four programs per multiprocessor in all).
@@ -162,13 +163,19 @@ class Config:
     select: str = "radix"
     score_dtype: str = "float32"
     digits: tuple | None = None
-    atomic_from_pass: int = 2
+    atomic_from_pass: int | None = None
     attn_block: int = 64
     splits: int | None = None
     num_warps: int = 4
     attn_num_warps: int = 4
     attn_num_stages: int = 1
     attn_prefetch: bool = False
+
+    def atomic_pass(self) -> int:
+        """The first radix pass that counts with atomics (``atomic_from_pass`` or its default)."""
+        if self.atomic_from_pass is not None:
+            return self.atomic_from_pass
+        return 2 if self.score_dtype == "float32" else len(self.key_digits())
 
     def key_digits(self) -> tuple:
         """The radix digit widths in use (``digits``, or the default of ``score_dtype``)."""
@@ -737,8 +744,9 @@ def _check_config(config) -> Config:
                 or any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 8 for w in digits)):  # fmt: skip
             raise ValueError(f"config.digits must be None or widths of 1..8 bits summing to {bits} "
                              f"(the {cfg.score_dtype} key), got {digits!r}")  # fmt: skip
-    if isinstance(cfg.atomic_from_pass, bool) or not isinstance(cfg.atomic_from_pass, int) or cfg.atomic_from_pass < 1:
-        raise ValueError(f"config.atomic_from_pass must be a positive int, got {cfg.atomic_from_pass!r}")
+    a = cfg.atomic_from_pass
+    if a is not None and (isinstance(a, bool) or not isinstance(a, int) or a < 1):
+        raise ValueError(f"config.atomic_from_pass must be None or a positive int, got {a!r}")
     if not isinstance(cfg.score_tiles, int) or cfg.score_tiles < 1:
         raise ValueError(f"config.score_tiles must be a positive int, got {cfg.score_tiles!r}")
     return cfg
@@ -789,7 +797,7 @@ def _select_radix(scores: torch.Tensor, work, top_k: int, cfg: Config) -> torch.
         shift -= w
         launch(
             _radix_kernel, (nprog, R),
-            scores, hist, cnt, state, S, R, nprog, PASS=p, SHIFT=shift, W=w, ATOMIC=p >= cfg.atomic_from_pass,
+            scores, hist, cnt, state, S, R, nprog, PASS=p, SHIFT=shift, W=w, ATOMIC=p >= cfg.atomic_pass(),
             BLOCK=cfg.radix_block, TILES=1, KB=KB, num_warps=cfg.num_warps,
         )  # fmt: skip
     # at most 1024 blocks per row where S allows (the write kernel reads every block's counts), and

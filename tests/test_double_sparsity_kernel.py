@@ -407,12 +407,14 @@ def top_k_set(scores, top_k):
 @pytest.mark.parametrize(
     "config",
     [
-        FP16_KEYS,  # digits (5, 5, 6), the last by atomics
-        ds.Config(score_dtype="float16", digits=(8, 8), atomic_from_pass=1, score_block=64, select_block=32),
-        ds.Config(score_dtype="float16", digits=(2, 7, 7), atomic_from_pass=3, score_block=32, score_tiles=2),
+        FP16_KEYS,  # digits (5, 5, 6), histograms
+        ds.Config(score_dtype="float16", atomic_from_pass=2, radix_block=128),  # the last digit by atomics
+        ds.Config(score_dtype="float16", digits=(8, 8), atomic_from_pass=1, score_block=64, radix_block=64,
+                  select_block=32),  # fmt: skip
+        ds.Config(score_dtype="float16", digits=(2, 7, 7), score_block=32, score_tiles=2, radix_block=256),
         ds.Config(score_dtype="float16", digits=(4, 4, 4, 4), select_block=32),
     ],
-    ids=["default", "two-bytes-atomic", "histograms", "four-digits"],
+    ids=["default", "atomic-last", "two-bytes-atomic", "histograms", "four-digits"],
 )
 def test_fp16_keys_select_the_exact_top_k_of_the_rounded_scores(config):
     """The fp16-key selection is the exact top-k of the fp16-rounded scores (ties to the lower index),

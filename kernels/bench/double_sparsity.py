@@ -154,7 +154,7 @@ SELECT_SWEEP = {
     "fp16keys_radix_block_8192": dict(score_dtype="float16", radix_block=8192),
     "fp16keys_digits_8_8": dict(score_dtype="float16", digits=(8, 8)),
     "fp16keys_digits_6_5_5": dict(score_dtype="float16", digits=(6, 5, 5)),
-    "fp16keys_digits_5_5_6_hist": dict(score_dtype="float16", atomic_from_pass=3),
+    "fp16keys_atomic_pass_2": dict(score_dtype="float16", atomic_from_pass=2),
     "fp16keys_digits_4_6_6": dict(score_dtype="float16", digits=(4, 6, 6)),
     "fp16keys_score_tiles_2": dict(score_dtype="float16", score_tiles=2),
     "fp16keys_score_tiles_8": dict(score_dtype="float16", score_tiles=8),
