@@ -339,7 +339,7 @@ for dtype, K, block, cfg in [(torch.bfloat16, 128, 64, seer.config_for(64)), (to
     T = 32768 + 5
     with _triton.recorded_launches() as launches:
         seer._ground_truth(meta(1, 8, T, K, dtype=dtype), meta(1, 2, T, K, dtype=dtype), block, 0.1, cfg)
-        seer._pool(meta(1, 2, T, K, dtype=dtype), block, ("max", "min", "avg"), per_program=cfg.block_rows * 2)
+        seer._pool(meta(1, 2, T, K, dtype=dtype), block, ("max", "min", "avg"), per_program=cfg.block_rows)
     for name, info in compile_recorded(launches).items():
         print(json.dumps({"dtype": str(dtype), "block": block, "rows": cfg.block_rows, "kernel": name, **info}))
 for n in (128, 512, 2048):  # the gate at 8k, 32k and 128k tokens in blocks of 64
