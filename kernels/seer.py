@@ -1,4 +1,4 @@
-r"""SeerAttention's training-side kernels in Triton: the gate's ground truth, and block pooling.
+r"""SeerAttention's gate kernels in Triton: its ground truth, block pooling, and its block selection.
 
 ``ground_truth(q, k, *, block=64, scale=None)`` computes the same function as
 ``reference.seer.ground_truth`` (``docs/seer.md``; arXiv 2410.13276): with the causal attention
@@ -9,6 +9,11 @@ key block ``j``), each block-row renormalised to sum 1, zeros above the diagonal
 ``pool(x, *, block=64, kind="avg")`` equals ``reference.seer.pool``; ``pool_features(x, *, block,
 kinds=("max", "min", "avg"))`` pools several kinds in one read of ``x`` and writes them side by side
 (``[B, H, nq, len(kinds)·D]``, the gate's key features in that order).
+
+``gate_topk(q_gate, k_gate, *, density, block)`` turns the gate's projected queries and keys
+(before RoPE) into its block mask: ``reference.seer.select_topk(reference.seer.gate_scores(
+RoPE(q_gate), RoPE(k_gate)), density=density)`` in two kernels, nothing read back to the host
+(design in its docstring).
 
 Design of the ground truth
 --------------------------
