@@ -50,10 +50,11 @@ refused — the ground truth is a training *target*).
 
 Pooling
 -------
-One program per (block, head) (or per few consecutive blocks of a head) loads each block's ``[block, D]`` tile once and keeps what the kinds
-ask for: the mean over the block's real tokens (the last block's too), the maximum, the minimum.
-The gate's key features ``[max, min, avg]`` then cost one read of ``k`` instead of three, and the
-concatenation none.
+One program per block of a head (or per few consecutive blocks) loads each block's ``[block, D]``
+tile once and keeps what the kinds ask for: the mean over the block's real tokens (the last
+block's too), the maximum, the minimum. The gate's key features ``[max, min, avg]`` then cost one
+read of ``k`` instead of three, and the concatenation none. Few warps per block (2 for 64 × 128
+tiles): the reductions stay inside threads.
 """
 
 from __future__ import annotations
@@ -495,7 +496,8 @@ def _gate_topk(q_gate, k_gate, density: float, block: int, scale: float, rope_ba
 @functools.lru_cache(maxsize=8)
 def _rope_tables(n: int, dg: int, block: int, base: float, device: torch.device):
     """fp32 ``cos, sin [n, d_g]`` of the angles ``(i · block) θ_c`` (formed in float64), each half repeated."""
-    theta = (torch.arange(n, dtype=torch.float64) * block)[:, None] * base ** (-torch.arange(0, dg, 2, dtype=torch.float64) / dg)
+    freq = base ** (-torch.arange(0, dg, 2, dtype=torch.float64) / dg)
+    theta = (torch.arange(n, dtype=torch.float64) * block)[:, None] * freq
     theta = torch.cat([theta, theta], dim=-1)
     return theta.cos().float().to(device), theta.sin().float().to(device)
 

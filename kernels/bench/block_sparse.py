@@ -182,7 +182,8 @@ class _TorchGate:
         counts = [min(r + 1, max(1, round(density * (r + 1)))) for r in range(n)]
         self.top = max(counts) - 1
         i = torch.arange(n, device=device)
-        self.keep = torch.arange(max(1, self.top), device=device)[None, :] < (torch.tensor(counts, device=device) - 1)[:, None]
+        extra = torch.tensor(counts, device=device) - 1  # off-diagonal blocks kept per row
+        self.keep = torch.arange(max(1, self.top), device=device)[None, :] < extra[:, None]
         self.causal = i[None, :] <= i[:, None]
         self.below = i[None, :] < i[:, None]
         self.eye = torch.eye(n, dtype=torch.bool, device=device)
@@ -223,7 +224,9 @@ def _gate_pipeline(T: int, block: int, density: float, result: dict):
         want = seer._pool(k, block, ("max", "min", "avg"))
         sweep = {}
         for per, warps in POOL_SWEEP:
-            run = lambda per=per, warps=warps: seer._pool(k, block, ("max", "min", "avg"), per_program=per, num_warps=warps)  # noqa: E731
+            def run(per=per, warps=warps):
+                return seer._pool(k, block, ("max", "min", "avg"), per_program=per, num_warps=warps)
+
             if torch.equal(run(), want):
                 sweep[f"{per},{warps}"] = round(common.time_ms(run), 4)
         checks["pool_k_sweep_ms"] = sweep
@@ -249,7 +252,8 @@ def _gate_pipeline(T: int, block: int, density: float, result: dict):
         "total": lambda: gate_mask(q, k, wq, wk, block=block, density=density, pool_setting=setting),
         "torch_total": lambda: torch_gate(q, k, wq, wk),
     }
-    checks["pool_triton_vs_torch_max_abs_diff"] = max(float((a.float() - b.float()).abs().max()) for a, b in zip(pool(), pool_torch()))
+    diffs = [float((a.float() - b.float()).abs().max()) for a, b in zip(pool(), pool_torch())]
+    checks["pool_triton_vs_torch_max_abs_diff"] = max(diffs)
     mask, probs = seer.gate_topk(qg, kg, density=density, block=block, return_probs=True)
     checks["total_equals_its_stages"] = bool(torch.equal(stages["total"](), mask))
     tmask, tprobs = torch_gate(q, k, wq, wk)
