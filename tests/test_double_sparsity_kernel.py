@@ -336,6 +336,7 @@ def test_kernels_compile_for_the_h100():
         (dict(config=ds.Config(digits=(16, 16))), ValueError, "config.digits"),
         (dict(config=ds.Config(atomic_from_pass=0)), ValueError, "config.atomic_from_pass"),
         (dict(config=ds.Config(radix_block=1000)), ValueError, "config.radix_block"),
+        (dict(config=ds.Config(radix_tiles=0)), ValueError, "config.radix_tiles"),
     ],
 )
 def test_bad_input_raises_a_clear_error(change, exc, words):
@@ -408,7 +409,7 @@ def top_k_set(scores, top_k):
     "config",
     [
         FP16_KEYS,  # digits (5, 5, 6), histograms
-        ds.Config(score_dtype="float16", atomic_from_pass=2, radix_block=128),  # the last digit by atomics
+        ds.Config(score_dtype="float16", atomic_from_pass=2, radix_block=128, radix_tiles=3),  # last digit by atomics
         ds.Config(score_dtype="float16", digits=(8, 8), atomic_from_pass=1, score_block=64, radix_block=64,
                   select_block=32),  # fmt: skip
         ds.Config(score_dtype="float16", digits=(2, 7, 7), score_block=32, score_tiles=2, radix_block=256),
