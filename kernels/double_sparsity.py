@@ -58,12 +58,12 @@ fills all multiprocessors.
 
 Dense case: when ``S ≤ top_k`` steps 1–3 are skipped and step 4 reads every row.
 
-What it costs (H100, S = 256k, B = 1, H = 32, D = 128, fp16, ``top_k = S/16``, r = 16 at 8 bits;
-``docs/benchmarks/double_sparsity_perf_log.md``): 0.32–0.33 ms a step against 1.34 ms for dense SDPA
-(4.0–4.2×; r = 8 at 16 bits 4.5×), where the bytes allow about 10×. The attention is near its
-share of the floor (0.114 ms for 268 MB); the selection is not (scores 0.10 ms, radix passes
-0.075 ms, writing 0.026 ms): the fp32 scores are written once and read four more times, and the
-first two digits are histograms of every key. That is where the next factor lies.
+What it costs (H100, S = 256k, B = 1, H = 32, D = 128, fp16, ``top_k = S/16``; run 4 of
+``docs/benchmarks/double_sparsity_perf_log.md``): with fp16 score keys 0.267 ms a step with 8-bit
+labels (r = 16) and 0.258 ms with 16-bit ones (r = 8), against 1.338 ms for dense SDPA (5.0× and
+5.2×); with the default fp32 keys 4.1–4.4×. The bytes allow about 10×. The attention is near its
+share of the floor (0.115 ms for 268 MB); the selection is not (fp16 keys: scoring 67 µs, radix
+passes 47, writing 22, counting 9): its passes over the scores are bound by latency, not bytes.
 
 Inputs ``q, k_cache, v_cache`` are fp32, fp16 or bf16 (one dtype); products accumulate in fp32
 (``q`` and every loaded row are converted to fp32 on chip: decoding is memory-bound, the tensor
@@ -121,7 +121,8 @@ class Config:
 
     The defaults are the settings the benchmark's sweep found fastest on the H100 at S = 256k,
     B = 1 (run 2 of ``docs/benchmarks/double_sparsity_perf_log.md``: 4 tiles per scoring program
-    instead of 8, single-stage attention loop).
+    instead of 8, single-stage attention loop; the radix passes' layout per key width from runs
+    3 and 4).
 
     Attributes:
         score_block: tokens per tile of the scoring kernel.
