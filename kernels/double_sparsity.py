@@ -58,10 +58,10 @@ fills all multiprocessors.
 
 Dense case: when ``S ≤ top_k`` steps 1–3 are skipped and step 4 reads every row.
 
-What it costs (H100, S = 256k, B = 1, H = 32, D = 128, fp16, ``top_k = S/16``; run 4 of
-``docs/benchmarks/double_sparsity_perf_log.md``): with fp16 score keys 0.267 ms a step with 8-bit
-labels (r = 16) and 0.258 ms with 16-bit ones (r = 8), against 1.338 ms for dense SDPA (5.0× and
-5.2×); with the default fp32 keys 4.1–4.4×. The bytes allow about 10×. The attention is near its
+What it costs (H100, S = 256k, B = 1, H = 32, D = 128, fp16, ``top_k = S/16``; run 5 of
+``docs/benchmarks/double_sparsity_perf_log.md``): with fp16 score keys 0.272 ms a step with 8-bit
+labels (r = 16) and 0.265 ms with 16-bit ones (r = 8), against 1.385 ms for dense SDPA (5.1× and
+5.2×; 5.2× and 5.4× at B = 8); with the default fp32 keys 4.3–4.6×. The bytes allow about 10×. The attention is near its
 share of the floor (0.115 ms for 268 MB); the selection is not (fp16 keys: scoring 67 µs, radix
 passes 47, writing 22, counting 9): its passes over the scores are bound by latency, not bytes.
 
