@@ -29,7 +29,7 @@ causal key blocks twice, with keys only (no values):
 3. the tile's rows read back, divided by their sums, and written with zeros above the diagonal.
 
 Every step costs O(1) per key block: the row is never held as a register vector of length
-``nq`` (updating such a vector costs ``O(nq)`` per key block, which made the kernel's cost grow
+``nq`` (updating such a vector costs ``O(nq)`` per key block, so the kernel's cost would grow
 faster than ``T²``: perf log, run 2). Nothing of size ``T × nq`` reaches memory; the output is
 written once and read back once by the program that wrote it. The two walks cost two ``q kᵀ``
 products per key block — the same matrix FLOPs as a dense flash forward (``q kᵀ`` and ``p v``),
@@ -105,13 +105,14 @@ _BY_BLOCK = {16: Config(num_warps=2), 32: Config(num_warps=4), 64: DEFAULT_CONFI
 
 
 def config_for(block: int) -> Config:
-    """The default for a block size (what ``config=None`` uses): more warps for larger tiles."""
+    """The default for a block size (what ``config=None`` uses): more warps for larger tiles, two
+    block-rows per program for blocks of 64 (``DEFAULT_CONFIG``), one for the others."""
     return _BY_BLOCK[check_block(block)]
 
 
 def _check_rows(cfg: Config, block: int) -> int:
     rows = cfg.block_rows
-    if isinstance(rows, bool) or rows not in (1, 2, 4, 8) or rows * block > 128:
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows not in (1, 2, 4, 8) or rows * block > 128:
         raise ValueError(f"config.block_rows must be 1, 2, 4 or 8 with block_rows · block ≤ 128, got {rows!r} "
                          f"with block={block}")  # fmt: skip
     return rows
@@ -396,7 +397,7 @@ def _ground_truth(q, k, block: int, scale: float, cfg: Config) -> torch.Tensor:
 
 def gate_topk(q_gate: torch.Tensor, k_gate: torch.Tensor, *, density: float, block: int, scale: float | None = None,
               rope_base: float = 10000.0, return_probs: bool = False):  # fmt: skip
-    r"""The gate's block mask from its projected queries and keys, in one kernel.
+    r"""The gate's block mask from its projected queries and keys, in two kernels.
 
     Equals ``reference.seer.select_topk(reference.seer.gate_scores(RoPE(q_gate), RoPE(k_gate)),
     density=density)``: rotate-half RoPE of width ``d_g`` at each block's first position
@@ -404,15 +405,16 @@ def gate_topk(q_gate: torch.Tensor, k_gate: torch.Tensor, *, density: float, blo
     softmax of ``scale · q̃ k̃ᵀ``, then in row ``i`` the diagonal and the ``k_i − 1`` most probable
     blocks ``j < i``, ``k_i = min(i+1, max(1, round(ρ(i+1))))``, ties to the lower index.
 
-    Two kernels: the logits of 64 block-rows per program (RoPE on the fly, the rotated values
-    rounded to the input dtype as the reference's RoPE output is, then products with fp32
-    accumulation; three-pass tf32 for fp32 inputs); then one warp per row (or a few rows) reads the
-    row's logits whole, takes the softmax and finds its ``(k_i − 1)``-th largest probability by a
-    bitwise search over the probabilities' bit patterns (31 counting passes, no sort), and stores
-    the row's mask. The search's 31 dependent reductions are warp shuffles, and many one-warp
-    programs run side by side: in one program of 4 warps per 16 rows (the first version) they
-    went through shared memory and took 0.31 ms at 32k (perf log, run 3). The RoPE tables and the
-    per-row counts are built once per shape (cached); nothing is read back to the host.
+    Two kernels: the logits of 64 block-rows per program (16 when ``n ≤ 32``; RoPE on the fly, the
+    rotated values rounded to the input dtype as the reference's RoPE output is, then products
+    with fp32 accumulation; three-pass tf32 for fp32 inputs); then one warp per row (a few rows of
+    ``n ≤ 512``; a warp more per 1024 columns past the first, up to 8) reads the row's logits
+    whole, takes the softmax and finds its ``(k_i − 1)``-th largest probability by a bitwise
+    search over the probabilities' bit patterns (31 counting passes, no sort), and stores the
+    row's mask. The search's 31 dependent reductions are warp shuffles, and many one-warp programs
+    run side by side: across 4 warps they would go through shared memory (one 4-warp program per
+    16 rows took 0.31 ms at 32k: perf log, run 3). The RoPE tables and the per-row counts are
+    built once per shape (cached); nothing is read back to the host.
 
     Args:
         q_gate: ``[B, H, n, d_g]`` the gate's projected queries, before RoPE.
@@ -544,8 +546,8 @@ def _pool(x, block: int, kinds: tuple, *, per_program: int = 1, num_warps: int |
     y = _triton.empty(B, H, nq, len(kinds) * D, device=x.device, dtype=x.dtype)
     codes = [POOL_KINDS.index(kd) for kd in kinds] + [-1] * (3 - len(kinds))
     # few warps: the reductions stay inside threads and warps (blocks of 64 × D = 128 with 2 warps:
-    # 0.113 ms for k's three kinds at 32k on the H100, 4 warps 0.253 ms, 8 warps 0.47 ms; 1 warp
-    # 0.108 ms but it spills; perf log, run 3)
+    # 0.113 ms for k's three kinds at 32k on the H100, 4 warps 0.253 ms; 1 warp 0.108 ms but it
+    # spills; perf log, run 3)
     warps = num_warps or max(1, block * max(16, next_power_of_2(D)) // 4096)
     launch_kw = {} if INTERPRETER else dict(num_warps=warps)
     _triton.launch(_pool_kernel, (triton.cdiv(nq, per_program), B * H), x, y, x.stride(0), x.stride(1), x.stride(2),

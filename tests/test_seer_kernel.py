@@ -1,4 +1,5 @@
-"""kernels.seer against float64 oracles: the gate's ground truth, and block pooling.
+"""kernels.seer against float64 oracles: the gate's ground truth, and block pooling; ``gate_topk``
+against ``reference.seer``'s gate and selection.
 
 On a CPU these run in Triton's interpreter on small shapes; the ``gpu`` tests run large shapes.
 Oracles: ``dense_ground_truth`` below (the causal probabilities materialised in float64, max-pooled
@@ -221,6 +222,7 @@ def test_pool_bad_input_raises_a_clear_error(kwargs, exc, words):
         (dict(scale="x"), TypeError, "scale must be a real number"),
         (dict(config=seer.DEFAULT_CONFIG.__dict__), TypeError, "config must be a kernels.seer.Config"),
         (dict(config=seer.Config(block_rows=3)), ValueError, "block_rows must be 1, 2, 4 or 8"),
+        (dict(config=seer.Config(block_rows=2.0)), ValueError, "block_rows must be 1, 2, 4 or 8"),
         (dict(config=seer.Config(block_rows=2), block=128), ValueError, "block_rows · block ≤ 128"),
     ],
 )

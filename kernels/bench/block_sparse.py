@@ -21,7 +21,7 @@ Shapes: ``B = 1, H = 32, D = 128``, bf16, ``T ∈ {8k, 32k, 128k}``, blocks of 6
    every length; blocks of 128 at 32k too;
 5. per length, the gate's own cost (block 64, density 0.1): ``gate_mask`` — our pooling kernel,
    the per-head projections, ``kernels.seer.gate_topk`` (RoPE, scores, block-causal softmax,
-   top-k in one kernel) — its stages apart, the CUDA time of each kernel, and the same gate in
+   top-k in two kernels) — its stages apart, the CUDA time of each kernel, and the same gate in
    torch ops (``_TorchGate``), as a share of our sparse attention at that point.
 
 ``docs/benchmarks/block_sparse.json`` and ``.png`` are rewritten after every length (and copied to
@@ -53,7 +53,9 @@ DENSITIES = (0.1, 0.3, 0.5)
 GATE_DIM = 128
 SWEEP_T = 32768  # where the launch settings are swept
 PARTS = ("attention", "ground_truth", "gate")
-POOL_SWEEP = ((1, 4), (1, 2), (2, 2), (4, 2), (1, 1), (2, 4))  # run 3's first call: 8 warps were 2x slower
+#: The pooling's launch settings tried at 32k, as (blocks per program, warps): few warps, which
+#: keep its reductions inside threads (perf log, run 3).
+POOL_SWEEP = ((1, 4), (1, 2), (2, 2), (4, 2), (1, 1), (2, 4))
 
 #: Launch settings tried at T = 32k, density 0.1, as (block_m, block_n, num_warps, num_stages)
 #: (each checked against SDPA on a slice before it is timed). Run 1's best first.
@@ -208,10 +210,11 @@ class _TorchGate:
 
 
 def _gate_pipeline(T: int, block: int, density: float, result: dict):
-    """The gate's stages at one point, weights random: ``({stage: fn}, checks)``; the whole
-    pipeline is ``"total"`` (``gate_mask``), its torch-ops version ``"torch_total"``. At 32k our
-    pooling's launch settings are swept first (``POOL_SWEEP``, ``k``'s three kinds); the fastest
-    is used in ``"total"`` at every length (``result["gate_pool_setting"]``)."""
+    """The gate's stages at one point, weights random: ``({stage: fn}, checks, total)``; the whole
+    pipeline is ``"total"`` (``gate_mask``, also returned as ``total``), its torch-ops version
+    ``"torch_total"``. At 32k our pooling's launch settings are swept first (``POOL_SWEEP``,
+    ``k``'s three kinds); the fastest is used in ``"total"`` at every length
+    (``result["gate_pool_setting"]``)."""
     from kernels import seer
 
     g = torch.Generator(device=DEVICE).manual_seed(5)
