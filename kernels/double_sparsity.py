@@ -31,14 +31,16 @@ fills all multiprocessors.
    integer key into a per-row histogram (``tl.histogram`` on chip, then one atomic add per bin).
    The key is the fp32 score (32 bits, four 8-bit digits) or, with ``Config(score_dtype="float16")``,
    the score rounded to fp16 (16 bits, digits of 5, 5 and 6 bits): half the score bytes, one
-   pass fewer, and small histograms (``tl.histogram`` issues about ``bins · log2(bins) / 32``
-   instructions per key and warp: 256 bins cost seven times 32). The selection is then the exact
+   pass fewer, and small histograms (``tl.histogram`` issues about ``bins · log2(bins) / 32 +
+   log2(bins)`` warp instructions per 32 keys: 256 bins cost about seven times 32; perf log,
+   entry 3). The selection is then the exact
    top-k of the fp16-rounded scores, ties to the lower index — not the fp32 top-k where scores lie
    within fp16 rounding of the k-th (``Config.score_dtype``).
 3. **Exact selection by radix select** (``_radix_kernel`` per later digit, ``_count_kernel``,
    ``_write_kernel``): each pass counts the next digit of the keys that still share the prefix
-   found so far; from the third digit on with one atomic add per matching key, since only a few
-   keys in a thousand still match. The last program of a row to finish a pass (an arrival counter after
+   found so far; with fp32 keys from the third digit on with one atomic add per matching key,
+   since only a few keys in a thousand still match (fp16 keys count every digit by histogram;
+   ``Config.atomic_from_pass``). The last program of a row to finish a pass (an arrival counter after
    the histogram atomics: the CUDA "last block" pattern) picks the pass's digit and writes the
    row's state — the key prefix and how many keys with it are still to take — so every program of
    the next launch loads two integers instead of re-deriving them. After the last digit the state
@@ -61,9 +63,10 @@ Dense case: when ``S ≤ top_k`` steps 1–3 are skipped and step 4 reads every 
 What it costs (H100, S = 256k, B = 1, H = 32, D = 128, fp16, ``top_k = S/16``; run 5 of
 ``docs/benchmarks/double_sparsity_perf_log.md``): with fp16 score keys 0.272 ms a step with 8-bit
 labels (r = 16) and 0.265 ms with 16-bit ones (r = 8), against 1.385 ms for dense SDPA (5.1× and
-5.2×; 5.2× and 5.4× at B = 8); with the default fp32 keys 4.3–4.6×. The bytes allow about 10×. The attention is near its
-share of the floor (0.115 ms for 268 MB); the selection is not (fp16 keys: scoring 67 µs, radix
-passes 47, writing 22, counting 9): its passes over the scores are bound by latency, not bytes.
+5.2×; 5.2× and 5.4× at B = 8); with the default fp32 keys 4.3–4.6×. The bytes allow about 10×.
+The attention is near its share of the floor (0.119 ms for 268 MB); the selection is not (fp16
+keys: scoring 69 µs, radix passes 48, writing 22, counting 9): its passes over the scores are
+bound by latency, not bytes.
 
 Inputs ``q, k_cache, v_cache`` are fp32, fp16 or bf16 (one dtype); products accumulate in fp32
 (``q`` and every loaded row are converted to fp32 on chip: decoding is memory-bound, the tensor
@@ -85,6 +88,7 @@ from kernels import _triton
 from kernels._triton import (
     check_config,
     check_device,
+    check_flag,
     check_dtype,
     check_scale,
     interpreter_upcasts,
@@ -117,7 +121,8 @@ _LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True)
 class Config:
-    """Launch settings (results do not depend on them beyond fp32 rounding in the softmax merge).
+    """Launch settings (results do not depend on them beyond fp32 rounding in the softmax merge,
+    except ``select`` and ``score_dtype``, which choose how ties break and which scores are ranked).
 
     The defaults are the settings the benchmark's sweep found fastest on the H100 at S = 256k,
     B = 1 (run 2 of ``docs/benchmarks/double_sparsity_perf_log.md``: 4 tiles per scoring program
@@ -130,10 +135,14 @@ class Config:
             once, so more tiles mean fewer atomics; fewer mean more programs).
         radix_block, radix_tiles: tokens per tile and tiles per program of the later radix
             passes; ``None``: fp32 keys as the scoring kernel (four tiles of 1024), fp16 keys one
-            tile of 4096 (the passes read the scores from L2 and are bound by latency, not bytes:
-            run 4 of the perf log measured 47 µs for the one-tile passes against 59 for four
-            tiles with fp16 keys, but 87 against 76 with fp32 keys).
-        select_block: tokens per block of the counting and writing kernels.
+            tile of 4096, and one tile wherever ``radix_block`` is given alone (the passes read
+            the scores from L2 and are bound by latency, not bytes: with fp16 keys the one-tile
+            passes took 47 µs against 59 for four tiles, with fp32 keys 87 against 76; perf log,
+            runs 3 and 4). On a GPU, fewer tiles per program (then tiles down to 1024 tokens)
+            where the rows would leave multiprocessors idle.
+        select_block: tokens per block of the counting and writing kernels (raised where a row
+            would have more than 1024 blocks; at most 2**14, as the writing kernel packs two
+            running counts into one int32).
         select: ``"radix"`` (this module's exact selection, ties to the lower index) or
             ``"torch"`` (``torch.topk(sorted=False)``, ties as torch breaks them).
         score_dtype: ``"float32"`` (default): the selection ranks the fp32 label scores.
@@ -148,15 +157,16 @@ class Config:
         atomic_from_pass: radix passes from this one on (1 ..; at or past the number of digits:
             none) count with one atomic add per key that still matches the prefix, instead of a
             histogram over every key of the tile (after a digit or two only a few keys in a
-            thousand still match); ``None``: 2 for fp32 keys, none for fp16 keys (their small
-            histograms cost less than the atomics: run 3 of the perf log).
+            thousand still match); ``None``: 2 for fp32 keys, none for fp16 keys (with their
+            small histograms atomics were no faster: run 3 of the perf log).
         attn_block: selected rows per tile of the attention kernel.
         splits: programs per query head in the attention kernel; ``None`` sizes it to the GPU
             (about four programs per multiprocessor in all).
         num_warps: for the scoring, radix and selection kernels.
         attn_num_warps, attn_num_stages: for the attention kernel (stages: gathers in flight).
         attn_prefetch: the attention loop issues the next tile's gathers before it computes the
-            current tile (two tiles of K and V in flight per program instead of one).
+            current tile (two tiles of K and V in flight per program instead of one); off by
+            default, not yet timed on a GPU (perf log, entry 4 and run 5).
     """
 
     score_block: int = 1024
@@ -502,7 +512,8 @@ def _write_kernel(
     key = _load_keys(s_ptr + row.to(tl.int64) * S + t, tm, KB)
     gt = tm & (key > tau)
     eq = tm & (key == tau)
-    # one scan for both running counts (keys > τ in the low 16 bits, keys = τ above: BLOCK < 2**16)
+    # one scan for both running counts (keys > τ in the low 16 bits, keys = τ above them, under the
+    # sign bit: BLOCK ≤ 2**14, _MAX_SELECT_BLOCK)
     both = tl.cumsum(gt.to(tl.int32) + (eq.to(tl.int32) << 16), 0)
     n_gt = both & 0xFFFF
     n_eq = both >> 16
@@ -761,10 +772,12 @@ def _check_config(config) -> Config:
     a = cfg.atomic_from_pass
     if a is not None and (isinstance(a, bool) or not isinstance(a, int) or a < 1):
         raise ValueError(f"config.atomic_from_pass must be None or a positive int, got {a!r}")
-    if cfg.radix_tiles is not None and (not isinstance(cfg.radix_tiles, int) or cfg.radix_tiles < 1):
+    rt = cfg.radix_tiles
+    if rt is not None and (isinstance(rt, bool) or not isinstance(rt, int) or rt < 1):
         raise ValueError(f"config.radix_tiles must be None or a positive int, got {cfg.radix_tiles!r}")
     if not isinstance(cfg.score_tiles, int) or cfg.score_tiles < 1:
         raise ValueError(f"config.score_tiles must be a positive int, got {cfg.score_tiles!r}")
+    check_flag("config.attn_prefetch", cfg.attn_prefetch)
     return cfg
 
 
@@ -1074,9 +1087,9 @@ def bytes_moved(B: int, H: int, Hkv: int, S: int, D: int, top_k: int, *, label_b
 
 def record_benchmark_launches(*, S: int = 262144, B: int = 1, H: int = 32) -> list:
     """Every kernel launch of the benchmark's path (fp16 caches, ``D = 128``, ``top_k = S/16``; int8
-    ``r = 16`` and fp16 ``r = 8`` labels, fp32 and fp16 score keys; sparse and dense attention; the
-    offload gather), recorded on
-    ``meta`` tensors instead of run: ``kernels.tools.compile_double_sparsity`` compiles them for the
+    ``r = 16`` and fp16 ``r = 8`` labels, fp32 and fp16 score keys; sparse and dense attention, and
+    the prefetching loop with tiles of 64 and 32 rows; the offload gather), recorded on ``meta``
+    tensors instead of run: ``kernels.tools.compile_double_sparsity`` compiles them for the
     GPU without one (the interpreter accepts what the GPU compiler may reject)."""
 
     def meta(*shape, dtype=torch.float16):

@@ -167,8 +167,10 @@ def test_ties_go_to_the_lower_index_with_negative_and_zero_scores():
     [
         ds.Config(score_block=16, score_tiles=2, radix_block=16, select_block=16, atomic_from_pass=1),  # all atomic
         ds.Config(score_block=32, score_tiles=1, radix_block=64, select_block=32, atomic_from_pass=4),  # histograms
+        # fp32 keys in five digits (a 3-bit first one), radix programs of three 16-token tiles
+        ds.Config(score_block=16, score_tiles=2, radix_block=16, radix_tiles=3, select_block=16, digits=(3, 5, 8, 8, 8)),
     ],
-    ids=["atomic", "histogram"],
+    ids=["atomic", "histogram", "five-digits-three-tiles"],
 )
 @pytest.mark.parametrize("integer", [False, True], ids=["random", "ties"])
 def test_selection_is_the_same_for_every_launch_setting(config, integer):
@@ -177,6 +179,18 @@ def test_selection_is_the_same_for_every_launch_setting(config, integer):
     idx = ds.select(q, ds.build_labels(k, ch), ch, top_k=61, config=config)
     scores = ref.label_scores(q.double().cpu(), ref.gather_labels(k.double().cpu(), ch), ch)
     assert torch.equal(idx.cpu().long(), ref.top_k_indices(scores, 61).sort(dim=-1).values)
+
+
+@pytest.mark.parametrize("score_dtype", ["float32", "float16"])
+def test_counting_blocks_are_capped_where_two_running_counts_share_an_int32(score_dtype):
+    """``select_block`` above 2**14 is capped: with 39,995 equal scores in a 65,536-token block the
+    count of keys = τ, shifted up by 16 bits, would pass the int32 sign bit."""
+    S, top_k = 40000, 39000
+    lab = torch.zeros(1, 1, S, 1)
+    lab[0, 0, -5:] = 1.0  # five scores above the tie, at the end
+    cfg = ds.Config(select_block=1 << 16, score_dtype=score_dtype)
+    idx = ds.select(torch.ones(1, 1, 1, device=DEVICE), lab.to(DEVICE), torch.tensor([[0]]), top_k=top_k, config=cfg)
+    assert torch.equal(idx.view(-1).cpu().long(), torch.cat([torch.arange(top_k - 5), torch.arange(S - 5, S)]))
 
 
 def test_torch_topk_selection_gives_the_same_set_without_ties():
@@ -337,6 +351,8 @@ def test_kernels_compile_for_the_h100():
         (dict(config=ds.Config(atomic_from_pass=0)), ValueError, "config.atomic_from_pass"),
         (dict(config=ds.Config(radix_block=1000)), ValueError, "config.radix_block"),
         (dict(config=ds.Config(radix_tiles=0)), ValueError, "config.radix_tiles"),
+        (dict(config=ds.Config(radix_tiles=True)), ValueError, "config.radix_tiles"),
+        (dict(config=ds.Config(attn_prefetch="yes")), TypeError, "config.attn_prefetch must be True or False"),
     ],
 )
 def test_bad_input_raises_a_clear_error(change, exc, words):
