@@ -441,6 +441,8 @@ def gate_topk(q_gate: torch.Tensor, k_gate: torch.Tensor, *, density: float, blo
                          f"got {tuple(k_gate.shape)}")  # fmt: skip
     if k_gate.device != q_gate.device:
         raise ValueError(f"q_gate and k_gate must be on one device, got {q_gate.device} and {k_gate.device}")
+    if k_gate.dtype != q_gate.dtype:
+        raise TypeError(f"q_gate and k_gate must share one dtype, got {q_gate.dtype} and {k_gate.dtype}")
     if n < 1 or dg % 2 or not 2 <= dg <= 256:
         raise ValueError(f"q_gate must have n ≥ 1 blocks and an even d_g in 2..256, got shape {tuple(q_gate.shape)}")
     if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:

@@ -10,6 +10,7 @@ fp16 for the oracle), bf16 on the GPU 2e-2.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -277,6 +278,21 @@ def test_gate_topk_equals_the_reference_gate_and_selection(shape, density):
     assert int(mask.sum()) == shape["B"] * shape["H"] * sum(ref.blocks_per_row(n, density))
 
 
+def test_gate_topk_in_fp16_equals_the_reference_on_the_rounded_rotations():
+    """fp16 gate queries and keys: the reference's gate on its own fp16 RoPE outputs (scores in
+    float64); the kernel rotates in fp32, rounds to fp16 and accumulates its products in fp32."""
+    from reference import rope
+    from reference import seer as ref
+
+    *_, qg, kg = gate_case(1, 4, 2, 150, 8, 16, 16, seed=3)
+    qh, kh = qg.half(), kg.half()
+    starts = np.arange(qh.shape[2]) * 16
+    want = ref.gate_scores(rope.apply(qh.cpu(), starts).double(), rope.apply(kh.cpu(), starts).double())
+    mask, probs = seer.gate_topk(qh, kh, density=0.3, block=16, return_probs=True)
+    assert rel_err(probs, want) < 1e-3
+    assert torch.equal(mask.cpu(), ref.select_topk(want, density=0.3))
+
+
 def test_gate_topk_breaks_ties_toward_the_lower_block():
     """Zero gate queries make every causal block equally probable: the lowest blocks are kept,
     as ``reference.seer.select_topk``'s stable ranking keeps them."""
@@ -322,6 +338,7 @@ def test_the_benchmarks_gate_selects_what_the_reference_selects():
         (dict(rope_base=1.0), ValueError, "rope_base must be a real number > 1"),
         (dict(return_probs="yes"), TypeError, "return_probs must be True or False"),
         (dict(q=torch.zeros(2, 4, 8)), ValueError, "q_gate must have 4 dimensions"),
+        (dict(k=torch.zeros(1, 1, 4, 8, dtype=torch.float16)), TypeError, "q_gate and k_gate must share one dtype"),
     ],
 )
 def test_gate_topk_bad_input_raises_a_clear_error(kwargs, exc, words):
