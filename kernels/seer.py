@@ -347,7 +347,9 @@ def ground_truth(q: torch.Tensor, k: torch.Tensor, *, block: int = 64, scale: fl
         k: ``[B, Hkv, T, K]`` keys, ``Hkv`` dividing ``H``.
         block: 16, 32, 64 or 128.
         scale: multiplies ``q kᵀ`` (default ``K ** -0.5``).
-        config: launch settings (``Config``); ``None`` takes ``config_for(block)``.
+        config: launch settings (``Config``); ``None`` takes ``config_for(block)``. fp32 inputs
+            with ``K > 128`` and blocks of 64 need ``Config(block_rows=1)`` (the default's
+            128-row query tile would not fit in shared memory).
 
     Returns:
         fp32 ``[B, H, nq, nq]``: ``GT[i, j] ∝ max`` of ``P`` over query block ``i`` and key block
@@ -365,7 +367,8 @@ def ground_truth(q: torch.Tensor, k: torch.Tensor, *, block: int = 64, scale: fl
     if need > _SMEM_BUDGET:
         raise ValueError(f"ground_truth with block={block}, block_rows={rows}, K={K} and {q.dtype} needs "
                          f"~{need // 1024} KiB of shared memory per program (its query rows and two key tiles), "
-                         f"over {_SMEM_BUDGET // 1024} KiB: use a smaller block or 16-bit inputs")  # fmt: skip
+                         f"over {_SMEM_BUDGET // 1024} KiB: use a smaller block, fewer block-rows per program "
+                         "(config=Config(block_rows=1)) or 16-bit inputs")  # fmt: skip
     return _ground_truth(q, k, block, scale, cfg)
 
 

@@ -112,6 +112,16 @@ def test_ground_truth_shapes_gqa_blocks_and_tiles(shape, block, rows):
     assert compare(**shape, block=block, dtype=torch.float32, seed=5, magnitude=2.0, config=cfg) < TOL[torch.float32]
 
 
+def test_wide_fp32_heads_fit_with_one_block_row_per_program():
+    """fp32, K = 256, blocks of 64: the default's two block-rows per program would plan 256 KiB of
+    shared memory (refused, the error naming ``block_rows``); one block-row fits and is exact."""
+    q, k = qk(1, 2, 1, 70, 256, dtype=torch.float32, seed=2)
+    with pytest.raises(ValueError, match=r"shared memory.*Config\(block_rows=1\)"):
+        seer.ground_truth(q, k, block=64)
+    cfg = seer.Config(block_rows=1)
+    assert compare(1, 2, 1, 70, 256, block=64, dtype=torch.float32, seed=2, config=cfg) < TOL[torch.float32]
+
+
 def test_ground_truth_agrees_with_the_reference_and_the_loop_oracle():
     from reference import seer as ref
     from reference.testing import oracles_seer
