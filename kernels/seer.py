@@ -69,7 +69,7 @@ import triton.language as tl
 
 from kernels import _triton
 from kernels._triton import INTERPRETER, check_device, check_dtype, next_power_of_2
-from kernels.block_sparse import BLOCKS, check_block, check_inputs, refuse_autograd
+from kernels.block_sparse import check_block, check_inputs, refuse_autograd
 
 __all__ = ["ground_truth", "gate_topk", "pool", "pool_features", "Config", "DEFAULT_CONFIG", "config_for", "POOL_KINDS"]
 

@@ -291,7 +291,7 @@ def main(argv: list[str]) -> int:
                         help="what to measure (default all): the attention points, the ground truth, the gate")  # fmt: skip
     args = parser.parse_args(argv)
 
-    from kernels import block_sparse, seer
+    from kernels import seer
 
     started = time.time()
 
