@@ -463,7 +463,7 @@ def gate_topk(q_gate: torch.Tensor, k_gate: torch.Tensor, *, density: float, blo
     return (mask, probs) if return_probs else mask
 
 
-def _gate_topk(q_gate, k_gate, density: float, block: int, scale: float, rope_base: float, return_probs: bool = True):
+def _gate_topk(q_gate, k_gate, density: float, block: int, scale: float, rope_base: float, return_probs: bool):
     """The launchers (inputs checked by the caller): ``(mask, probs or None)``."""
     B, H, n, dg = q_gate.shape
     Hkv = k_gate.shape[1]
