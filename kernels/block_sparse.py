@@ -23,10 +23,11 @@ partial, and it is only ever its own row's diagonal), so the walk over the off-d
 and multiplies without any mask. The diagonal block, when kept, is the last entry of the ascending
 list; it is handled once, after the loop, with the causal mask and the sequence-end mask.
 
-*Launch order for the L2.* The query tiles of one head are the fastest grid axis: the programs
-resident at one time are neighbouring block-rows of one or two heads, whose kept blocks come out
-of that head's keys and values (16 MB at T = 32k, D = 128, 16-bit), which stay in the 50 MB L2
-and are read from DRAM about once. With the head fastest, the same programs would come from every
+*Launch order for the L2.* The query tiles of one kv head are the fastest grid axis (heaviest
+first; the query heads that share the kv head side by side): the programs resident at one time
+are neighbouring block-rows of one or two kv heads, whose kept blocks come out of that head's keys
+and values (16 MB at T = 32k, D = 128, 16-bit), which stay in the 50 MB L2 and are read from DRAM
+about once. With the head fastest, the same programs would come from every
 head and fetch their blocks from DRAM each time: 64 × 64 tiles do 64 FLOPs per byte fetched,
 which caps them near 200 TFLOP/s at the H100's 3 TB/s.
 
