@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -347,9 +347,9 @@ def ground_truth(q: torch.Tensor, k: torch.Tensor, *, block: int = 64, scale: fl
         k: ``[B, Hkv, T, K]`` keys, ``Hkv`` dividing ``H``.
         block: 16, 32, 64 or 128.
         scale: multiplies ``q kᵀ`` (default ``K ** -0.5``).
-        config: launch settings (``Config``); ``None`` takes ``config_for(block)``. fp32 inputs
-            with ``K > 128`` and blocks of 64 need ``Config(block_rows=1)`` (the default's
-            128-row query tile would not fit in shared memory).
+        config: launch settings (``Config``); ``None`` takes ``config_for(block)``, with one
+            block-row per program where the default's taller query tile would not fit in shared
+            memory (fp32 with ``K > 128`` and blocks of 64). A ``Config`` given is used as given.
 
     Returns:
         fp32 ``[B, H, nq, nq]``: ``GT[i, j] ∝ max`` of ``P`` over query block ``i`` and key block
@@ -363,13 +363,22 @@ def ground_truth(q: torch.Tensor, k: torch.Tensor, *, block: int = 64, scale: fl
     if _triton.interpreter_upcasts(q.dtype):
         return ground_truth(q.float(), k.float(), block=block, scale=scale, config=config)
     rows = _check_rows(cfg, block)
-    need = (torch.finfo(q.dtype).bits // 8) * (rows + 2) * block * max(16, next_power_of_2(K))
+    need = _smem_needed(q.dtype, rows, block, K)
+    if config is None and need > _SMEM_BUDGET and rows > 1:
+        # the default's taller query tile is a speed setting: where it does not fit, one block-row does
+        cfg = replace(cfg, block_rows=1)
+        rows, need = 1, _smem_needed(q.dtype, 1, block, K)
     if need > _SMEM_BUDGET:
         raise ValueError(f"ground_truth with block={block}, block_rows={rows}, K={K} and {q.dtype} needs "
                          f"~{need // 1024} KiB of shared memory per program (its query rows and two key tiles), "
                          f"over {_SMEM_BUDGET // 1024} KiB: use a smaller block, fewer block-rows per program "
                          "(config=Config(block_rows=1)) or 16-bit inputs")  # fmt: skip
     return _ground_truth(q, k, block, scale, cfg)
+
+
+def _smem_needed(dtype: torch.dtype, rows: int, block: int, K: int) -> int:
+    """Shared memory one ground-truth program plans for: its query rows and two key tiles."""
+    return (torch.finfo(dtype).bits // 8) * (rows + 2) * block * max(16, next_power_of_2(K))
 
 
 def _ground_truth(q, k, block: int, scale: float, cfg: Config) -> torch.Tensor:

@@ -114,10 +114,12 @@ def test_ground_truth_shapes_gqa_blocks_and_tiles(shape, block, rows):
 
 def test_wide_fp32_heads_fit_with_one_block_row_per_program():
     """fp32, K = 256, blocks of 64: the default's two block-rows per program would plan 256 KiB of
-    shared memory (refused, the error naming ``block_rows``); one block-row fits and is exact."""
+    shared memory. Asked for explicitly, that is refused (the error naming ``block_rows``); by
+    default the call falls back to one block-row, which fits, and is exact."""
     q, k = qk(1, 2, 1, 70, 256, dtype=torch.float32, seed=2)
     with pytest.raises(ValueError, match=r"shared memory.*Config\(block_rows=1\)"):
-        seer.ground_truth(q, k, block=64)
+        seer.ground_truth(q, k, block=64, config=seer.Config(block_rows=2))
+    assert compare(1, 2, 1, 70, 256, block=64, dtype=torch.float32, seed=2) < TOL[torch.float32]
     cfg = seer.Config(block_rows=1)
     assert compare(1, 2, 1, 70, 256, block=64, dtype=torch.float32, seed=2, config=cfg) < TOL[torch.float32]
 
