@@ -523,6 +523,14 @@ def _write_kernel(
 
 
 @triton.jit
+def _gather_rows(k_ptr, v_ptr, rows, nm, d, dm, e, em, D, DV):
+    """The cache rows ``rows`` (absolute, int64) of k and v, masked by ``nm`` (the tile's valid slots)."""
+    kk = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=nm[:, None] & dm[None, :], other=0.0)
+    vv = tl.load(v_ptr + rows[:, None] * DV + e[None, :], mask=nm[:, None] & em[None, :], other=0.0)
+    return kk, vv
+
+
+@triton.jit
 def _attn_tile(q, kk, vv, nm, m, l, acc):
     """One tile of the online softmax: rows ``kk, vv`` (masked by ``nm``) into ``(m, l, acc)``."""
     s = tl.sum(kk.to(tl.float32) * q[None, :], axis=1)
@@ -586,8 +594,7 @@ def _attn_kernel(
         else:
             t = t_next.to(tl.int64)
             t_next = tl.load(irow + n_next + BN, mask=n_next + BN < end, other=0)
-        kk_next = tl.load(k_ptr + (head + t)[:, None] * D + d[None, :], mask=nm_next[:, None] & dm[None, :], other=0.0)
-        vv_next = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm_next[:, None] & em[None, :], other=0.0)
+        kk_next, vv_next = _gather_rows(k_ptr, v_ptr, head + t, nm_next, d, dm, e, em, D, DV)
         for j in range(start, end, BN):
             n = j + tl.arange(0, BN)
             nm = n < end
@@ -600,8 +607,7 @@ def _attn_kernel(
             else:
                 t = t_next.to(tl.int64)
                 t_next = tl.load(irow + n1 + BN, mask=n1 + BN < end, other=0)
-            kk_next = tl.load(k_ptr + (head + t)[:, None] * D + d[None, :], mask=nm1[:, None] & dm[None, :], other=0.0)
-            vv_next = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm1[:, None] & em[None, :], other=0.0)
+            kk_next, vv_next = _gather_rows(k_ptr, v_ptr, head + t, nm1, d, dm, e, em, D, DV)
             m, l, acc = _attn_tile(q, kk, vv, nm, m, l, acc)
     else:
         for j in range(start, end, BN):
@@ -614,8 +620,7 @@ def _attn_kernel(
                 n_next = n + BN
                 t_next = tl.load(irow + n_next, mask=n_next < end, other=0)
             # both gathers issued before any arithmetic: twice the bytes in flight per program
-            kk = tl.load(k_ptr + (head + t)[:, None] * D + d[None, :], mask=nm[:, None] & dm[None, :], other=0.0)
-            vv = tl.load(v_ptr + (head + t)[:, None] * DV + e[None, :], mask=nm[:, None] & em[None, :], other=0.0)
+            kk, vv = _gather_rows(k_ptr, v_ptr, head + t, nm, d, dm, e, em, D, DV)
             m, l, acc = _attn_tile(q, kk, vv, nm, m, l, acc)
     out = row.to(tl.int64) * NSPLIT + split
     tl.store(m_ptr + out, m)
