@@ -151,6 +151,25 @@ def config_for(block: int) -> Config:
 # --------------------------------------------------------------------------------------------
 
 
+def kv_head_major_grid(n_tiles: int, B: int, H: int, Hkv: int) -> tuple[int, int]:
+    """The launch grid that ``kv_head_major_program`` decodes: ``n_tiles`` query tiles per head."""
+    return (n_tiles * (H // Hkv), B * Hkv)
+
+
+@triton.jit
+def kv_head_major_program(H, GROUP):
+    """This program's ``(query tile, batch, query head, kv head, batch · H + head)`` in the launch
+    order that keeps a head's keys and values in the L2: axis 0 walks the query tiles of one kv head
+    (heaviest, i.e. last, first), the ``GROUP`` query heads that share it side by side; axis 1 is
+    (batch, kv head). Programs running together then read one head's keys and values."""
+    pid_g = tl.program_id(0)
+    pid_m = tl.num_programs(0) // GROUP - 1 - pid_g // GROUP
+    b = tl.program_id(1) // (H // GROUP)
+    hk = tl.program_id(1) % (H // GROUP)
+    h = hk * GROUP + pid_g % GROUP
+    return pid_m, b, h, hk, b * H + h
+
+
 @triton.jit
 def _compact_kernel(
     MASK, IDX, CNT,
@@ -225,15 +244,7 @@ def _attention_kernel(
     """One tile of ``BLOCK_M`` query rows inside block-row ``qb``. Key tiles of ``BLOCK_N`` tokens:
     ``PER`` kept blocks gathered side by side (``BLOCK_N = PER · BLOCK``), or the ``SUB`` parts of
     one block in turn (``BLOCK_N = BLOCK / SUB``)."""
-    # axis 0 walks the query tiles of one kv head (heaviest first), the GROUP query heads that
-    # share it side by side; axis 1 is (batch, kv head). Programs running together then read one
-    # head's keys and values, which stay in the L2 across them.
-    pid_g = tl.program_id(0)
-    pid_m = tl.num_programs(0) // GROUP - 1 - pid_g // GROUP
-    b = tl.program_id(1) // (H // GROUP)
-    hk = tl.program_id(1) % (H // GROUP)
-    h = hk * GROUP + pid_g % GROUP
-    pid_bh = b * H + h
+    pid_m, b, h, hk, pid_bh = kv_head_major_program(H, GROUP)
     start_m = pid_m * BLOCK_M
     qb = start_m // BLOCK
 
@@ -477,7 +488,7 @@ def _attend(q, k, v, idx, cnt, *, block, scale, return_lse, cfg):
     per, sub = max(1, block_n // block), max(1, block // block_n)
     o = _triton.empty(B, H, T, V, device=q.device, dtype=v.dtype)
     lse = _triton.empty(B, H, T, device=q.device, dtype=torch.float32) if return_lse else o
-    grid = (triton.cdiv(T, block_m) * (H // Hkv), B * Hkv)
+    grid = kv_head_major_grid(triton.cdiv(T, block_m), B, H, Hkv)
     _triton.launch(
         _attention_kernel, grid,
         q, k, v, o, lse, idx, cnt,

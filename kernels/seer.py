@@ -69,7 +69,7 @@ import triton.language as tl
 
 from kernels import _triton
 from kernels._triton import INTERPRETER, check_device, check_dtype, next_power_of_2
-from kernels.block_sparse import check_block, check_inputs, refuse_autograd
+from kernels.block_sparse import check_block, check_inputs, kv_head_major_grid, kv_head_major_program, refuse_autograd
 
 __all__ = ["ground_truth", "gate_topk", "pool", "pool_features", "Config", "DEFAULT_CONFIG", "config_for", "POOL_KINDS"]
 
@@ -128,14 +128,7 @@ def _ground_truth_kernel(
     PRECISION: tl.constexpr,
 ):  # fmt: skip
     """``ROWS`` consecutive block-rows (a query tile of ``ROWS · BLOCK`` rows) of one head."""
-    # axis 0 walks the query tiles of one kv head (heaviest first), the GROUP query heads that share
-    # it side by side; axis 1 is (batch, kv head): programs running together read one head's keys
-    pid_g = tl.program_id(0)
-    pid_m = tl.num_programs(0) // GROUP - 1 - pid_g // GROUP
-    b = tl.program_id(1) // (H // GROUP)
-    hk = tl.program_id(1) % (H // GROUP)
-    h = hk * GROUP + pid_g % GROUP
-    pid_bh = b * H + h
+    pid_m, b, h, hk, pid_bh = kv_head_major_program(H, GROUP)  # heaviest tiles first, one head's keys in the L2
     qb0 = pid_m * ROWS  # the tile's first block-row
     BLOCK_M: tl.constexpr = ROWS * BLOCK
 
@@ -391,7 +384,7 @@ def _ground_truth(q, k, block: int, scale: float, cfg: Config) -> torch.Tensor:
     out = _triton.empty(B, H, nq, nq, device=q.device, dtype=torch.float32)
     launch_kw = {} if INTERPRETER else dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _triton.launch(
-        _ground_truth_kernel, (triton.cdiv(nq, rows) * (H // Hkv), B * Hkv),
+        _ground_truth_kernel, kv_head_major_grid(triton.cdiv(nq, rows), B, H, Hkv),
         q, k, out,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
