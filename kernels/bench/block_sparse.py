@@ -36,8 +36,6 @@ import argparse
 import dataclasses
 import inspect
 import math
-import os
-import shutil
 import time
 
 import torch
@@ -548,9 +546,7 @@ def _write(name: str, result: dict, out_dir) -> None:
         FigureCanvasAgg(fig)
         png = path.with_suffix(".png")
         fig.savefig(png, dpi=110)
-        extra = os.environ.get("OUT")
-        if extra and not (os.path.exists(os.path.join(extra, png.name)) and os.path.samefile(os.path.join(extra, png.name), png)):
-            shutil.copy(png, os.path.join(extra, png.name))
+        common.copy_to_out(png)
     except Exception as err:  # the JSON is what matters
         print(f"plot failed: {err!r}", flush=True)
 

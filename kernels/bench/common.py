@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 import platform
 import shlex
 import sys
@@ -145,6 +146,14 @@ def write_json(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     if extra:
         Path(extra, f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     return path
+
+
+def copy_to_out(path: Path) -> None:
+    """Copy a written file (a plot) to ``$OUT`` when that is set and is not where it already is."""
+    extra = os.environ.get("OUT")
+    target = os.path.join(extra, Path(path).name) if extra else None
+    if target and not (os.path.exists(target) and os.path.samefile(target, path)):
+        shutil.copy(path, target)
 
 
 def load_json(name: str) -> dict:

@@ -34,8 +34,6 @@ skipped, never cut mid-way).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import time
 
 import torch
@@ -408,14 +406,7 @@ def _plot_decode(result, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    _copy_to_out(path)
-
-
-def _copy_to_out(path):
-    extra = os.environ.get("OUT")
-    target = os.path.join(extra, path.name) if extra else None
-    if target and not (os.path.exists(target) and os.path.samefile(target, path)):
-        shutil.copy(path, target)
+    common.copy_to_out(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,7 +552,7 @@ def _plot_timeline(result, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    _copy_to_out(path)
+    common.copy_to_out(path)
 
 
 def main(argv: list[str]) -> int:

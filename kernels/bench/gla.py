@@ -29,8 +29,6 @@ import argparse
 import dataclasses
 import inspect
 import math
-import os
-import shutil
 import time
 
 import torch
@@ -383,10 +381,7 @@ def _write(name: str, result: dict, out_dir):
     path = common.write_json(name, result, out_dir)
     try:
         common.save_throughput_plot(result, LABELS, algorithm="Gated Linear Attention", path=path.with_suffix(".png"))
-        extra = os.environ.get("OUT")
-        target = os.path.join(extra, path.with_suffix(".png").name) if extra else None
-        if target and not (os.path.exists(target) and os.path.samefile(target, path.with_suffix(".png"))):
-            shutil.copy(path.with_suffix(".png"), target)
+        common.copy_to_out(path.with_suffix(".png"))
     except Exception as err:  # the JSON is what matters; a plotting failure must not cost it
         print(f"plot failed: {err!r}", flush=True)
     return path
